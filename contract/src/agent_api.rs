@@ -191,7 +191,10 @@ mod tests {
             assert_eq!(LifecycleState::parse(l.as_str()), Some(l));
         }
         for c in ConnectionStatus::ALL {
-            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{}\"", c.as_str()));
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.as_str())
+            );
             assert_eq!(ConnectionStatus::parse(c.as_str()), Some(c));
         }
         assert_eq!(LifecycleState::parse("Ready"), None);
@@ -206,10 +209,14 @@ mod tests {
             lifecycle: LifecycleState::Ready,
             lifecycle_reason: None,
             apps: BTreeMap::from([("tilt".into(), AppHealth::Healthy)]),
-            stats: Some(ResourceStats { cpu_cores: 0.5, ..Default::default() }),
+            stats: Some(ResourceStats {
+                cpu_cores: 0.5,
+                ..Default::default()
+            }),
             version: "0.1.0".into(),
         };
-        let back: HeartbeatRequest = serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
+        let back: HeartbeatRequest =
+            serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
         assert_eq!(back, full);
     }
 }

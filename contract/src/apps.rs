@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn slugs_and_ports_are_unique_and_valid_port_names() {
         for (i, a) in ALL.iter().enumerate() {
-            assert!(a.slug.len() <= 15, "Service port names are at most 15 characters");
+            assert!(
+                a.slug.len() <= 15,
+                "Service port names are at most 15 characters"
+            );
             for b in &ALL[i + 1..] {
                 assert_ne!(a.slug, b.slug);
                 assert_ne!(a.port, b.port);

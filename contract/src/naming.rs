@@ -73,10 +73,11 @@ pub fn validate_dns_subdomain(name: &str) -> Result<(), NameError> {
             max: MAX_SUBDOMAIN,
         });
     }
-    name.split('.').try_for_each(|part| match validate_dns_label(part) {
-        Err(NameError::Empty) => Err(NameError::BadEdge),
-        other => other,
-    })
+    name.split('.')
+        .try_for_each(|part| match validate_dns_label(part) {
+            Err(NameError::Empty) => Err(NameError::BadEdge),
+            other => other,
+        })
 }
 
 /// The names of the Kubernetes objects of one workspace.
@@ -149,7 +150,11 @@ pub fn owner_name_for_login(login: &str) -> String {
     }
     let mut slug = String::with_capacity(login.len());
     for c in login.chars().flat_map(char::to_lowercase) {
-        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' };
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
         if !(c == '-' && (slug.is_empty() || slug.ends_with('-'))) {
             slug.push(c);
         }
@@ -214,9 +219,15 @@ mod tests {
     #[test]
     fn invalid_names_are_refused_with_the_field() {
         let e = WorkspaceNames::new("Alice", "dev").unwrap_err();
-        assert_eq!(e.to_string(), "owner name \"Alice\" has invalid character 'A': use lowercase letters, digits and '-'");
+        assert_eq!(
+            e.to_string(),
+            "owner name \"Alice\" has invalid character 'A': use lowercase letters, digits and '-'"
+        );
         let e = WorkspaceNames::new("alice", "").unwrap_err();
-        assert!(matches!(e, InvalidWorkspaceName::Workspace(_, NameError::Empty)));
+        assert!(matches!(
+            e,
+            InvalidWorkspaceName::Workspace(_, NameError::Empty)
+        ));
         assert!(WorkspaceNames::new(&"x".repeat(300), "dev").is_err());
         assert!(WorkspaceNames::new("alice", "my.ws").is_err());
     }
@@ -248,7 +259,16 @@ mod tests {
     #[test]
     fn login_names_become_labels() {
         assert_eq!(owner_name_for_login("alice"), "alice");
-        let cases = ["Jane.Doe", "jane.doe", "jane_doe", "JANE DOE", "émile@corp", "日本", "", &"Z".repeat(300)];
+        let cases = [
+            "Jane.Doe",
+            "jane.doe",
+            "jane_doe",
+            "JANE DOE",
+            "émile@corp",
+            "日本",
+            "",
+            &"Z".repeat(300),
+        ];
         let mut seen = std::collections::HashSet::new();
         for login in cases {
             let owner = owner_name_for_login(login);

@@ -180,7 +180,10 @@ impl WorkspacePolicySpec {
         }
         for (i, c) in self.privileged_containers.iter().enumerate() {
             if let Err(e) = crate::naming::validate_dns_label(&c.name) {
-                problems.push(format!("spec.privilegedContainers[{i}].name: {:?} {e}", c.name));
+                problems.push(format!(
+                    "spec.privilegedContainers[{i}].name: {:?} {e}",
+                    c.name
+                ));
             }
             if c.images.is_empty() {
                 problems.push(format!(
@@ -265,7 +268,8 @@ fn validate_selector(s: &LabelSelector) -> Result<(), String> {
         validate_label_key(key).map_err(|e| format!("matchLabels key {key:?} {e}"))?;
     }
     for req in s.match_expressions.iter().flatten() {
-        validate_label_key(&req.key).map_err(|e| format!("matchExpressions key {:?} {e}", req.key))?;
+        validate_label_key(&req.key)
+            .map_err(|e| format!("matchExpressions key {:?} {e}", req.key))?;
         let has_values = req.values.as_ref().is_some_and(|v| !v.is_empty());
         match req.operator.as_str() {
             "In" | "NotIn" if !has_values => {
@@ -329,7 +333,10 @@ mod tests {
     use kube::CustomResourceExt;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -345,7 +352,10 @@ mod tests {
     #[test]
     fn unknown_mode_is_a_parse_error() {
         let err = serde_json::from_str::<WorkspacePolicySpec>(r#"{"mode":"Relaxed"}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown variant `Relaxed`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown variant `Relaxed`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -353,23 +363,67 @@ mod tests {
         type Edit = fn(&mut WorkspacePolicySpec);
         let cases: &[(&str, Edit, Option<&str>)] = &[
             ("default", |_| {}, None),
-            ("empty namespaces", |p| p.namespaces.clear(), Some("spec.namespaces: must name")),
-            ("bad namespace", |p| p.namespaces = vec!["Lumie_Dev".into()], Some("spec.namespaces[0]")),
-            ("bad glob", |p| p.privileged_containers[0].images = vec!["docker:[dind".into()], Some("bad glob")),
-            ("star glob", |p| p.privileged_containers[0].images = vec!["*".into()], Some("any image")),
-            ("no images", |p| p.privileged_containers[0].images.clear(), Some("at least one image")),
-            ("bad container name", |p| p.privileged_containers[0].name = "DinD".into(), Some(".name")),
-            ("empty selector", |p| p.workspace_selector = LabelSelector::default(), Some("must not be empty")),
-            ("bad operator", |p| {
-                p.workspace_selector.match_expressions = Some(vec![LabelSelectorRequirement {
-                    key: "a".into(),
-                    operator: "Like".into(),
-                    values: None,
-                }])
-            }, Some("unknown operator")),
-            ("bad sa", |p| p.service_account_name = "".into(), Some("spec.serviceAccountName")),
-            ("bad node label", |p| p.avoid_node_labels = vec!["-x".into()], Some("spec.avoidNodeLabels[0]")),
-            ("empty exempt user", |p| p.exempt_users = vec![" ".into()], Some("spec.exemptUsers[0]")),
+            (
+                "empty namespaces",
+                |p| p.namespaces.clear(),
+                Some("spec.namespaces: must name"),
+            ),
+            (
+                "bad namespace",
+                |p| p.namespaces = vec!["Lumie_Dev".into()],
+                Some("spec.namespaces[0]"),
+            ),
+            (
+                "bad glob",
+                |p| p.privileged_containers[0].images = vec!["docker:[dind".into()],
+                Some("bad glob"),
+            ),
+            (
+                "star glob",
+                |p| p.privileged_containers[0].images = vec!["*".into()],
+                Some("any image"),
+            ),
+            (
+                "no images",
+                |p| p.privileged_containers[0].images.clear(),
+                Some("at least one image"),
+            ),
+            (
+                "bad container name",
+                |p| p.privileged_containers[0].name = "DinD".into(),
+                Some(".name"),
+            ),
+            (
+                "empty selector",
+                |p| p.workspace_selector = LabelSelector::default(),
+                Some("must not be empty"),
+            ),
+            (
+                "bad operator",
+                |p| {
+                    p.workspace_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+                        key: "a".into(),
+                        operator: "Like".into(),
+                        values: None,
+                    }])
+                },
+                Some("unknown operator"),
+            ),
+            (
+                "bad sa",
+                |p| p.service_account_name = "".into(),
+                Some("spec.serviceAccountName"),
+            ),
+            (
+                "bad node label",
+                |p| p.avoid_node_labels = vec!["-x".into()],
+                Some("spec.avoidNodeLabels[0]"),
+            ),
+            (
+                "empty exempt user",
+                |p| p.exempt_users = vec![" ".into()],
+                Some("spec.exemptUsers[0]"),
+            ),
         ];
         for (name, edit, want) in cases {
             let mut p = WorkspacePolicySpec::contract_default();
@@ -390,10 +444,21 @@ mod tests {
         let m = WorkspacePolicySpec::contract_default().privileged_containers[0]
             .image_matcher()
             .unwrap();
-        for ok in ["docker:27-dind", "docker:dind", "docker:27.3.1-dind-rootless", "docker.io/library/docker:dind"] {
+        for ok in [
+            "docker:27-dind",
+            "docker:dind",
+            "docker:27.3.1-dind-rootless",
+            "docker.io/library/docker:dind",
+        ] {
             assert!(m.is_match(ok), "{ok}");
         }
-        for bad in ["docker:27", "evil.io/docker:dind", "ubuntu:dind", "docker.io/evil/docker:dind", "dind"] {
+        for bad in [
+            "docker:27",
+            "evil.io/docker:dind",
+            "ubuntu:dind",
+            "docker.io/evil/docker:dind",
+            "dind",
+        ] {
             assert!(!m.is_match(bad), "{bad}");
         }
     }
@@ -401,8 +466,14 @@ mod tests {
     #[test]
     fn selector_semantics() {
         let sel = WorkspacePolicySpec::contract_default().workspace_selector;
-        assert!(selector_matches(&sel, &labels(&[("app.kubernetes.io/name", "dev-workspace"), ("x", "y")])));
-        assert!(!selector_matches(&sel, &labels(&[("app.kubernetes.io/name", "other")])));
+        assert!(selector_matches(
+            &sel,
+            &labels(&[("app.kubernetes.io/name", "dev-workspace"), ("x", "y")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("app.kubernetes.io/name", "other")])
+        ));
         assert!(!selector_matches(&sel, &labels(&[])));
         let expr = |op: &str, values: Option<Vec<&str>>| LabelSelector {
             match_labels: None,
@@ -422,7 +493,10 @@ mod tests {
         assert!(selector_matches(&expr("Exists", None), &dev));
         assert!(!selector_matches(&expr("Exists", None), &none));
         assert!(selector_matches(&expr("DoesNotExist", None), &none));
-        assert!(!selector_matches(&expr("Bogus", None), &dev), "invalid selectors match nothing");
+        assert!(
+            !selector_matches(&expr("Bogus", None), &dev),
+            "invalid selectors match nothing"
+        );
     }
 
     #[test]
@@ -433,7 +507,12 @@ mod tests {
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, VERSION);
         assert!(v.subresources.as_ref().unwrap().status.is_some());
-        let cols: Vec<_> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(cols, ["Mode", "Age"]);
     }
 }

@@ -1,1 +1,22 @@
-//! placeholder
+//! The local Kubernetes harness for lumie-coder's end-to-end tests and the demo.
+//!
+//! Real control-plane binaries on loopback, the way controller-runtime's envtest does it, plus the
+//! scheduler: etcd, kube-apiserver (RBAC, ServiceAccount admission, a static token file with one
+//! identity per actor) and kube-scheduler. There is no kubelet and no kube-controller-manager, so
+//! the harness plays the parts of them the tests need: fake nodes, a node simulator that runs
+//! bound pods, a token controller for ServiceAccounts, a PV binder and the RBAC aggregation of
+//! the `admin`/`edit`/`view` roles.
+//!
+//! - [`cluster`]: starting, stopping and reaching the control plane ([`Cluster`], [`Identity`]);
+//! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
+//! - [`nodes`]: fake nodes, cordoning and filling workers;
+//! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins.
+#![forbid(unsafe_code)]
+
+pub mod bootstrap;
+pub mod cluster;
+pub mod nodes;
+pub mod simulator;
+
+pub use cluster::{Cluster, HarnessError, Identity};
+pub use simulator::{PodAction, PodContext};

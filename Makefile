@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` (the local demo stack) and `make test` (every test).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: deps test lint demo bench-webhook
+
+deps:
+	bash scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Every test: formatting, lints, unit and table tests, end-to-end tests on the local cluster.
+test: deps lint
+	$(CARGO) test --workspace --no-fail-fast
+
+## The local demo stack: cluster, webhook, server with SQLite, one workspace moving to running.
+demo: deps
+	$(CARGO) build --release -p lumie-agent -p lumie-server -p lumie-webhook
+	$(CARGO) run --release -p lumie-tests --bin lumie-demo

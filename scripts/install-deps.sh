@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the demo need on a fresh Debian 12 machine (as root), each
+# step cached so a warm machine skips it: the Rust components (rustfmt, clippy), the harness's
+# etcd/kube-apiserver/kube-scheduler, PostgreSQL, Node.js packages for the OpenID provider,
+# and real helm/kubectl. Safe to run again at any time.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+log() { echo "install-deps: $*" >&2; }
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt >&2
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy >&2
+fi
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $apt_updated -eq 0 ]; then apt-get update -qq >&2; apt_updated=1; fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# Tools the tests call: curl/wget/busybox for the agent init script, unzip for helm, psql for PostgreSQL.
+apt_install curl wget busybox unzip ca-certificates postgresql postgresql-client
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+
+log "cluster binaries: $(bash "$here/tests/cluster/install-binaries.sh")"
+[ -f "$here/scripts/install-helm.sh" ] && log "helm and kubectl: $(bash "$here/scripts/install-helm.sh")"
+if [ -f "$here/tests/oidc/package.json" ] && [ ! -d "$here/tests/oidc/node_modules" ]; then
+  log "npm packages for the OpenID provider"
+  (cd "$here/tests/oidc" && npm ci --no-audit --no-fund >&2 2>/dev/null || npm install --no-audit --no-fund >&2)
+fi
+exit 0

@@ -1,0 +1,325 @@
+//! The policies in force: `WorkspacePolicy` specs compiled once per policy generation (image
+//! globs, rule texts) so the admission hot path only reads them.
+//!
+//! Owns the rules for which policy objects count: a policy that fails
+//! [`WorkspacePolicySpec::validate`] is ignored, but never weakens the guard (the last valid
+//! version of that object stays in force), and with no valid object at all the built-in
+//! contract default applies under the name [`BUILTIN_POLICY_NAME`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use globset::GlobSet;
+use lumie_contract::policy::{PolicyMode, WorkspacePolicySpec, selector_matches};
+
+/// The name violations carry when no `WorkspacePolicy` object exists.
+pub const BUILTIN_POLICY_NAME: &str = "default (built-in)";
+
+/// One privileged-container exception with its image patterns compiled.
+#[derive(Debug)]
+pub struct PrivilegedException {
+    /// Container name (exact).
+    pub name: String,
+    /// The image patterns as written, for messages.
+    pub images: Vec<String>,
+    matcher: GlobSet,
+}
+
+impl PrivilegedException {
+    /// Whether `image` matches one of the allowed patterns.
+    pub fn image_allowed(&self, image: &str) -> bool {
+        self.matcher.is_match(image)
+    }
+}
+
+/// A validated policy ready for the hot path.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    /// The object name (or [`BUILTIN_POLICY_NAME`]).
+    pub name: Arc<str>,
+    /// The spec as written.
+    pub spec: WorkspacePolicySpec,
+    /// Compiled privileged-container exceptions.
+    pub privileged: Vec<PrivilegedException>,
+    /// Rule text for a privileged container that is not excepted, e.g.
+    /// `only "dind" in workspace pods may be privileged`.
+    pub privileged_rule: String,
+}
+
+impl CompiledPolicy {
+    /// Compiles a spec; fails with every problem [`WorkspacePolicySpec::validate`] finds.
+    pub fn compile(name: &str, spec: WorkspacePolicySpec) -> Result<Self, Vec<String>> {
+        spec.validate()?;
+        let mut privileged = Vec::with_capacity(spec.privileged_containers.len());
+        for (i, c) in spec.privileged_containers.iter().enumerate() {
+            let matcher = c.image_matcher().map_err(|e| {
+                vec![format!(
+                    "spec.privilegedContainers[{i}].images: {}",
+                    e.kind()
+                )]
+            })?;
+            privileged.push(PrivilegedException {
+                name: c.name.clone(),
+                images: c.images.clone(),
+                matcher,
+            });
+        }
+        let privileged_rule = match privileged.as_slice() {
+            [] => "no container may be privileged".to_string(),
+            list => {
+                let names: Vec<String> = list.iter().map(|p| format!("{:?}", p.name)).collect();
+                format!(
+                    "only {} in workspace pods may be privileged",
+                    names.join(" or ")
+                )
+            }
+        };
+        Ok(CompiledPolicy {
+            name: Arc::from(name),
+            spec,
+            privileged,
+            privileged_rule,
+        })
+    }
+
+    /// The built-in contract default.
+    pub fn builtin() -> Self {
+        Self::compile(BUILTIN_POLICY_NAME, WorkspacePolicySpec::contract_default())
+            .expect("the contract default is valid (tested in the contract crate)")
+    }
+
+    /// Whether the policy guards `namespace`.
+    pub fn covers(&self, namespace: &str) -> bool {
+        self.spec.namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// Whether a pod with these labels is a workspace pod under this policy.
+    pub fn is_workspace(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        selector_matches(&self.spec.workspace_selector, labels.unwrap_or(&EMPTY))
+    }
+
+    /// Whether `user` may create workspace pods (and so use the privileged exception).
+    pub fn is_creator(&self, user: &str) -> bool {
+        self.spec.workspace_creators.iter().any(|c| c == user)
+    }
+
+    /// Why a request is exempt (break-glass), if it is.
+    pub fn exemption(&self, user: &str, groups: &[String]) -> Option<String> {
+        if self.spec.exempt_users.iter().any(|u| u == user) {
+            return Some(format!(
+                "user {user:?} is exempt from WorkspacePolicy {:?} (exemptUsers)",
+                &*self.name
+            ));
+        }
+        groups
+            .iter()
+            .find(|g| self.spec.exempt_groups.contains(g))
+            .map(|g| {
+                format!(
+                    "user {user:?} is exempt from WorkspacePolicy {:?} (exemptGroups {g:?})",
+                    &*self.name
+                )
+            })
+    }
+
+    /// The policy's mode.
+    pub fn mode(&self) -> PolicyMode {
+        self.spec.mode
+    }
+}
+
+/// A policy object that is not in force, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredPolicy {
+    /// Object name.
+    pub name: String,
+    /// What [`WorkspacePolicySpec::validate`] found.
+    pub problems: Vec<String>,
+    /// Whether an earlier valid version of the object stays in force instead.
+    pub kept_previous: bool,
+}
+
+/// Every policy in force at one generation. Cheap to share (`Arc`), never mutated.
+#[derive(Debug)]
+pub struct PolicySet {
+    policies: Vec<Arc<CompiledPolicy>>,
+    generation: u64,
+    builtin: bool,
+    ignored: Vec<IgnoredPolicy>,
+}
+
+impl PolicySet {
+    /// Only the built-in default.
+    pub fn builtin() -> Self {
+        PolicySet {
+            policies: vec![Arc::new(CompiledPolicy::builtin())],
+            generation: 0,
+            builtin: true,
+            ignored: Vec::new(),
+        }
+    }
+
+    /// One policy from a file or a test, as `name`. Fails when the spec is invalid.
+    pub fn single(name: &str, spec: WorkspacePolicySpec) -> Result<Self, Vec<String>> {
+        Ok(PolicySet {
+            policies: vec![Arc::new(CompiledPolicy::compile(name, spec)?)],
+            generation: 0,
+            builtin: false,
+            ignored: Vec::new(),
+        })
+    }
+
+    /// Builds the next generation from the objects now in the cluster (name → spec).
+    ///
+    /// An invalid object is ignored; if `previous` held a valid version of it, that version stays
+    /// in force so a broken edit never weakens the guard. With no valid object the built-in
+    /// default applies.
+    pub fn from_objects<'a>(
+        objects: impl IntoIterator<Item = (&'a str, &'a WorkspacePolicySpec)>,
+        previous: Option<&PolicySet>,
+    ) -> Self {
+        let mut policies = Vec::new();
+        let mut ignored = Vec::new();
+        for (name, spec) in objects {
+            match CompiledPolicy::compile(name, spec.clone()) {
+                Ok(p) => policies.push(Arc::new(p)),
+                Err(problems) => {
+                    let kept = previous
+                        .filter(|prev| !prev.builtin)
+                        .and_then(|prev| prev.policies.iter().find(|p| &*p.name == name));
+                    if let Some(kept) = kept {
+                        policies.push(Arc::clone(kept));
+                    }
+                    ignored.push(IgnoredPolicy {
+                        name: name.to_string(),
+                        problems,
+                        kept_previous: kept.is_some(),
+                    });
+                }
+            }
+        }
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        policies.dedup_by(|a, b| a.name == b.name);
+        let generation = previous.map_or(0, |p| p.generation + 1);
+        if policies.is_empty() {
+            return PolicySet {
+                policies: vec![Arc::new(CompiledPolicy::builtin())],
+                generation,
+                builtin: true,
+                ignored,
+            };
+        }
+        PolicySet {
+            policies,
+            generation,
+            builtin: false,
+            ignored,
+        }
+    }
+
+    /// The policies guarding `namespace`, in name order.
+    pub fn covering<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a CompiledPolicy> {
+        self.policies
+            .iter()
+            .map(|p| &**p)
+            .filter(move |p| p.covers(namespace))
+    }
+
+    /// Every policy in force.
+    pub fn policies(&self) -> impl Iterator<Item = &CompiledPolicy> {
+        self.policies.iter().map(|p| &**p)
+    }
+
+    /// Increases by one each time the policies are rebuilt.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether only the built-in default is in force.
+    pub fn is_builtin(&self) -> bool {
+        self.builtin
+    }
+
+    /// Objects not in force and why.
+    pub fn ignored(&self) -> &[IgnoredPolicy] {
+        &self.ignored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(edit: impl FnOnce(&mut WorkspacePolicySpec)) -> WorkspacePolicySpec {
+        let mut s = WorkspacePolicySpec::contract_default();
+        edit(&mut s);
+        s
+    }
+
+    #[test]
+    fn no_objects_means_the_builtin_default() {
+        let set = PolicySet::from_objects([], None);
+        assert!(set.is_builtin());
+        let names: Vec<_> = set
+            .covering("lumie-dev")
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(names, [BUILTIN_POLICY_NAME]);
+        assert_eq!(set.covering("kube-system").count(), 0);
+    }
+
+    #[test]
+    fn invalid_object_alone_is_ignored_and_the_default_stays() {
+        let bad = spec(|s| s.namespaces.clear());
+        let set = PolicySet::from_objects([("broken", &bad)], None);
+        assert!(set.is_builtin());
+        assert_eq!(set.ignored()[0].name, "broken");
+        assert!(!set.ignored()[0].kept_previous);
+    }
+
+    #[test]
+    fn invalid_edit_keeps_the_previous_valid_version() {
+        let good = spec(|s| s.mode = PolicyMode::Enforce);
+        let first = PolicySet::from_objects([("strict", &good)], None);
+        let bad = spec(|s| s.privileged_containers[0].images = vec!["*".into()]);
+        let second = PolicySet::from_objects([("strict", &bad)], Some(&first));
+        assert_eq!(second.generation(), first.generation() + 1);
+        let p: Vec<_> = second.covering("lumie-dev").collect();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].spec, good, "the valid version stays in force");
+        assert!(second.ignored()[0].kept_previous);
+    }
+
+    #[test]
+    fn several_objects_are_all_in_force_in_name_order() {
+        let a = spec(|s| s.mode = PolicyMode::Warn);
+        let b = spec(|s| s.namespaces = vec!["lumie-dev".into(), "other".into()]);
+        let set = PolicySet::from_objects([("zeta", &a), ("alpha", &b)], None);
+        let names: Vec<_> = set
+            .covering("lumie-dev")
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(names, ["alpha", "zeta"]);
+        assert_eq!(set.covering("other").count(), 1);
+    }
+
+    #[test]
+    fn exemptions_name_the_reason() {
+        let p = CompiledPolicy::compile(
+            "p",
+            spec(|s| {
+                s.exempt_users = vec!["root".into()];
+                s.exempt_groups = vec!["platform-admins".into()];
+            }),
+        )
+        .unwrap();
+        assert!(p.exemption("root", &[]).unwrap().contains("exemptUsers"));
+        assert!(
+            p.exemption("bob", &["platform-admins".into()])
+                .unwrap()
+                .contains("exemptGroups \"platform-admins\"")
+        );
+        assert_eq!(p.exemption("bob", &["dev".into()]), None);
+    }
+}

@@ -1,0 +1,497 @@
+//! AdmissionReview in, AdmissionReview out: reading the request (every way it can be unreadable
+//! is a [`Error::BadRequest`], never an allow), deciding with the policies in force, and writing
+//! the response. Shared by the HTTPS endpoints and `lumie-webhook review`, so both answer the
+//! same bytes.
+//!
+//! Decisions across policies: every policy covering the namespace is applied (the most secure
+//! outcome wins). Per policy, an exempt requester is skipped (and audited); otherwise its
+//! violations deny (`Enforce`), warn (`Warn`) or are recorded as audit annotations (`Audit`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{EphemeralContainer, Pod};
+use lumie_contract::policy::{GROUP as POLICY_GROUP, PolicyMode, WorkspacePolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::Error;
+use crate::metrics::{Decision, ModeLabel};
+use crate::mutate::mutate_pod;
+use crate::policy::{CompiledPolicy, PolicySet};
+use crate::validate::{RequestContext, Violation, validate_ephemeral_containers, validate_pod};
+
+/// The largest AdmissionReview accepted (the apiserver's own request limit is 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// The only AdmissionReview version served.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The AdmissionReview kind.
+pub const KIND: &str = "AdmissionReview";
+
+/// Which endpoint a review is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /mutate`: patches, never denies a readable request.
+    Mutate,
+    /// `POST /validate`: decides, never patches.
+    Validate,
+}
+
+impl Endpoint {
+    /// `mutate` or `validate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Mutate => "mutate",
+            Endpoint::Validate => "validate",
+        }
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mutate" => Ok(Endpoint::Mutate),
+            "validate" => Ok(Endpoint::Validate),
+            other => Err(format!("unknown endpoint {other:?} (mutate or validate)")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<'a> {
+    #[serde(borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<GroupVersionKind<'a>>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_info: UserInfo<'a>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+struct UserInfo<'a> {
+    #[serde(borrow, default)]
+    username: Cow<'a, str>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    audit_annotations: BTreeMap<&'static str, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct StatusOut {
+    status: &'static str,
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+/// What a denial was about, for the one log line per denial.
+#[derive(Clone, Debug)]
+pub struct Denial {
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Object name (or `generateName*`).
+    pub name: String,
+    /// Requesting user.
+    pub user: String,
+    /// The message returned to the user.
+    pub message: String,
+    /// Whether the request was a dry run.
+    pub dry_run: bool,
+}
+
+/// The answer to one review.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The response AdmissionReview, JSON.
+    pub body: Vec<u8>,
+    /// Allowed or denied.
+    pub decision: Decision,
+    /// The mode the decision was taken under, for metrics.
+    pub mode: ModeLabel,
+    /// Set when denied.
+    pub denial: Option<Denial>,
+}
+
+/// Reviews one AdmissionReview body for `endpoint` under `policies`.
+pub fn review(policies: &PolicySet, endpoint: Endpoint, body: &[u8]) -> Result<Reviewed, Error> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(bad(format!(
+            "body is {} bytes, over the {} byte limit",
+            body.len(),
+            MAX_BODY_BYTES
+        )));
+    }
+    let input: ReviewIn<'_> = serde_json::from_slice(body).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            bad(format!("not an AdmissionReview: {e}"))
+        } else {
+            bad(format!("body is not JSON: {e}"))
+        }
+    })?;
+    match input.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        Some(other) => {
+            return Err(bad(format!(
+                "apiVersion {other:?} is not served (want {API_VERSION:?})"
+            )));
+        }
+        None => return Err(bad(format!("apiVersion is missing (want {API_VERSION:?})"))),
+    }
+    match input.kind.as_deref() {
+        Some(KIND) => {}
+        Some(other) => return Err(bad(format!("kind {other:?} is not {KIND:?}"))),
+        None => return Err(bad(format!("kind is missing (want {KIND:?})"))),
+    }
+    let req = input
+        .request
+        .ok_or_else(|| bad("request is missing".into()))?;
+    let uid = match req.uid.as_deref() {
+        Some(u) if !u.is_empty() => u,
+        _ => return Err(bad("request.uid is missing".into())),
+    };
+    let kind = req
+        .kind
+        .as_ref()
+        .ok_or_else(|| bad("request.kind is missing".into()))?;
+    let operation = req
+        .operation
+        .as_deref()
+        .ok_or_else(|| bad("request.operation is missing".into()))?;
+
+    let mut out = Answer::new(uid);
+    let is_pod = kind.group.is_empty() && kind.kind == "Pod";
+    match endpoint {
+        Endpoint::Mutate => {
+            if !is_pod {
+                return Err(not_handled(endpoint, kind));
+            }
+            if operation == "CREATE" && req.sub_resource.is_none() {
+                let pod = parse_pod(req.object, "request.object")?;
+                mutate(policies, &req, &pod, &mut out)?;
+            }
+        }
+        Endpoint::Validate => {
+            if is_pod {
+                if matches!(operation, "CREATE" | "UPDATE") {
+                    let pod = parse_pod(req.object, "request.object")?;
+                    let old = match (operation, req.old_object) {
+                        ("UPDATE", Some(raw)) => Some(parse_pod(Some(raw), "request.oldObject")?),
+                        _ => None,
+                    };
+                    validate(policies, &req, &pod, old.as_ref(), &mut out)?;
+                }
+            } else if kind.group.is_empty() && kind.kind == "EphemeralContainers" {
+                if matches!(operation, "CREATE" | "UPDATE") {
+                    let obj: EphemeralContainersObject = parse(
+                        req.object,
+                        "request.object",
+                        "an EphemeralContainers object",
+                    )?;
+                    validate_ephemeral(policies, &req, &obj.ephemeral_containers, &mut out)?;
+                }
+            } else if kind.group == POLICY_GROUP && kind.kind == "WorkspacePolicy" {
+                if matches!(operation, "CREATE" | "UPDATE") {
+                    validate_policy_object(&req, &mut out)?;
+                }
+            } else {
+                return Err(not_handled(endpoint, kind));
+            }
+        }
+    }
+    Ok(out.finish(&req))
+}
+
+fn bad(message: String) -> Error {
+    Error::BadRequest(message)
+}
+
+fn not_handled(endpoint: Endpoint, kind: &GroupVersionKind<'_>) -> Error {
+    let what = if kind.group.is_empty() {
+        kind.kind.to_string()
+    } else {
+        format!("{}/{}", kind.group, kind.kind)
+    };
+    let want = match endpoint {
+        Endpoint::Mutate => "Pod",
+        Endpoint::Validate => "Pod, EphemeralContainers or WorkspacePolicy",
+    };
+    bad(format!(
+        "request.kind {what:?} is not handled by /{} (want {want})",
+        endpoint.as_str()
+    ))
+}
+
+fn parse<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    field: &str,
+    what: &str,
+) -> Result<T, Error> {
+    let raw = raw.ok_or_else(|| bad(format!("{field} is missing")))?;
+    serde_json::from_str(raw.get()).map_err(|e| bad(format!("{field} is not {what}: {e}")))
+}
+
+fn parse_pod(raw: Option<&RawValue>, field: &str) -> Result<Pod, Error> {
+    parse(raw, field, "a Pod")
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EphemeralContainersObject {
+    #[serde(default)]
+    ephemeral_containers: Vec<EphemeralContainer>,
+}
+
+/// The response being built.
+struct Answer<'a> {
+    uid: &'a str,
+    deny: Vec<String>,
+    warnings: Vec<String>,
+    audit: Vec<String>,
+    exempt: Vec<String>,
+    patch: Option<String>,
+    mode: ModeLabel,
+}
+
+impl<'a> Answer<'a> {
+    fn new(uid: &'a str) -> Self {
+        Answer {
+            uid,
+            deny: Vec::new(),
+            warnings: Vec::new(),
+            audit: Vec::new(),
+            exempt: Vec::new(),
+            patch: None,
+            mode: ModeLabel::None,
+        }
+    }
+
+    /// Notes the strictest mode a policy was applied under.
+    fn applied(&mut self, mode: PolicyMode) {
+        // Labels are ordered strictest first; Exempt and None sort last.
+        self.mode = self.mode.min(ModeLabel::from(mode));
+    }
+
+    fn exempted(&mut self, why: String) {
+        if self.mode == ModeLabel::None {
+            self.mode = ModeLabel::Exempt;
+        }
+        self.exempt.push(why);
+    }
+
+    fn violations(&mut self, mode: PolicyMode, violations: Vec<Violation>) {
+        self.applied(mode);
+        let target = match mode {
+            PolicyMode::Enforce => &mut self.deny,
+            PolicyMode::Warn => &mut self.warnings,
+            PolicyMode::Audit => &mut self.audit,
+        };
+        target.extend(violations.iter().map(ToString::to_string));
+    }
+
+    fn finish(self, req: &RequestIn<'_>) -> Reviewed {
+        let allowed = self.deny.is_empty();
+        let message = (!allowed).then(|| self.deny.join("; "));
+        let mut audit_annotations = BTreeMap::new();
+        if !self.exempt.is_empty() {
+            audit_annotations.insert("exempt", self.exempt.join("; "));
+        }
+        if !self.audit.is_empty() {
+            audit_annotations.insert("violations", self.audit.join("; "));
+        }
+        let out = ReviewOut {
+            api_version: API_VERSION,
+            kind: KIND,
+            response: ResponseOut {
+                uid: self.uid,
+                allowed,
+                status: message.as_ref().map(|m| StatusOut {
+                    status: "Failure",
+                    code: 403,
+                    reason: "Forbidden",
+                    message: m.clone(),
+                }),
+                patch_type: self.patch.as_ref().map(|_| "JSONPatch"),
+                patch: self.patch,
+                audit_annotations,
+                warnings: self.warnings,
+            },
+        };
+        let body = serde_json::to_vec(&out).expect("response types always serialize");
+        let denial = message.map(|message| Denial {
+            namespace: req.namespace.as_deref().unwrap_or("").to_string(),
+            name: req.name.as_deref().unwrap_or("").to_string(),
+            user: req.user_info.username.to_string(),
+            message,
+            dry_run: req.dry_run.unwrap_or(false),
+        });
+        Reviewed {
+            body,
+            decision: if allowed {
+                Decision::Allowed
+            } else {
+                Decision::Denied
+            },
+            mode: self.mode,
+            denial,
+        }
+    }
+}
+
+fn namespace_of<'r>(req: &'r RequestIn<'_>, pod: Option<&'r Pod>) -> Result<&'r str, Error> {
+    req.namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or_else(|| pod.and_then(|p| p.metadata.namespace.as_deref()))
+        .ok_or_else(|| bad("request.namespace is missing".into()))
+}
+
+/// The covering policies that apply to this requester; exemptions are recorded.
+fn applicable<'p>(
+    policies: &'p PolicySet,
+    namespace: &'p str,
+    req: &RequestIn<'_>,
+    out: &mut Answer<'_>,
+) -> Vec<&'p CompiledPolicy> {
+    let mut list = Vec::new();
+    for p in policies.covering(namespace) {
+        match p.exemption(&req.user_info.username, &req.user_info.groups) {
+            Some(why) => out.exempted(why),
+            None => list.push(p),
+        }
+    }
+    list
+}
+
+fn mutate(
+    policies: &PolicySet,
+    req: &RequestIn<'_>,
+    pod: &Pod,
+    out: &mut Answer<'_>,
+) -> Result<(), Error> {
+    let ns = namespace_of(req, Some(pod))?;
+    let list = applicable(policies, ns, req, out);
+    for p in &list {
+        out.applied(p.mode());
+    }
+    let ops = mutate_pod(list.iter().copied(), pod);
+    if !ops.is_empty() {
+        let json = serde_json::to_vec(&ops).expect("patch operations always serialize");
+        out.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
+    }
+    Ok(())
+}
+
+fn validate(
+    policies: &PolicySet,
+    req: &RequestIn<'_>,
+    pod: &Pod,
+    old: Option<&Pod>,
+    out: &mut Answer<'_>,
+) -> Result<(), Error> {
+    let ns = namespace_of(req, Some(pod))?;
+    let ctx = RequestContext {
+        username: &req.user_info.username,
+        old,
+    };
+    for p in applicable(policies, ns, req, out) {
+        out.violations(p.mode(), validate_pod(p, pod, ctx));
+    }
+    Ok(())
+}
+
+fn validate_ephemeral(
+    policies: &PolicySet,
+    req: &RequestIn<'_>,
+    containers: &[EphemeralContainer],
+    out: &mut Answer<'_>,
+) -> Result<(), Error> {
+    let ns = namespace_of(req, None)?;
+    for p in applicable(policies, ns, req, out) {
+        out.violations(p.mode(), validate_ephemeral_containers(p, containers));
+    }
+    Ok(())
+}
+
+/// A broken policy is denied at `kubectl apply` with every problem, instead of being ignored
+/// later by the watch.
+fn validate_policy_object(req: &RequestIn<'_>, out: &mut Answer<'_>) -> Result<(), Error> {
+    let raw = req
+        .object
+        .ok_or_else(|| bad("request.object is missing".into()))?;
+    let name = req.name.as_deref().unwrap_or("");
+    out.mode = ModeLabel::Enforce;
+    match serde_json::from_str::<WorkspacePolicy>(raw.get()) {
+        Err(e) => out
+            .deny
+            .push(format!("WorkspacePolicy {name:?} cannot be read: {e}")),
+        Ok(policy) => {
+            if let Err(problems) = policy.spec.validate() {
+                out.deny.push(format!(
+                    "WorkspacePolicy {name:?} is invalid: {}",
+                    problems.join("; ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}

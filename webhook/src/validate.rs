@@ -1,0 +1,652 @@
+//! Pod validation against one policy, as pure functions: the privileged exception, Pod Security
+//! "baseline" for every other container (regular, init and ephemeral), and the workspace pod
+//! requirements. Every violation is returned, each naming the container, field, value and rule.
+//!
+//! Deciding what to do with violations (deny, warn, audit, exempt) is the caller's job
+//! ([`crate::review`]); this module only says what is wrong.
+
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EphemeralContainer, Pod, PodSpec, SecurityContext,
+};
+
+use crate::policy::CompiledPolicy;
+
+/// Capabilities Pod Security baseline allows adding. Anything else (`SYS_ADMIN`, `NET_ADMIN`,
+/// `ALL`…) is a step towards the node.
+pub const BASELINE_CAPABILITIES: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Sysctls Pod Security baseline calls safe (namespaced, no effect outside the pod).
+pub const SAFE_SYSCTLS: [&str; 10] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// SELinux types Pod Security baseline allows (plus unset).
+const SELINUX_TYPES: [&str; 4] = [
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+];
+
+const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
+const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str = "container.seccomp.security.alpha.kubernetes.io/";
+
+/// What a violation is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// The pod as a whole (`spec.hostNetwork`, volumes, the workspace requirements).
+    Pod,
+    /// A regular container.
+    Container(String),
+    /// An init container.
+    InitContainer(String),
+    /// An ephemeral (debug) container.
+    EphemeralContainer(String),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Pod => f.write_str("pod"),
+            Subject::Container(n) => write!(f, "container {n:?}"),
+            Subject::InitContainer(n) => write!(f, "init container {n:?}"),
+            Subject::EphemeralContainer(n) => write!(f, "ephemeral container {n:?}"),
+        }
+    }
+}
+
+/// One broken rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Pod or container.
+    pub subject: Subject,
+    /// Field path, relative to the container for container subjects.
+    pub field: String,
+    /// The offending value, rendered; `None` when something required is missing.
+    pub value: Option<String>,
+    /// The rule, in words.
+    pub rule: String,
+    /// The policy that set the rule.
+    pub policy: Arc<str>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}: {}={} is not allowed", self.subject, self.field, v)?,
+            None => write!(f, "{}: {} is required", self.subject, self.field)?,
+        }
+        write!(f, " ({}, WorkspacePolicy {:?})", self.rule, &*self.policy)
+    }
+}
+
+/// Collects violations for one policy.
+struct Findings<'p> {
+    policy: &'p CompiledPolicy,
+    out: Vec<Violation>,
+}
+
+impl Findings<'_> {
+    fn push(&mut self, subject: &Subject, field: &str, value: Option<String>, rule: &str) {
+        self.out.push(Violation {
+            subject: subject.clone(),
+            field: field.to_string(),
+            value,
+            rule: rule.to_string(),
+            policy: Arc::clone(&self.policy.name),
+        });
+    }
+
+    fn baseline(&mut self, subject: &Subject, field: &str, value: String, what: &str) {
+        let rule = format!("Pod Security baseline: {what}");
+        self.push(subject, field, Some(value), &rule);
+    }
+}
+
+/// The parts of a container that matter here; regular, init and ephemeral containers alike.
+struct ContainerView<'a> {
+    subject: Subject,
+    name: &'a str,
+    image: &'a str,
+    security: Option<&'a SecurityContext>,
+    ports: &'a [ContainerPort],
+}
+
+impl<'a> ContainerView<'a> {
+    fn of(c: &'a Container, subject: Subject) -> Self {
+        ContainerView {
+            subject,
+            name: &c.name,
+            image: c.image.as_deref().unwrap_or(""),
+            security: c.security_context.as_ref(),
+            ports: c.ports.as_deref().unwrap_or(&[]),
+        }
+    }
+
+    fn of_ephemeral(c: &'a EphemeralContainer) -> Self {
+        ContainerView {
+            subject: Subject::EphemeralContainer(c.name.clone()),
+            name: &c.name,
+            image: c.image.as_deref().unwrap_or(""),
+            security: c.security_context.as_ref(),
+            ports: c.ports.as_deref().unwrap_or(&[]),
+        }
+    }
+
+    fn privileged(&self) -> bool {
+        self.security.and_then(|s| s.privileged) == Some(true)
+    }
+}
+
+/// Who is asking and what changes: the context the privileged exception depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestContext<'a> {
+    /// `userInfo.username` of the request.
+    pub username: &'a str,
+    /// The object before an UPDATE (`oldObject`).
+    pub old: Option<&'a Pod>,
+}
+
+/// Validates a pod (CREATE, UPDATE, or the ephemeral containers subresource in its Pod form)
+/// against one policy. The caller only calls this for policies covering the pod's namespace.
+///
+/// An UPDATE that leaves the spec and the security annotations untouched (labels, finalizers,
+/// owner references) has nothing to check: the pod already runs as it is, and checking it would
+/// only wedge deletion of pods admitted under `Warn`/`Audit`.
+pub fn validate_pod(policy: &CompiledPolicy, pod: &Pod, ctx: RequestContext<'_>) -> Vec<Violation> {
+    let mut f = Findings {
+        policy,
+        out: Vec::new(),
+    };
+    if let Some(old) = ctx.old
+        && old.spec == pod.spec
+        && security_annotations(old).eq(security_annotations(pod))
+    {
+        return f.out;
+    }
+    static EMPTY_SPEC: std::sync::LazyLock<PodSpec> = std::sync::LazyLock::new(PodSpec::default);
+    let spec = pod.spec.as_ref().unwrap_or(&EMPTY_SPEC);
+    let workspace = policy.is_workspace(pod.metadata.labels.as_ref());
+
+    check_pod_level(&mut f, spec);
+
+    for c in &spec.containers {
+        let view = ContainerView::of(c, Subject::Container(c.name.clone()));
+        let excepted = if view.privileged() {
+            privileged_exception(&mut f, &view, workspace, ctx)
+        } else {
+            exception_applies(policy, &view, workspace, ctx).is_ok()
+        };
+        if !excepted {
+            check_container(&mut f, &view, false);
+        } else {
+            check_container_host_access(&mut f, &view);
+        }
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let view = ContainerView::of(c, Subject::InitContainer(c.name.clone()));
+        check_container(&mut f, &view, true);
+    }
+    for c in spec.ephemeral_containers.iter().flatten() {
+        check_container(&mut f, &ContainerView::of_ephemeral(c), true);
+    }
+    check_annotations(&mut f, pod, spec, workspace, ctx);
+
+    if workspace {
+        check_workspace_requirements(&mut f, spec);
+    }
+    f.out
+}
+
+/// Validates ephemeral containers sent on their own (the `EphemeralContainers` object of the
+/// `pods/ephemeralcontainers` subresource before Kubernetes 1.22): baseline, no exception.
+pub fn validate_ephemeral_containers(
+    policy: &CompiledPolicy,
+    containers: &[EphemeralContainer],
+) -> Vec<Violation> {
+    let mut f = Findings {
+        policy,
+        out: Vec::new(),
+    };
+    for c in containers {
+        check_container(&mut f, &ContainerView::of_ephemeral(c), true);
+    }
+    f.out
+}
+
+/// Why the privileged exception does not apply to a container, if it does not.
+fn exception_applies(
+    policy: &CompiledPolicy,
+    view: &ContainerView<'_>,
+    workspace: bool,
+    ctx: RequestContext<'_>,
+) -> Result<(), String> {
+    let Some(ex) = policy.privileged.iter().find(|p| p.name == view.name) else {
+        return Err(policy.privileged_rule.clone());
+    };
+    if !workspace {
+        return Err(format!(
+            "{}; this pod does not match workspaceSelector",
+            policy.privileged_rule
+        ));
+    }
+    if !ex.image_allowed(view.image) {
+        return Err(format!(
+            "image {:?} is not an allowed image for {:?}: {}",
+            view.image,
+            ex.name,
+            ex.images.join(", ")
+        ));
+    }
+    if !policy.is_creator(ctx.username) && !unchanged_from_old(view, ctx.old) {
+        return Err(format!(
+            "{} created by workspaceCreators; {:?} is not one",
+            policy.privileged_rule, ctx.username
+        ));
+    }
+    Ok(())
+}
+
+/// Records why a privileged regular container is not excepted; true when it is.
+fn privileged_exception(
+    f: &mut Findings<'_>,
+    view: &ContainerView<'_>,
+    workspace: bool,
+    ctx: RequestContext<'_>,
+) -> bool {
+    match exception_applies(f.policy, view, workspace, ctx) {
+        Ok(()) => true,
+        Err(rule) => {
+            f.push(
+                &view.subject,
+                "securityContext.privileged",
+                Some("true".into()),
+                &rule,
+            );
+            false
+        }
+    }
+}
+
+/// An UPDATE by someone else (a developer adding a debug container, a controller editing the
+/// spec) keeps a privileged container that was already there, unchanged: it adds no privilege.
+fn unchanged_from_old(view: &ContainerView<'_>, old: Option<&Pod>) -> bool {
+    old.and_then(|o| o.spec.as_ref())
+        .map(|s| {
+            s.containers.iter().any(|c| {
+                c.name == view.name
+                    && c.image.as_deref().unwrap_or("") == view.image
+                    && c.security_context.as_ref() == view.security
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
+    let p = Subject::Pod;
+    for (field, value) in [
+        ("spec.hostNetwork", spec.host_network),
+        ("spec.hostPID", spec.host_pid),
+        ("spec.hostIPC", spec.host_ipc),
+    ] {
+        if value == Some(true) {
+            f.baseline(
+                &p,
+                field,
+                "true".into(),
+                "host namespaces may not be shared",
+            );
+        }
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(hp) = &v.host_path {
+            f.baseline(
+                &p,
+                &format!("spec.volumes[{i}].hostPath"),
+                format!("{:?}", hp.path),
+                &format!("hostPath volumes are not allowed (volume {:?})", v.name),
+            );
+        }
+    }
+    let Some(sc) = &spec.security_context else {
+        return;
+    };
+    for (i, s) in sc.sysctls.iter().flatten().enumerate() {
+        if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
+            f.baseline(
+                &p,
+                &format!("spec.securityContext.sysctls[{i}].name"),
+                format!("{:?}", s.name),
+                "only safe sysctls may be set",
+            );
+        }
+    }
+    if let Some(sp) = &sc.seccomp_profile
+        && sp.type_ == "Unconfined"
+    {
+        f.baseline(
+            &p,
+            "spec.securityContext.seccompProfile.type",
+            "\"Unconfined\"".into(),
+            "seccomp may not be disabled",
+        );
+    }
+    if let Some(ap) = &sc.app_armor_profile
+        && ap.type_ == "Unconfined"
+    {
+        f.baseline(
+            &p,
+            "spec.securityContext.appArmorProfile.type",
+            "\"Unconfined\"".into(),
+            "AppArmor may not be disabled",
+        );
+    }
+    if let Some(se) = &sc.se_linux_options {
+        check_selinux(f, &p, "spec.securityContext.seLinuxOptions", se);
+    }
+    if sc.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
+        f.baseline(
+            &p,
+            "spec.securityContext.windowsOptions.hostProcess",
+            "true".into(),
+            "Windows HostProcess pods are not allowed",
+        );
+    }
+}
+
+fn check_selinux(
+    f: &mut Findings<'_>,
+    subject: &Subject,
+    prefix: &str,
+    se: &k8s_openapi::api::core::v1::SELinuxOptions,
+) {
+    if let Some(t) = se.type_.as_deref()
+        && !t.is_empty()
+        && !SELINUX_TYPES.contains(&t)
+    {
+        f.baseline(
+            subject,
+            &format!("{prefix}.type"),
+            format!("{t:?}"),
+            "SELinux type must be container_t, container_init_t, container_kvm_t or container_engine_t",
+        );
+    }
+    for (name, value) in [("user", &se.user), ("role", &se.role)] {
+        if let Some(v) = value.as_deref()
+            && !v.is_empty()
+        {
+            f.baseline(
+                subject,
+                &format!("{prefix}.{name}"),
+                format!("{v:?}"),
+                "SELinux user and role may not be set",
+            );
+        }
+    }
+}
+
+/// Baseline for one container. `never_excepted` (init and ephemeral containers) only changes
+/// the wording of the privileged rule.
+fn check_container(f: &mut Findings<'_>, view: &ContainerView<'_>, never_excepted: bool) {
+    let s = &view.subject;
+    if view.privileged() && never_excepted {
+        let rule = format!(
+            "{}; init and ephemeral containers never are",
+            f.policy.privileged_rule
+        );
+        f.push(s, "securityContext.privileged", Some("true".into()), &rule);
+    }
+    check_container_host_access(f, view);
+    let Some(sc) = view.security else {
+        return;
+    };
+    if sc.allow_privilege_escalation == Some(true) {
+        f.baseline(
+            s,
+            "securityContext.allowPrivilegeEscalation",
+            "true".into(),
+            "privilege escalation may not be allowed",
+        );
+    }
+    if let Some(add) = sc.capabilities.as_ref().and_then(|c| c.add.as_ref()) {
+        let extra: Vec<&str> = add
+            .iter()
+            .map(String::as_str)
+            .filter(|cap| !baseline_capability(cap))
+            .collect();
+        if !extra.is_empty() {
+            f.baseline(
+                s,
+                "securityContext.capabilities.add",
+                format!("{extra:?}"),
+                "only the baseline capabilities may be added",
+            );
+        }
+    }
+    if let Some(pm) = sc.proc_mount.as_deref()
+        && pm != "Default"
+    {
+        f.baseline(
+            s,
+            "securityContext.procMount",
+            format!("{pm:?}"),
+            "procMount must be Default",
+        );
+    }
+    if let Some(sp) = &sc.seccomp_profile
+        && sp.type_ == "Unconfined"
+    {
+        f.baseline(
+            s,
+            "securityContext.seccompProfile.type",
+            "\"Unconfined\"".into(),
+            "seccomp may not be disabled",
+        );
+    }
+    if let Some(ap) = &sc.app_armor_profile
+        && ap.type_ == "Unconfined"
+    {
+        f.baseline(
+            s,
+            "securityContext.appArmorProfile.type",
+            "\"Unconfined\"".into(),
+            "AppArmor may not be disabled",
+        );
+    }
+    if let Some(se) = &sc.se_linux_options {
+        check_selinux(f, s, "securityContext.seLinuxOptions", se);
+    }
+}
+
+/// The checks that hold even for the privileged exception: a host port or a Windows HostProcess
+/// container reaches the node in a way `dind` never needs.
+fn check_container_host_access(f: &mut Findings<'_>, view: &ContainerView<'_>) {
+    let s = &view.subject;
+    for (i, p) in view.ports.iter().enumerate() {
+        if let Some(hp) = p.host_port
+            && hp != 0
+        {
+            f.baseline(
+                s,
+                &format!("ports[{i}].hostPort"),
+                hp.to_string(),
+                "host ports are not allowed",
+            );
+        }
+    }
+    if view
+        .security
+        .and_then(|sc| sc.windows_options.as_ref())
+        .and_then(|w| w.host_process)
+        == Some(true)
+    {
+        f.baseline(
+            s,
+            "securityContext.windowsOptions.hostProcess",
+            "true".into(),
+            "Windows HostProcess containers are not allowed",
+        );
+    }
+}
+
+fn baseline_capability(cap: &str) -> bool {
+    let upper = cap.trim().to_ascii_uppercase();
+    let name = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    BASELINE_CAPABILITIES.contains(&name)
+}
+
+fn security_annotations(pod: &Pod) -> impl Iterator<Item = (&String, &String)> {
+    pod.metadata.annotations.iter().flatten().filter(|(k, _)| {
+        k.starts_with(APPARMOR_ANNOTATION_PREFIX)
+            || k.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
+            || k.as_str() == SECCOMP_POD_ANNOTATION
+    })
+}
+
+/// The pre-field AppArmor and seccomp annotations (what Kubernetes 1.20 reads).
+fn check_annotations(
+    f: &mut Findings<'_>,
+    pod: &Pod,
+    spec: &PodSpec,
+    workspace: bool,
+    ctx: RequestContext<'_>,
+) {
+    for (key, value) in security_annotations(pod) {
+        if let Some(container) = key.strip_prefix(APPARMOR_ANNOTATION_PREFIX) {
+            if value == "runtime/default" || value.starts_with("localhost/") {
+                continue;
+            }
+            // The privileged exception runs unconfined anyway; its annotation is not a new hole.
+            let excepted = spec.containers.iter().any(|c| {
+                c.name == container
+                    && exception_applies(
+                        f.policy,
+                        &ContainerView::of(c, Subject::Pod),
+                        workspace,
+                        ctx,
+                    )
+                    .is_ok()
+            });
+            if !excepted {
+                f.baseline(
+                    &Subject::Pod,
+                    &format!("metadata.annotations[{key:?}]"),
+                    format!("{value:?}"),
+                    "AppArmor may not be disabled (runtime/default or localhost/* only)",
+                );
+            }
+        } else if value == "unconfined" {
+            let container = key.strip_prefix(SECCOMP_CONTAINER_ANNOTATION_PREFIX);
+            let excepted = container.is_some_and(|name| {
+                spec.containers.iter().any(|c| {
+                    c.name == name
+                        && exception_applies(
+                            f.policy,
+                            &ContainerView::of(c, Subject::Pod),
+                            workspace,
+                            ctx,
+                        )
+                        .is_ok()
+                })
+            });
+            if !excepted {
+                f.baseline(
+                    &Subject::Pod,
+                    &format!("metadata.annotations[{key:?}]"),
+                    format!("{value:?}"),
+                    "seccomp may not be disabled",
+                );
+            }
+        }
+    }
+}
+
+fn check_workspace_requirements(f: &mut Findings<'_>, spec: &PodSpec) {
+    let policy = f.policy;
+    let p = Subject::Pod;
+    let sa = spec.service_account_name.as_deref().unwrap_or("default");
+    if sa != policy.spec.service_account_name {
+        let rule = format!(
+            "workspace pods run as {:?}",
+            policy.spec.service_account_name
+        );
+        f.push(
+            &p,
+            "spec.serviceAccountName",
+            Some(format!("{sa:?}")),
+            &rule,
+        );
+    }
+    for key in &policy.spec.avoid_node_labels {
+        if !avoids_everywhere(spec.affinity.as_ref(), key) {
+            let rule = format!("workspace pods must not run on nodes labelled {key:?}");
+            f.push(
+                &p,
+                &format!(
+                    "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution: \
+                     {key:?} DoesNotExist in every nodeSelectorTerm"
+                ),
+                None,
+                &rule,
+            );
+        }
+    }
+    for name in lumie_contract::workspace::REQUIRED_CONTAINERS {
+        if !spec.containers.iter().any(|c| c.name == name) {
+            f.push(
+                &p,
+                &format!("spec.containers[{name:?}]"),
+                None,
+                "workspace pods have the containers \"dev\", \"agents\" and \"dind\"",
+            );
+        }
+    }
+}
+
+/// Whether every required node selector term keeps the pod off nodes carrying `key`.
+pub fn avoids_everywhere(affinity: Option<&Affinity>, key: &str) -> bool {
+    let terms = affinity
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or(&[]);
+    !terms.is_empty() && terms.iter().all(|t| term_avoids(t, key))
+}
+
+/// Whether one node selector term requires `key` to be absent.
+pub fn term_avoids(term: &k8s_openapi::api::core::v1::NodeSelectorTerm, key: &str) -> bool {
+    term.match_expressions
+        .iter()
+        .flatten()
+        .any(|e| e.key == key && e.operator == "DoesNotExist")
+}

@@ -1,0 +1,1237 @@
+//! Table tests of the admission decisions, through the same `review()` the HTTPS endpoints and
+//! `lumie-webhook review` use: validation rules, modes, exemptions, mutation patches (applied
+//! with `json-patch` and re-reviewed for idempotency) and unreadable input.
+
+use json_patch::Patch;
+use lumie_contract::policy::{PolicyMode, WorkspacePolicySpec};
+use lumie_webhook::Error;
+use lumie_webhook::metrics::Decision;
+use lumie_webhook::policy::PolicySet;
+use lumie_webhook::review::{Endpoint, review};
+use serde_json::{Value, json};
+
+const CONTROL_PLANE: &str = "system:serviceaccount:coder:coder";
+const DEVELOPER: &str = "alice@lumie-infra.com";
+
+/// A workspace pod as the control plane creates it, after mutation.
+fn workspace_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "coder-alice-main",
+            "namespace": "lumie-dev",
+            "labels": {"app.kubernetes.io/name": "dev-workspace"}
+        },
+        "spec": {
+            "serviceAccountName": "dev-workspace",
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
+                    {"key": "node-role.kubernetes.io/master", "operator": "DoesNotExist"}
+                ]}]
+            }}},
+            "containers": [
+                {"name": "dev", "image": "ghcr.io/lumie-infra/dev:1.4"},
+                {"name": "agents", "image": "ghcr.io/lumie-infra/agents:1.4",
+                 "ports": [{"containerPort": 3000}]},
+                {"name": "dind", "image": "docker:27-dind", "securityContext": {"privileged": true}}
+            ]
+        }
+    })
+}
+
+/// A developer's plain pod (not a workspace pod).
+fn plain_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "scratch", "namespace": "lumie-dev", "labels": {"app": "scratch"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}
+    })
+}
+
+struct Req {
+    endpoint: Endpoint,
+    operation: &'static str,
+    user: &'static str,
+    groups: Vec<&'static str>,
+    namespace: &'static str,
+    kind: (&'static str, &'static str),
+    sub_resource: Option<&'static str>,
+    object: Value,
+    old: Option<Value>,
+    dry_run: bool,
+}
+
+impl Req {
+    fn validate(user: &'static str, object: Value) -> Self {
+        Req {
+            endpoint: Endpoint::Validate,
+            operation: "CREATE",
+            user,
+            groups: vec!["system:authenticated"],
+            namespace: "lumie-dev",
+            kind: ("", "Pod"),
+            sub_resource: None,
+            object,
+            old: None,
+            dry_run: false,
+        }
+    }
+    fn mutate(user: &'static str, object: Value) -> Self {
+        Req {
+            endpoint: Endpoint::Mutate,
+            ..Req::validate(user, object)
+        }
+    }
+    fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": self.kind.0, "version": "v1", "kind": self.kind.1},
+                "resource": {"group": self.kind.0, "version": "v1", "resource": "pods"},
+                "subResource": self.sub_resource,
+                "name": self.object["metadata"]["name"],
+                "namespace": self.namespace,
+                "operation": self.operation,
+                "userInfo": {"username": self.user, "groups": self.groups},
+                "object": self.object,
+                "oldObject": self.old,
+                "dryRun": self.dry_run
+            }
+        }))
+        .unwrap()
+    }
+}
+
+fn run(set: &PolicySet, req: &Req) -> Value {
+    let out = review(set, req.endpoint, &req.body()).expect("readable review");
+    let v: Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(v["kind"], "AdmissionReview");
+    let resp = v["response"].clone();
+    assert_eq!(
+        resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "uid echoed"
+    );
+    assert_eq!(
+        out.decision == Decision::Allowed,
+        resp["allowed"].as_bool().unwrap()
+    );
+    if req.endpoint == Endpoint::Validate {
+        assert!(resp.get("patch").is_none(), "validate never patches");
+    }
+    resp
+}
+
+fn builtin() -> PolicySet {
+    PolicySet::builtin()
+}
+
+fn with_policy(edit: impl FnOnce(&mut WorkspacePolicySpec)) -> PolicySet {
+    let mut spec = WorkspacePolicySpec::contract_default();
+    edit(&mut spec);
+    PolicySet::single("default", spec).unwrap()
+}
+
+#[derive(Debug)]
+enum Want {
+    Allow,
+    Deny(&'static [&'static str]),
+    Warn(&'static [&'static str]),
+    Audit(&'static [&'static str]),
+    Exempt(&'static str),
+}
+
+fn check(name: &str, resp: &Value, want: &Want) {
+    let allowed = resp["allowed"].as_bool().unwrap();
+    let message = resp["status"]["message"].as_str().unwrap_or("");
+    let warnings = resp["warnings"].to_string();
+    let audit = resp["auditAnnotations"].to_string();
+    match want {
+        Want::Allow => {
+            assert!(allowed, "{name}: denied: {message}");
+            assert!(
+                resp.get("warnings").is_none(),
+                "{name}: warnings {warnings}"
+            );
+            assert!(resp.get("auditAnnotations").is_none(), "{name}: {audit}");
+        }
+        Want::Deny(parts) => {
+            assert!(!allowed, "{name}: allowed");
+            assert_eq!(resp["status"]["code"], 403, "{name}");
+            for p in *parts {
+                assert!(message.contains(p), "{name}: {message:?} lacks {p:?}");
+            }
+        }
+        Want::Warn(parts) => {
+            assert!(allowed, "{name}: denied: {message}");
+            for p in *parts {
+                assert!(warnings.contains(p), "{name}: {warnings} lacks {p:?}");
+            }
+        }
+        Want::Audit(parts) => {
+            assert!(allowed, "{name}: denied: {message}");
+            for p in *parts {
+                assert!(audit.contains(p), "{name}: {audit} lacks {p:?}");
+            }
+        }
+        Want::Exempt(part) => {
+            assert!(allowed, "{name}: denied: {message}");
+            assert!(
+                resp["auditAnnotations"]["exempt"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(part),
+                "{name}: {audit}"
+            );
+        }
+    }
+}
+
+type Edit = fn(&mut Value);
+type Verify = fn(Option<&Value>, &Value);
+
+fn container(pod: &mut Value, name: &str) -> Value {
+    pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+fn set_container(pod: &mut Value, name: &str, f: impl FnOnce(&mut Value)) {
+    let c = pod["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    f(c);
+}
+
+fn dev_sc(pod: &mut Value, sc: Value) {
+    set_container(pod, "dev", |c| c["securityContext"] = sc);
+}
+
+#[test]
+fn validation_table_workspace_pods() {
+    let cases: Vec<(&str, &'static str, Edit, Want)> = vec![
+        (
+            "compliant workspace pod",
+            CONTROL_PLANE,
+            |_| {},
+            Want::Allow,
+        ),
+        (
+            "dev privileged",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"privileged": true})),
+            Want::Deny(&[
+                r#"container "dev": securityContext.privileged=true is not allowed (only "dind" in workspace pods may be privileged, WorkspacePolicy "default (built-in)")"#,
+            ]),
+        ),
+        (
+            "dind with a non-dind image",
+            CONTROL_PLANE,
+            |p| set_container(p, "dind", |c| c["image"] = json!("ubuntu:22.04")),
+            Want::Deny(&[
+                r#"container "dind": securityContext.privileged=true is not allowed (image "ubuntu:22.04" is not an allowed image for "dind": docker:*dind*"#,
+            ]),
+        ),
+        (
+            "dind with a look-alike registry",
+            CONTROL_PLANE,
+            |p| set_container(p, "dind", |c| c["image"] = json!("evil.io/docker:dind")),
+            Want::Deny(&[r#"image "evil.io/docker:dind" is not an allowed image"#]),
+        ),
+        (
+            "dind created by a developer",
+            DEVELOPER,
+            |_| {},
+            Want::Deny(&[r#"created by workspaceCreators; "alice@lumie-infra.com" is not one"#]),
+        ),
+        (
+            "a second privileged dind-image container",
+            CONTROL_PLANE,
+            |p| {
+                let mut c = container(p, "dind");
+                c["name"] = json!("dind2");
+                p["spec"]["containers"].as_array_mut().unwrap().push(c);
+            },
+            Want::Deny(&[r#"container "dind2": securityContext.privileged=true"#]),
+        ),
+        (
+            "privileged init container",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox",
+                    "securityContext": {"privileged": true}}])
+            },
+            Want::Deny(&[
+                r#"init container "setup": securityContext.privileged=true is not allowed"#,
+                "init and ephemeral containers never are",
+            ]),
+        ),
+        (
+            "init container named dind with a dind image",
+            CONTROL_PLANE,
+            |p| {
+                let mut c = container(p, "dind");
+                p["spec"]["containers"].as_array_mut().unwrap().pop();
+                c["name"] = json!("dind");
+                p["spec"]["initContainers"] = json!([c]);
+            },
+            Want::Deny(&[r#"init container "dind": securityContext.privileged=true"#]),
+        ),
+        (
+            "privileged ephemeral container in the pod",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["ephemeralContainers"] = json!([{"name": "debug", "image": "busybox",
+                    "securityContext": {"privileged": true}}])
+            },
+            Want::Deny(&[r#"ephemeral container "debug": securityContext.privileged=true"#]),
+        ),
+        (
+            "ephemeral container adding SYS_PTRACE",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["ephemeralContainers"] = json!([{"name": "debug", "image": "busybox",
+                    "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}}}])
+            },
+            Want::Deny(&[
+                r#"ephemeral container "debug": securityContext.capabilities.add=["SYS_PTRACE"]"#,
+            ]),
+        ),
+        (
+            "allowPrivilegeEscalation true",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"allowPrivilegeEscalation": true})),
+            Want::Deny(&[
+                r#"container "dev": securityContext.allowPrivilegeEscalation=true is not allowed (Pod Security baseline"#,
+            ]),
+        ),
+        (
+            "allowPrivilegeEscalation false",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"allowPrivilegeEscalation": false})),
+            Want::Allow,
+        ),
+        (
+            "SYS_ADMIN",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"capabilities": {"add": ["SYS_ADMIN"]}})),
+            Want::Deny(&[r#"securityContext.capabilities.add=["SYS_ADMIN"]"#]),
+        ),
+        (
+            "NET_ADMIN and SYS_MODULE listed together, baseline ones not",
+            CONTROL_PLANE,
+            |p| {
+                dev_sc(
+                    p,
+                    json!({"capabilities": {"add": ["CHOWN", "NET_ADMIN", "SYS_MODULE"]}}),
+                )
+            },
+            Want::Deny(&[r#"add=["NET_ADMIN", "SYS_MODULE"]"#]),
+        ),
+        (
+            "CAP_ prefix and lower case do not hide a capability",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"capabilities": {"add": ["cap_sys_admin"]}})),
+            Want::Deny(&[r#"add=["cap_sys_admin"]"#]),
+        ),
+        (
+            "ALL",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"capabilities": {"add": ["ALL"]}})),
+            Want::Deny(&[r#"add=["ALL"]"#]),
+        ),
+        (
+            "baseline capabilities",
+            CONTROL_PLANE,
+            |p| {
+                dev_sc(
+                    p,
+                    json!({"capabilities": {"add": ["NET_BIND_SERVICE", "CAP_CHOWN"], "drop": ["ALL"]}}),
+                )
+            },
+            Want::Allow,
+        ),
+        (
+            "hostPort",
+            CONTROL_PLANE,
+            |p| {
+                set_container(p, "agents", |c| {
+                    c["ports"] = json!([{"containerPort": 3000, "hostPort": 3000}])
+                })
+            },
+            Want::Deny(&[r#"container "agents": ports[0].hostPort=3000 is not allowed"#]),
+        ),
+        (
+            "hostPort 0",
+            CONTROL_PLANE,
+            |p| {
+                set_container(p, "agents", |c| {
+                    c["ports"] = json!([{"containerPort": 3000, "hostPort": 0}])
+                })
+            },
+            Want::Allow,
+        ),
+        (
+            "hostPort on the excepted dind",
+            CONTROL_PLANE,
+            |p| {
+                set_container(p, "dind", |c| {
+                    c["ports"] = json!([{"containerPort": 2375, "hostPort": 2375}])
+                })
+            },
+            Want::Deny(&[r#"container "dind": ports[0].hostPort=2375"#]),
+        ),
+        (
+            "procMount Unmasked",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"procMount": "Unmasked"})),
+            Want::Deny(&[r#"securityContext.procMount="Unmasked""#]),
+        ),
+        (
+            "procMount Default",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"procMount": "Default"})),
+            Want::Allow,
+        ),
+        (
+            "container seccomp Unconfined",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"seccompProfile": {"type": "Unconfined"}})),
+            Want::Deny(&[r#"container "dev": securityContext.seccompProfile.type="Unconfined""#]),
+        ),
+        (
+            "pod seccomp Unconfined",
+            CONTROL_PLANE,
+            |p| p["spec"]["securityContext"] = json!({"seccompProfile": {"type": "Unconfined"}}),
+            Want::Deny(&[r#"pod: spec.securityContext.seccompProfile.type="Unconfined""#]),
+        ),
+        (
+            "seccomp RuntimeDefault",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["securityContext"] = json!({"seccompProfile": {"type": "RuntimeDefault"}})
+            },
+            Want::Allow,
+        ),
+        (
+            "seccomp annotation unconfined",
+            CONTROL_PLANE,
+            |p| {
+                p["metadata"]["annotations"] =
+                    json!({"seccomp.security.alpha.kubernetes.io/pod": "unconfined"})
+            },
+            Want::Deny(&[r#"seccomp.security.alpha.kubernetes.io/pod"#]),
+        ),
+        (
+            "container AppArmor Unconfined",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"appArmorProfile": {"type": "Unconfined"}})),
+            Want::Deny(&[r#"securityContext.appArmorProfile.type="Unconfined""#]),
+        ),
+        (
+            "AppArmor annotation unconfined",
+            CONTROL_PLANE,
+            |p| {
+                p["metadata"]["annotations"] =
+                    json!({"container.apparmor.security.beta.kubernetes.io/dev": "unconfined"})
+            },
+            Want::Deny(&[
+                "container.apparmor.security.beta.kubernetes.io/dev",
+                "AppArmor",
+            ]),
+        ),
+        (
+            "AppArmor annotation runtime/default",
+            CONTROL_PLANE,
+            |p| {
+                p["metadata"]["annotations"] =
+                    json!({"container.apparmor.security.beta.kubernetes.io/dev": "runtime/default"})
+            },
+            Want::Allow,
+        ),
+        (
+            "AppArmor annotation unconfined on the excepted dind",
+            CONTROL_PLANE,
+            |p| {
+                p["metadata"]["annotations"] =
+                    json!({"container.apparmor.security.beta.kubernetes.io/dind": "unconfined"})
+            },
+            Want::Allow,
+        ),
+        (
+            "Windows hostProcess",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"windowsOptions": {"hostProcess": true}})),
+            Want::Deny(&["securityContext.windowsOptions.hostProcess=true"]),
+        ),
+        (
+            "hostNetwork",
+            CONTROL_PLANE,
+            |p| p["spec"]["hostNetwork"] = json!(true),
+            Want::Deny(&["pod: spec.hostNetwork=true is not allowed (Pod Security baseline"]),
+        ),
+        (
+            "hostPID",
+            CONTROL_PLANE,
+            |p| p["spec"]["hostPID"] = json!(true),
+            Want::Deny(&["spec.hostPID=true"]),
+        ),
+        (
+            "hostIPC",
+            CONTROL_PLANE,
+            |p| p["spec"]["hostIPC"] = json!(true),
+            Want::Deny(&["spec.hostIPC=true"]),
+        ),
+        (
+            "hostPath volume",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["volumes"] =
+                    json!([{"name": "sock", "hostPath": {"path": "/var/run/docker.sock"}}])
+            },
+            Want::Deny(&[
+                r#"spec.volumes[0].hostPath="/var/run/docker.sock""#,
+                r#"(volume "sock")"#,
+            ]),
+        ),
+        (
+            "unsafe sysctl",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["securityContext"] =
+                    json!({"sysctls": [{"name": "kernel.msgmax", "value": "1"}]})
+            },
+            Want::Deny(&[r#"spec.securityContext.sysctls[0].name="kernel.msgmax""#]),
+        ),
+        (
+            "safe sysctl",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["securityContext"] =
+                    json!({"sysctls": [{"name": "net.ipv4.ping_group_range", "value": "0 1"}]})
+            },
+            Want::Allow,
+        ),
+        (
+            "SELinux type spc_t",
+            CONTROL_PLANE,
+            |p| dev_sc(p, json!({"seLinuxOptions": {"type": "spc_t"}})),
+            Want::Deny(&[r#"securityContext.seLinuxOptions.type="spc_t""#]),
+        ),
+        (
+            "SELinux user",
+            CONTROL_PLANE,
+            |p| p["spec"]["securityContext"] = json!({"seLinuxOptions": {"user": "system_u"}}),
+            Want::Deny(&[r#"spec.securityContext.seLinuxOptions.user="system_u""#]),
+        ),
+        (
+            "workspace pod on the default service account",
+            CONTROL_PLANE,
+            |p| p["spec"]["serviceAccountName"] = json!("default"),
+            Want::Deny(&[
+                r#"pod: spec.serviceAccountName="default" is not allowed (workspace pods run as "dev-workspace""#,
+            ]),
+        ),
+        (
+            "workspace pod without anti-affinity",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("affinity")
+                    .map(drop)
+                    .unwrap()
+            },
+            Want::Deny(&[
+                r#""node-role.kubernetes.io/control-plane" DoesNotExist in every nodeSelectorTerm is required"#,
+                r#""node-role.kubernetes.io/master" DoesNotExist"#,
+            ]),
+        ),
+        (
+            "workspace pod with a second term that allows control-plane nodes",
+            CONTROL_PLANE,
+            |p| {
+                let terms = &mut p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                    ["nodeSelectorTerms"];
+                terms.as_array_mut().unwrap().push(json!({"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["control-plane-1"]}
+                ]}));
+            },
+            Want::Deny(&["DoesNotExist in every nodeSelectorTerm"]),
+        ),
+        (
+            "workspace pod without agents",
+            CONTROL_PLANE,
+            |p| {
+                p["spec"]["containers"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|c| c["name"] != "agents")
+            },
+            Want::Deny(&[r#"pod: spec.containers["agents"] is required"#]),
+        ),
+        (
+            "dind in a pod that is not a workspace pod",
+            CONTROL_PLANE,
+            |p| p["metadata"]["labels"] = json!({"app": "builder"}),
+            Want::Deny(&[
+                r#"container "dind": securityContext.privileged=true is not allowed (only "dind" in workspace pods may be privileged; this pod does not match workspaceSelector"#,
+            ]),
+        ),
+        (
+            "every violation in one message",
+            CONTROL_PLANE,
+            |p| {
+                dev_sc(p, json!({"privileged": true}));
+                p["spec"]["hostNetwork"] = json!(true);
+                p["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}]);
+            },
+            Want::Deny(&[
+                r#"container "dev": securityContext.privileged=true"#,
+                "spec.hostNetwork=true",
+                r#"spec.volumes[0].hostPath="/""#,
+            ]),
+        ),
+    ];
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    let set = builtin();
+    for (name, user, edit, want) in &cases {
+        let mut pod = workspace_pod();
+        edit(&mut pod);
+        let resp = run(&set, &Req::validate(user, pod));
+        check(name, &resp, want);
+    }
+}
+
+#[test]
+fn violations_are_separate_and_counted() {
+    let mut pod = workspace_pod();
+    dev_sc(
+        &mut pod,
+        json!({"privileged": true, "allowPrivilegeEscalation": true}),
+    );
+    pod["spec"]["hostPID"] = json!(true);
+    let resp = run(&builtin(), &Req::validate(CONTROL_PLANE, pod));
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert_eq!(message.split("; ").count(), 3, "{message}");
+}
+
+#[test]
+fn plain_pods_in_lumie_dev() {
+    let cases: Vec<(&str, Edit, Want)> = vec![
+        ("plain pod", |_| {}, Want::Allow),
+        (
+            "plain pod needs no service account or affinity",
+            |p| p["spec"]["serviceAccountName"] = json!("default"),
+            Want::Allow,
+        ),
+        (
+            "plain pod privileged",
+            |p| p["spec"]["containers"][0]["securityContext"] = json!({"privileged": true}),
+            Want::Deny(&[r#"container "main": securityContext.privileged=true"#]),
+        ),
+        (
+            "plain pod with dind, named dind",
+            |p| {
+                p["spec"]["containers"][0] = json!({"name": "dind", "image": "docker:dind",
+                    "securityContext": {"privileged": true}})
+            },
+            Want::Deny(&["this pod does not match workspaceSelector"]),
+        ),
+    ];
+    for (name, edit, want) in &cases {
+        let mut pod = plain_pod();
+        edit(&mut pod);
+        check(name, &run(&builtin(), &Req::validate(DEVELOPER, pod)), want);
+    }
+}
+
+#[test]
+fn other_namespaces_are_not_covered() {
+    let mut pod = plain_pod();
+    pod["spec"]["hostNetwork"] = json!(true);
+    let mut req = Req::validate(DEVELOPER, pod);
+    req.namespace = "kube-system";
+    let out = review(&builtin(), Endpoint::Validate, &req.body()).unwrap();
+    assert_eq!(out.decision, Decision::Allowed);
+    req.endpoint = Endpoint::Mutate;
+    req.object = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "x", "labels": {"app.kubernetes.io/name": "dev-workspace"}},
+        "spec": {"containers": [{"name": "a", "image": "b"}]}});
+    let resp = run(&builtin(), &req);
+    assert!(resp.get("patch").is_none(), "{resp}");
+}
+
+#[test]
+fn modes_and_exemptions() {
+    let mut privileged = plain_pod();
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let cases: Vec<(&str, PolicySet, &'static str, Vec<&'static str>, Want)> = vec![
+        (
+            "Warn allows and warns",
+            with_policy(|p| p.mode = PolicyMode::Warn),
+            DEVELOPER,
+            vec![],
+            Want::Warn(&[r#"container \"main\": securityContext.privileged=true"#]),
+        ),
+        (
+            "Audit allows and annotates",
+            with_policy(|p| p.mode = PolicyMode::Audit),
+            DEVELOPER,
+            vec![],
+            Want::Audit(&["violations", "securityContext.privileged=true"]),
+        ),
+        (
+            "exempt user",
+            with_policy(|p| p.exempt_users = vec!["root-breakglass".into()]),
+            "root-breakglass",
+            vec![],
+            Want::Exempt(
+                r#"user "root-breakglass" is exempt from WorkspacePolicy "default" (exemptUsers)"#,
+            ),
+        ),
+        (
+            "exempt group",
+            with_policy(|p| p.exempt_groups = vec!["platform-admins".into()]),
+            DEVELOPER,
+            vec!["platform-admins"],
+            Want::Exempt("exemptGroups \"platform-admins\""),
+        ),
+        (
+            "group not exempt",
+            with_policy(|p| p.exempt_groups = vec!["platform-admins".into()]),
+            DEVELOPER,
+            vec!["developers"],
+            Want::Deny(&["securityContext.privileged=true"]),
+        ),
+    ];
+    for (name, set, user, groups, want) in cases {
+        let mut req = Req::validate(user, privileged.clone());
+        req.groups = groups;
+        check(name, &run(&set, &req), &want);
+    }
+}
+
+#[test]
+fn every_covering_policy_applies_most_secure_wins() {
+    let enforce = WorkspacePolicySpec::contract_default();
+    let mut warn = WorkspacePolicySpec::contract_default();
+    warn.mode = PolicyMode::Warn;
+    warn.exempt_users = vec![DEVELOPER.into()];
+    let set = PolicySet::from_objects([("a-warn", &warn), ("b-enforce", &enforce)], None);
+    let mut pod = plain_pod();
+    pod["spec"]["hostIPC"] = json!(true);
+    let resp = run(&set, &Req::validate(DEVELOPER, pod));
+    check(
+        "exempt in one policy is not exempt in another",
+        &resp,
+        &Want::Deny(&[r#"WorkspacePolicy "b-enforce""#]),
+    );
+    assert!(
+        resp["auditAnnotations"]["exempt"]
+            .as_str()
+            .unwrap()
+            .contains("a-warn")
+    );
+}
+
+#[test]
+fn dry_run_gets_the_same_decision() {
+    let mut pod = workspace_pod();
+    dev_sc(&mut pod, json!({"privileged": true}));
+    let mut req = Req::validate(CONTROL_PLANE, pod);
+    let wet = run(&builtin(), &req);
+    req.dry_run = true;
+    let dry = run(&builtin(), &req);
+    assert_eq!(wet, dry);
+    assert_eq!(dry["allowed"], false);
+}
+
+#[test]
+fn updates() {
+    // A pod admitted under Audit keeps working when only its labels change.
+    let mut old = plain_pod();
+    old["spec"]["hostNetwork"] = json!(true);
+    let mut new = old.clone();
+    new["metadata"]["labels"]["extra"] = json!("1");
+    let mut req = Req::validate(DEVELOPER, new);
+    req.operation = "UPDATE";
+    req.old = Some(old.clone());
+    check("metadata-only update", &run(&builtin(), &req), &Want::Allow);
+
+    // ... but a spec change is checked in full.
+    let mut changed = old.clone();
+    changed["spec"]["containers"][0]["image"] = json!("busybox:1.37");
+    req.object = changed;
+    check(
+        "spec update",
+        &run(&builtin(), &req),
+        &Want::Deny(&["hostNetwork"]),
+    );
+
+    // A developer adding a debug container to a workspace pod keeps dind (unchanged).
+    let old_ws = workspace_pod();
+    let mut debugged = old_ws.clone();
+    debugged["spec"]["ephemeralContainers"] = json!([{"name": "debug", "image": "busybox"}]);
+    let mut req = Req::validate(DEVELOPER, debugged);
+    req.operation = "UPDATE";
+    req.sub_resource = Some("ephemeralcontainers");
+    req.old = Some(old_ws.clone());
+    check(
+        "developer adds a compliant debug container",
+        &run(&builtin(), &req),
+        &Want::Allow,
+    );
+
+    // ... but may not swap the dind image.
+    let mut swapped = old_ws.clone();
+    set_container(&mut swapped, "dind", |c| {
+        c["image"] = json!("docker:28-dind")
+    });
+    req.object = swapped;
+    req.sub_resource = None;
+    check(
+        "developer changes dind's image",
+        &run(&builtin(), &req),
+        &Want::Deny(&["is not one"]),
+    );
+}
+
+#[test]
+fn ephemeral_containers_object_of_kubernetes_1_20() {
+    let object = |sc: Value| {
+        json!({"apiVersion": "v1", "kind": "EphemeralContainers",
+            "metadata": {"name": "coder-alice-main", "namespace": "lumie-dev"},
+            "ephemeralContainers": [{"name": "debug", "image": "busybox", "securityContext": sc}]})
+    };
+    let mut req = Req::validate(DEVELOPER, object(json!({})));
+    req.kind = ("", "EphemeralContainers");
+    req.sub_resource = Some("ephemeralcontainers");
+    req.operation = "UPDATE";
+    check(
+        "plain debug container",
+        &run(&builtin(), &req),
+        &Want::Allow,
+    );
+    req.object = object(json!({"privileged": true}));
+    check(
+        "privileged debug container",
+        &run(&builtin(), &req),
+        &Want::Deny(&[r#"ephemeral container "debug": securityContext.privileged=true"#]),
+    );
+}
+
+#[test]
+fn workspace_policy_objects_are_validated() {
+    let policy = |spec: Value| {
+        json!({"apiVersion": "coder.lumie-infra.com/v1alpha1", "kind": "WorkspacePolicy",
+            "metadata": {"name": "strict"}, "spec": spec})
+    };
+    let cases: Vec<(&str, Value, Want)> = vec![
+        ("defaults", json!({}), Want::Allow),
+        (
+            "Warn on two namespaces",
+            json!({"mode": "Warn", "namespaces": ["lumie-dev", "lumie-staging"]}),
+            Want::Allow,
+        ),
+        (
+            "empty namespace list",
+            json!({"namespaces": []}),
+            Want::Deny(&[r#"WorkspacePolicy "strict" is invalid: spec.namespaces: must name"#]),
+        ),
+        (
+            "bad glob",
+            json!({"privilegedContainers": [{"name": "dind", "images": ["docker:[dind"]}]}),
+            Want::Deny(&["spec.privilegedContainers[0].images[0]: bad glob"]),
+        ),
+        (
+            "unknown mode",
+            json!({"mode": "Relaxed"}),
+            Want::Deny(&["cannot be read", "unknown variant `Relaxed`"]),
+        ),
+        (
+            "every problem at once",
+            json!({"namespaces": [], "privilegedContainers": [{"name": "dind", "images": ["*"]}]}),
+            Want::Deny(&["spec.namespaces", "any image"]),
+        ),
+    ];
+    for (name, spec, want) in cases {
+        let mut req = Req::validate("admin", policy(spec));
+        req.kind = ("coder.lumie-infra.com", "WorkspacePolicy");
+        req.namespace = "";
+        check(name, &run(&builtin(), &req), &want);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutation
+
+/// Mutates `pod`, applies the patch, and checks a second round adds nothing.
+fn mutate_roundtrip(set: &PolicySet, user: &'static str, pod: Value) -> (Option<Value>, Value) {
+    let resp = run(set, &Req::mutate(user, pod.clone()));
+    assert_eq!(resp["allowed"], true, "mutate never denies: {resp}");
+    let Some(patch_b64) = resp["patch"].as_str() else {
+        assert!(resp.get("patchType").is_none());
+        return (None, pod);
+    };
+    assert_eq!(resp["patchType"], "JSONPatch");
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch_b64)
+        .unwrap();
+    let ops: Value = serde_json::from_slice(&bytes).unwrap();
+    let patch: Patch = serde_json::from_value(ops.clone()).unwrap();
+    let mut mutated = pod;
+    json_patch::patch(&mut mutated, &patch).expect("patch applies to the pod it was made for");
+    let again = run(set, &Req::mutate(user, mutated.clone()));
+    assert!(
+        again.get("patch").is_none(),
+        "second mutation must be empty: {again}"
+    );
+    (Some(ops), mutated)
+}
+
+fn bare_workspace_pod() -> Value {
+    let mut pod = workspace_pod();
+    let spec = pod["spec"].as_object_mut().unwrap();
+    spec.remove("serviceAccountName");
+    spec.remove("affinity");
+    pod
+}
+
+fn terms(pod: &Value) -> &Vec<Value> {
+    pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"]
+        .as_array()
+        .unwrap()
+}
+
+fn avoids(term: &Value, key: &str) -> bool {
+    term["matchExpressions"]
+        .as_array()
+        .is_some_and(|e| e.contains(&json!({"key": key, "operator": "DoesNotExist"})))
+}
+
+const CP: &str = "node-role.kubernetes.io/control-plane";
+const MASTER: &str = "node-role.kubernetes.io/master";
+
+#[test]
+fn mutation_of_a_bare_workspace_pod_makes_it_valid() {
+    let set = builtin();
+    let (ops, mutated) = mutate_roundtrip(&set, CONTROL_PLANE, bare_workspace_pod());
+    let ops = ops.expect("a patch");
+    assert_eq!(
+        ops,
+        json!([
+            {"op": "add", "path": "/spec/serviceAccountName", "value": "dev-workspace"},
+            {"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [
+                        {"key": CP, "operator": "DoesNotExist"},
+                        {"key": MASTER, "operator": "DoesNotExist"}
+                    ]}
+                ]}
+            }}}
+        ])
+    );
+    check(
+        "mutated pod validates",
+        &run(&set, &Req::validate(CONTROL_PLANE, mutated)),
+        &Want::Allow,
+    );
+}
+
+#[test]
+fn mutation_table() {
+    let cases: Vec<(&str, Edit, Verify)> = vec![
+        (
+            "already mutated: no patch",
+            |p| *p = workspace_pod(),
+            |ops, _| assert!(ops.is_none()),
+        ),
+        (
+            "service account default is replaced, with its deprecated alias",
+            |p| {
+                p["spec"]["serviceAccountName"] = json!("default");
+                p["spec"]["serviceAccount"] = json!("default");
+            },
+            |_, m| {
+                assert_eq!(m["spec"]["serviceAccountName"], "dev-workspace");
+                assert_eq!(m["spec"]["serviceAccount"], "dev-workspace");
+            },
+        ),
+        (
+            "a chosen service account is left for validation to judge",
+            |p| p["spec"]["serviceAccountName"] = json!("builder"),
+            |_, m| assert_eq!(m["spec"]["serviceAccountName"], "builder"),
+        ),
+        (
+            "affinity: null",
+            |p| p["spec"]["affinity"] = Value::Null,
+            |_, m| assert!(avoids(&terms(m)[0], CP) && avoids(&terms(m)[0], MASTER)),
+        ),
+        (
+            "pod anti-affinity only: nodeAffinity added beside it",
+            |p| {
+                p["spec"]["affinity"] = json!({"podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1,
+                        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}})
+            },
+            |_, m| {
+                assert!(m["spec"]["affinity"]["podAntiAffinity"].is_object());
+                assert!(avoids(&terms(m)[0], CP));
+            },
+        ),
+        (
+            "preferred node affinity only: required added, preferred kept",
+            |p| {
+                p["spec"]["affinity"] = json!({"nodeAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1,
+                        "preference": {"matchExpressions": [
+                            {"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}})
+            },
+            |_, m| {
+                assert!(
+                    m["spec"]["affinity"]["nodeAffinity"]
+                        ["preferredDuringSchedulingIgnoredDuringExecution"]
+                        .is_array()
+                );
+                assert!(avoids(&terms(m)[0], MASTER));
+            },
+        ),
+        (
+            "user terms are kept and each gets the expressions",
+            |p| {
+                p["spec"]["affinity"] = json!({"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [
+                        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]},
+                    {"matchFields": [
+                        {"key": "metadata.name", "operator": "In", "values": ["worker-2"]}]}
+                ]}}})
+            },
+            |_, m| {
+                let t = terms(m);
+                assert_eq!(t.len(), 2, "no term dropped");
+                assert_eq!(
+                    t[0]["matchExpressions"][0]["key"],
+                    "topology.kubernetes.io/zone"
+                );
+                assert_eq!(t[1]["matchFields"][0]["values"][0], "worker-2");
+                assert!(t.iter().all(|t| avoids(t, CP) && avoids(t, MASTER)));
+            },
+        ),
+        (
+            "a term that already avoids one key only gets the other",
+            |p| {
+                p["spec"]["affinity"] = json!({"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": CP, "operator": "DoesNotExist"}]}
+                ]}}})
+            },
+            |ops, m| {
+                assert_eq!(
+                    ops.unwrap().as_array().unwrap().len(),
+                    2,
+                    "sa + one expression"
+                );
+                assert_eq!(terms(m)[0]["matchExpressions"].as_array().unwrap().len(), 2);
+            },
+        ),
+        (
+            "empty term list gets one term",
+            |p| {
+                p["spec"]["affinity"] = json!({"nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}})
+            },
+            |_, m| assert_eq!(terms(m).len(), 1),
+        ),
+        (
+            "not a workspace pod: no patch",
+            |p| p["metadata"]["labels"] = json!({"app": "scratch"}),
+            |ops, _| assert!(ops.is_none()),
+        ),
+        (
+            "no labels at all: no patch",
+            |p| {
+                p["metadata"].as_object_mut().unwrap().remove("labels");
+            },
+            |ops, _| assert!(ops.is_none()),
+        ),
+        (
+            "mutation does not judge: a privileged dev is still patched",
+            |p| dev_sc(p, json!({"privileged": true})),
+            |ops, _| assert!(ops.is_some()),
+        ),
+    ];
+    let set = builtin();
+    for (name, edit, verify) in cases {
+        let mut pod = bare_workspace_pod();
+        edit(&mut pod);
+        let (ops, mutated) = mutate_roundtrip(&set, DEVELOPER, pod);
+        eprintln!("case {name}");
+        verify(ops.as_ref(), &mutated);
+    }
+}
+
+#[test]
+fn mutation_unions_the_keys_of_every_workspace_policy() {
+    let a = WorkspacePolicySpec::contract_default();
+    let mut b = WorkspacePolicySpec::contract_default();
+    b.avoid_node_labels = vec!["lumie.io/no-workspaces".into()];
+    let set = PolicySet::from_objects([("a", &a), ("b", &b)], None);
+    let (_, m) = mutate_roundtrip(&set, CONTROL_PLANE, bare_workspace_pod());
+    let t = &terms(&m)[0];
+    assert!(avoids(t, CP) && avoids(t, MASTER) && avoids(t, "lumie.io/no-workspaces"));
+}
+
+#[test]
+fn mutation_skips_exempt_users_updates_and_subresources() {
+    let set = with_policy(|p| p.exempt_users = vec!["breakglass".into()]);
+    let resp = run(&set, &Req::mutate("breakglass", bare_workspace_pod()));
+    assert!(resp.get("patch").is_none());
+    assert!(
+        resp["auditAnnotations"]["exempt"]
+            .as_str()
+            .unwrap()
+            .contains("breakglass")
+    );
+    let mut req = Req::mutate(CONTROL_PLANE, bare_workspace_pod());
+    req.operation = "UPDATE";
+    req.old = Some(bare_workspace_pod());
+    assert!(run(&set, &req).get("patch").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unreadable input
+
+#[test]
+fn unreadable_input_is_a_bad_request_never_an_allow() {
+    let good = Req::validate(CONTROL_PLANE, workspace_pod()).body();
+    let good: Value = serde_json::from_slice(&good).unwrap();
+    let edit = |f: fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let mut huge = good.clone();
+    huge["request"]["object"]["metadata"]["annotations"] =
+        json!({"big": "x".repeat(3 * 1024 * 1024)});
+    let cases: Vec<(&str, Endpoint, Vec<u8>, &str)> = vec![
+        (
+            "not JSON",
+            Endpoint::Validate,
+            b"<html>".to_vec(),
+            "body is not JSON",
+        ),
+        ("empty", Endpoint::Validate, Vec::new(), "body is not JSON"),
+        (
+            "truncated",
+            Endpoint::Mutate,
+            good.to_string().as_bytes()[..50].to_vec(),
+            "body is not JSON",
+        ),
+        (
+            "JSON array",
+            Endpoint::Validate,
+            b"[]".to_vec(),
+            "not an AdmissionReview",
+        ),
+        (
+            "v1beta1",
+            Endpoint::Validate,
+            edit(|v| v["apiVersion"] = json!("admission.k8s.io/v1beta1")),
+            r#"apiVersion "admission.k8s.io/v1beta1" is not served"#,
+        ),
+        (
+            "no apiVersion",
+            Endpoint::Validate,
+            edit(|v| {
+                v.as_object_mut().unwrap().remove("apiVersion");
+            }),
+            "apiVersion is missing",
+        ),
+        (
+            "wrong kind",
+            Endpoint::Validate,
+            edit(|v| v["kind"] = json!("TokenReview")),
+            r#"kind "TokenReview" is not "AdmissionReview""#,
+        ),
+        (
+            "no request",
+            Endpoint::Validate,
+            edit(|v| {
+                v.as_object_mut().unwrap().remove("request");
+            }),
+            "request is missing",
+        ),
+        (
+            "no uid",
+            Endpoint::Mutate,
+            edit(|v| {
+                v["request"].as_object_mut().unwrap().remove("uid");
+            }),
+            "request.uid is missing",
+        ),
+        (
+            "uid is a number",
+            Endpoint::Validate,
+            edit(|v| v["request"]["uid"] = json!(7)),
+            "not an AdmissionReview: invalid type: integer",
+        ),
+        (
+            "a Service where a Pod is expected",
+            Endpoint::Validate,
+            edit(|v| {
+                v["request"]["kind"]["kind"] = json!("Service");
+            }),
+            r#"request.kind "Service" is not handled by /validate"#,
+        ),
+        (
+            "a Service object labelled Pod",
+            Endpoint::Mutate,
+            edit(|v| v["request"]["object"] = json!({"apiVersion": "v1", "kind": "Service"})),
+            "request.object is not a Pod",
+        ),
+        (
+            "containers is not a list",
+            Endpoint::Validate,
+            edit(|v| v["request"]["object"]["spec"]["containers"] = json!("dev")),
+            "request.object is not a Pod",
+        ),
+        (
+            "no object",
+            Endpoint::Validate,
+            edit(|v| {
+                v["request"].as_object_mut().unwrap().remove("object");
+            }),
+            "request.object is missing",
+        ),
+        (
+            "over 3 MiB",
+            Endpoint::Validate,
+            serde_json::to_vec(&huge).unwrap(),
+            "over the 3145728 byte limit",
+        ),
+    ];
+    for (name, endpoint, body, want) in cases {
+        match review(&builtin(), endpoint, &body) {
+            Err(Error::BadRequest(m)) => assert!(m.contains(want), "{name}: {m:?} lacks {want:?}"),
+            Err(e) => panic!("{name}: wrong error {e}"),
+            Ok(r) => panic!("{name}: answered {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+}

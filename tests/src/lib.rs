@@ -8,11 +8,13 @@
 //! the `admin`/`edit`/`view` roles.
 //!
 //! - [`cluster`]: starting, stopping and reaching the control plane ([`Cluster`], [`Identity`]);
+//! - [`admission`]: registering lumie-webhook with the apiserver;
 //! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
 //! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod bootstrap;
 pub mod cluster;
 pub mod nodes;

@@ -1,0 +1,143 @@
+//! Registers lumie-webhook with the harness apiserver, the way the chart does, but with a
+//! `url` on loopback instead of a Service: the real apiserver calls the real webhook over TLS.
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
+    ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use lumie_contract::{policy, workspace};
+
+use crate::HarnessError;
+
+/// Name of both webhook configurations.
+pub const CONFIGURATION_NAME: &str = "lumie-webhook";
+
+/// Creates or replaces the Mutating- and ValidatingWebhookConfiguration pointing at `base_url`
+/// (`https://127.0.0.1:PORT`), trusting `ca_pem`, guarding `namespaces` (default `[lumie-dev]`).
+pub async fn register_webhooks(
+    client: &Client,
+    base_url: &str,
+    ca_pem: &str,
+    namespaces: &[&str],
+) -> Result<(), HarnessError> {
+    let namespaces = if namespaces.is_empty() {
+        vec![workspace::NAMESPACE.to_string()]
+    } else {
+        namespaces.iter().map(|s| s.to_string()).collect()
+    };
+    let selector = LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".into(),
+            operator: "In".into(),
+            values: Some(namespaces),
+        }]),
+        match_labels: None,
+    };
+    let client_config = |path: &str| WebhookClientConfig {
+        url: Some(format!("{base_url}{path}")),
+        ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+        service: None,
+    };
+    let pod_rule = RuleWithOperations {
+        api_groups: Some(vec!["".into()]),
+        api_versions: Some(vec!["v1".into()]),
+        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+        resources: Some(vec!["pods".into(), "pods/ephemeralcontainers".into()]),
+        scope: Some("Namespaced".into()),
+    };
+    let policy_rule = RuleWithOperations {
+        api_groups: Some(vec![policy::GROUP.into()]),
+        api_versions: Some(vec![policy::VERSION.into()]),
+        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+        resources: Some(vec!["workspacepolicies".into()]),
+        scope: Some("Cluster".into()),
+    };
+    let mutating = MutatingWebhookConfiguration {
+        metadata: meta(),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "mutate-pods.coder.lumie-infra.com".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            timeout_seconds: Some(10),
+            reinvocation_policy: Some("IfNeeded".into()),
+            namespace_selector: Some(selector.clone()),
+            rules: Some(vec![pod_rule.clone()]),
+            client_config: client_config("/mutate"),
+            ..Default::default()
+        }]),
+    };
+    let validating = ValidatingWebhookConfiguration {
+        metadata: meta(),
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: "validate-pods.coder.lumie-infra.com".into(),
+                admission_review_versions: vec!["v1".into()],
+                side_effects: "None".into(),
+                failure_policy: Some("Fail".into()),
+                timeout_seconds: Some(10),
+                namespace_selector: Some(selector),
+                rules: Some(vec![pod_rule]),
+                client_config: client_config("/validate"),
+                ..Default::default()
+            },
+            ValidatingWebhook {
+                name: "validate-policies.coder.lumie-infra.com".into(),
+                admission_review_versions: vec!["v1".into()],
+                side_effects: "None".into(),
+                failure_policy: Some("Fail".into()),
+                timeout_seconds: Some(10),
+                rules: Some(vec![policy_rule]),
+                client_config: client_config("/validate"),
+                ..Default::default()
+            },
+        ]),
+    };
+    let pp = PatchParams::apply("lumie-harness").force();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            CONFIGURATION_NAME,
+            &pp,
+            &Patch::Apply(with_kind(&mutating, "MutatingWebhookConfiguration")),
+        )
+        .await
+        .map_err(|e| HarnessError::Kube("registering the mutating webhook".into(), e))?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            CONFIGURATION_NAME,
+            &pp,
+            &Patch::Apply(with_kind(&validating, "ValidatingWebhookConfiguration")),
+        )
+        .await
+        .map_err(|e| HarnessError::Kube("registering the validating webhook".into(), e))?;
+    Ok(())
+}
+
+/// Removes both webhook configurations (absent ones are fine).
+pub async fn unregister_webhooks(client: &Client) {
+    let dp = Default::default();
+    let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(CONFIGURATION_NAME, &dp)
+        .await;
+    let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .delete(CONFIGURATION_NAME, &dp)
+        .await;
+}
+
+fn meta() -> kube::api::ObjectMeta {
+    kube::api::ObjectMeta {
+        name: Some(CONFIGURATION_NAME.into()),
+        ..Default::default()
+    }
+}
+
+fn with_kind<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).expect("webhook configuration serializes");
+    v["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    v["kind"] = kind.into();
+    v
+}

@@ -1,1 +1,79 @@
-//! placeholder
+//! lumie-agent: the process that turns a scheduled workspace pod into a usable workspace.
+//!
+//! It reports to the control plane (heartbeats with lifecycle, app health and resource stats),
+//! checks the workspace apps from the contract (Tilt, code-server, agents UI), and forwards their
+//! ports from the pod IP to localhost. Modules:
+//! - [`config`]: command line and the plain [`Config`];
+//! - [`lifecycle`]: the lifecycle state machine (pure);
+//! - [`health`]: failure thresholds (pure) and the app checks;
+//! - [`backoff`]: retry and schedule jitter (pure);
+//! - [`heartbeat`]: the heartbeat client and loop;
+//! - [`stats`]: resource usage;
+//! - [`forward`]: port forwarding;
+//! - [`agent`]: wiring it together and the shutdown sequence ([`run`]).
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod forward;
+pub mod health;
+pub mod heartbeat;
+pub mod lifecycle;
+pub mod stats;
+
+use std::path::PathBuf;
+
+pub use agent::run;
+pub use config::{Cli, Config};
+
+/// The agent's version, as `--version` prints it and heartbeats carry it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What can go wrong at the library boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or setting is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The CA bundle cannot be read.
+    #[error("reading CA bundle {path}: {source}")]
+    CaBundle {
+        /// The bundle's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client cannot be built.
+    #[error("building the HTTP client: {0}")]
+    Client(reqwest::Error),
+    /// The control plane did not answer (DNS, connect, TLS, timeout).
+    #[error("control plane unreachable: {0}")]
+    Unreachable(String),
+    /// The control plane answered with an error status.
+    #[error("control plane answered HTTP {status}: {body}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Start of the body.
+        body: String,
+    },
+    /// The control plane's answer is not a heartbeat response.
+    #[error("control plane answer is not a heartbeat response: {0}")]
+    BadAnswer(String),
+}
+
+/// An error and its causes on one line: reqwest hides the useful part (connection refused, DNS,
+/// certificate) in the source chain.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,203 @@
+//! The running agent: starts the heartbeat loop, the app checkers and the port forwarders, turns
+//! their news into lifecycle events, and runs the shutdown sequence (report `shutting_down`,
+//! stop, report `off`) within the shutdown timeout.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lumie_contract::agent_api::{AppHealth, LifecycleState};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::config::{Config, HealthCheck};
+use crate::forward::{self, ForwardStats, PortForward};
+use crate::health::{self, CheckSettings, HealthChange};
+use crate::heartbeat::{self, HeartbeatClient, Report};
+use crate::lifecycle::{Event, Lifecycle};
+use crate::stats::{CGROUP_ROOT, StatsCollector};
+
+/// Runs the agent until `shutdown` resolves, then shuts down and returns the final lifecycle
+/// state (`off` normally). Errors only for configuration problems found before starting.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LifecycleState, Error> {
+    let client = HeartbeatClient::new(&config)?;
+    let probe_http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(Error::Client)?;
+    let forward_stats = Arc::new(ForwardStats::default());
+    let stats = StatsCollector::new(
+        CGROUP_ROOT.into(),
+        config.home_dir.clone(),
+        forward_stats.clone(),
+    );
+
+    let mut lifecycle = Lifecycle::default();
+    let mut apps: BTreeMap<String, AppHealth> = config
+        .apps
+        .iter()
+        .map(|a| (a.slug.clone(), AppHealth::Initializing))
+        .collect();
+    let (report_tx, report_rx) = watch::channel(Report {
+        lifecycle: lifecycle.clone(),
+        apps: apps.clone(),
+    });
+    let publish = |lifecycle: &Lifecycle, apps: &BTreeMap<String, AppHealth>| {
+        report_tx.send_replace(Report {
+            lifecycle: lifecycle.clone(),
+            apps: apps.clone(),
+        });
+    };
+
+    tracing::info!(version = crate::VERSION, url = %client.url(), "lumie-agent starting");
+    let heartbeats = tokio::spawn(heartbeat::run_loop(
+        client.clone(),
+        report_rx,
+        stats,
+        config.report_interval,
+    ));
+
+    let mut tasks = JoinSet::new();
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel::<HealthChange>();
+    let settings = CheckSettings {
+        app_host: config.app_host,
+        interval: config.health_interval,
+        threshold: config.health_threshold,
+        timeout: config.health_timeout,
+    };
+    for (index, app) in config.apps.iter().enumerate() {
+        tasks.spawn(health::run_checker(
+            index,
+            app.clone(),
+            settings.clone(),
+            probe_http.clone(),
+            health_tx.clone(),
+        ));
+    }
+    drop(health_tx);
+
+    let (failure_tx, mut failure_rx) = mpsc::unbounded_channel::<String>();
+    match config.pod_ip {
+        Some(pod_ip) => {
+            for app in &config.apps {
+                tasks.spawn(forward::run_port(
+                    PortForward {
+                        slug: app.slug.clone(),
+                        listen: SocketAddr::new(pod_ip, app.port),
+                        target: SocketAddr::new(config.app_host, app.port),
+                        max_connections: config.max_connections,
+                    },
+                    config.health_interval,
+                    forward_stats.clone(),
+                    failure_tx.clone(),
+                ));
+            }
+        }
+        None => tracing::warn!("POD_IP is not set: port forwarding is off"),
+    }
+    drop(failure_tx);
+
+    let change = |lifecycle: &mut Lifecycle, event: Event| {
+        let from = lifecycle.state;
+        if lifecycle.apply(&event) {
+            match &lifecycle.reason {
+                Some(why) => tracing::warn!(
+                    "lifecycle {} -> {}: {why}",
+                    from.as_str(),
+                    lifecycle.state.as_str()
+                ),
+                None => tracing::info!(
+                    "lifecycle {} -> {}",
+                    from.as_str(),
+                    lifecycle.state.as_str()
+                ),
+            }
+            true
+        } else {
+            false
+        }
+    };
+
+    change(&mut lifecycle, Event::Started);
+    if all_required_healthy(&config, &apps) {
+        change(&mut lifecycle, Event::AppsHealthy);
+    }
+    publish(&lifecycle, &apps);
+
+    let start_deadline = Instant::now() + config.start_timeout;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(HealthChange { index, health }) = health_rx.recv() => {
+                apps.insert(config.apps[index].slug.clone(), health);
+                if all_required_healthy(&config, &apps) {
+                    change(&mut lifecycle, Event::AppsHealthy);
+                }
+                publish(&lifecycle, &apps);
+            }
+            Some(why) = failure_rx.recv() => {
+                if change(&mut lifecycle, Event::StartFailed(why)) {
+                    publish(&lifecycle, &apps);
+                }
+            }
+            () = tokio::time::sleep_until(start_deadline), if lifecycle.state == LifecycleState::Starting => {
+                let unhealthy = config
+                    .apps
+                    .iter()
+                    .filter(|a| a.health != HealthCheck::Disabled && apps.get(&a.slug) != Some(&AppHealth::Healthy))
+                    .map(|a| a.slug.clone())
+                    .collect();
+                change(&mut lifecycle, Event::StartDeadline { unhealthy });
+                publish(&lifecycle, &apps);
+            }
+        }
+    }
+
+    // Shutdown: say so, stop everything, say `off`, all within the shutdown timeout.
+    let deadline = Instant::now() + config.shutdown_timeout;
+    heartbeats.abort();
+    change(&mut lifecycle, Event::Terminate);
+    let report = Report {
+        lifecycle: lifecycle.clone(),
+        apps: apps.clone(),
+    };
+    let first_part = Instant::now() + config.shutdown_timeout / 3;
+    if let Err(e) = heartbeat::deliver(&client, &report.to_request(None), first_part).await {
+        tracing::warn!("could not report shutting_down: {e}");
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    if Instant::now() >= deadline {
+        change(&mut lifecycle, Event::ShutdownDeadline);
+    } else {
+        change(&mut lifecycle, Event::ShutdownComplete);
+    }
+    let report = Report {
+        lifecycle: lifecycle.clone(),
+        apps,
+    };
+    match heartbeat::deliver(&client, &report.to_request(None), deadline).await {
+        Ok(()) => tracing::info!("reported {}; exiting", lifecycle.state.as_str()),
+        Err(e) => tracing::error!(
+            "could not report {} before the shutdown timeout: {e}",
+            lifecycle.state.as_str()
+        ),
+    }
+    Ok(lifecycle.state)
+}
+
+/// Whether every app that is checked is healthy.
+fn all_required_healthy(config: &Config, apps: &BTreeMap<String, AppHealth>) -> bool {
+    config
+        .apps
+        .iter()
+        .filter(|a| a.health != HealthCheck::Disabled)
+        .all(|a| apps.get(&a.slug) == Some(&AppHealth::Healthy))
+}

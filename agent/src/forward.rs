@@ -1,0 +1,263 @@
+//! Port forwarding from the pod IP to the apps on localhost, so the `dev-workspace` Service and
+//! the server's app proxy reach apps (Tilt, code-server) that listen on 127.0.0.1 only.
+//!
+//! One task per port and one per connection on the agent's runtime (no thread per connection).
+//! Each connection copies both ways through bounded buffers, so a slow reader slows the writer
+//! (backpressure), and passes a half-close on: when one side stops sending, the other side's
+//! write half is shut down while the opposite direction keeps flowing. Connections beyond the
+//! per-port limit are closed at once. A port the app already serves on the pod IP itself is
+//! detected (a probe connects, or the bind reports the address in use) and left alone.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+/// Bytes buffered per direction of one connection.
+pub const BUFFER_SIZE: usize = 64 * 1024;
+/// Time allowed to connect to the app for one forwarded connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a port the app serves itself is looked at again.
+pub const ALREADY_SERVED_RECHECK: Duration = Duration::from_secs(30);
+
+/// Forwarding counters, shared by every port, read for heartbeats.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    open: AtomicU64,
+    total: AtomicU64,
+    bytes: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// A reading of [`ForwardStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardSnapshot {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted (and admitted) since start.
+    pub total: u64,
+    /// Bytes copied, both directions.
+    pub bytes: u64,
+    /// Connections closed at once because the limit was reached.
+    pub rejected: u64,
+}
+
+impl ForwardStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> ForwardSnapshot {
+        ForwardSnapshot {
+            open: self.open.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One port to forward.
+#[derive(Clone, Debug)]
+pub struct PortForward {
+    /// App slug, for logs.
+    pub slug: String,
+    /// Pod IP and port to listen on.
+    pub listen: SocketAddr,
+    /// Where the app listens.
+    pub target: SocketAddr,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// What binding the pod IP port found.
+#[derive(Debug)]
+pub enum Bind {
+    /// The agent listens there now.
+    Listening(TcpListener),
+    /// Something (the app itself) serves there already; why we think so.
+    AlreadyServed(String),
+}
+
+/// Listens on `listen` unless something already serves there: a probe connect that succeeds,
+/// or a bind failing with "address in use", means the app does it itself. Other bind errors
+/// (the address is not on this host, permission) are returned.
+pub async fn bind_or_detect(listen: SocketAddr, probe_timeout: Duration) -> io::Result<Bind> {
+    if let Ok(Ok(_)) = tokio::time::timeout(probe_timeout, TcpStream::connect(listen)).await {
+        return Ok(Bind::AlreadyServed(format!(
+            "a listener answers on {listen}"
+        )));
+    }
+    match TcpListener::bind(listen).await {
+        Ok(l) => Ok(Bind::Listening(l)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Ok(Bind::AlreadyServed(format!("{listen} is in use")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Accepts on `listener` forever, forwarding each connection to `target`. Dropping (aborting)
+/// the future closes the listener and every connection it opened.
+pub async fn serve(
+    listener: TcpListener,
+    target: SocketAddr,
+    max_connections: usize,
+    stats: Arc<ForwardStats>,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = connections.join_next() => continue,
+        };
+        let (inbound, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(%target, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, %target, max_connections, "connection limit reached; closing");
+            drop(inbound);
+            continue;
+        };
+        let stats = stats.clone();
+        connections.spawn(async move {
+            stats.total.fetch_add(1, Ordering::Relaxed);
+            stats.open.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = forward_one(inbound, target, &stats.bytes).await {
+                tracing::debug!(%peer, %target, "forwarded connection ended: {e}");
+            }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// Copies one connection both ways until both directions are done.
+async fn forward_one(inbound: TcpStream, target: SocketAddr, bytes: &AtomicU64) -> io::Result<()> {
+    let outbound = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect to the app timed out"))??;
+    inbound.set_nodelay(true)?;
+    outbound.set_nodelay(true)?;
+    let mut a = Counted {
+        inner: inbound,
+        bytes,
+    };
+    let mut b = Counted {
+        inner: outbound,
+        bytes,
+    };
+    // Shuts the write side of one stream down when the other reaches EOF, and keeps copying the
+    // other direction: a half-close passes through.
+    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE).await?;
+    Ok(())
+}
+
+/// A stream that adds every byte read from it to a counter, so byte counts are live for
+/// long-lived connections (WebSockets) instead of known only at close.
+struct Counted<'a, S> {
+    inner: S,
+    bytes: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Runs forwarding for one port: waits until the app answers on its local address (so the agent
+/// never takes the pod IP port from an app that is about to listen on every address), then
+/// listens on the pod IP, or leaves the port alone when the app serves there itself (looked at
+/// again from time to time). A bind error that is not "in use" is sent on `failures` (it means
+/// the agent cannot do its job: `start_error`) and ends the task.
+pub async fn run_port(
+    port: PortForward,
+    recheck: Duration,
+    stats: Arc<ForwardStats>,
+    failures: mpsc::UnboundedSender<String>,
+) {
+    let PortForward {
+        slug,
+        listen,
+        target,
+        max_connections,
+    } = port;
+    let mut waiting_logged = false;
+    let mut served_logged = false;
+    loop {
+        let app_up = matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await,
+            Ok(Ok(_))
+        );
+        if !app_up {
+            if !waiting_logged {
+                tracing::info!(app = %slug, "waiting for the app on {target} before listening on {listen}");
+                waiting_logged = true;
+            }
+            tokio::time::sleep(recheck).await;
+            continue;
+        }
+        match bind_or_detect(listen, CONNECT_TIMEOUT).await {
+            Ok(Bind::Listening(listener)) => {
+                tracing::info!(app = %slug, "forwarding {listen} to {target}");
+                serve(listener, target, max_connections, stats).await;
+                return;
+            }
+            Ok(Bind::AlreadyServed(why)) => {
+                if !served_logged {
+                    tracing::info!(app = %slug, "the app serves on the pod IP itself ({why}); leaving {listen} alone");
+                    served_logged = true;
+                }
+                tokio::time::sleep(ALREADY_SERVED_RECHECK.max(recheck)).await;
+            }
+            Err(e) => {
+                let why = format!("cannot listen on {listen} for {slug}: {e}");
+                tracing::error!(app = %slug, "{why}");
+                let _ = failures.send(why);
+                return;
+            }
+        }
+    }
+}

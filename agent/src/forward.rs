@@ -6,7 +6,7 @@
 //! (backpressure), and passes a half-close on: when one side stops sending, the other side's
 //! write half is shut down while the opposite direction keeps flowing. Connections beyond the
 //! per-port limit are closed at once. A port the app already serves on the pod IP itself is
-//! detected (a probe connects, or the bind reports the address in use) and left alone.
+//! detected (the bind reports the address in use; a probe connect confirms) and left alone.
 
 use std::io;
 use std::net::SocketAddr;
@@ -84,19 +84,23 @@ pub enum Bind {
     AlreadyServed(String),
 }
 
-/// Listens on `listen` unless something already serves there: a probe connect that succeeds,
-/// or a bind failing with "address in use", means the app does it itself. Other bind errors
-/// (the address is not on this host, permission) are returned.
+/// Listens on `listen` unless something already serves there: the bind failing with "address
+/// in use" means the app listens on the pod IP (or on every address) itself; a probe connect then
+/// says whether it answers. Other bind errors (the address is not on this host, permission) are
+/// returned. Binding comes first so nothing is ever sent to an address that is not local.
 pub async fn bind_or_detect(listen: SocketAddr, probe_timeout: Duration) -> io::Result<Bind> {
-    if let Ok(Ok(_)) = tokio::time::timeout(probe_timeout, TcpStream::connect(listen)).await {
-        return Ok(Bind::AlreadyServed(format!(
-            "a listener answers on {listen}"
-        )));
-    }
     match TcpListener::bind(listen).await {
         Ok(l) => Ok(Bind::Listening(l)),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            Ok(Bind::AlreadyServed(format!("{listen} is in use")))
+            let answers = matches!(
+                tokio::time::timeout(probe_timeout, TcpStream::connect(listen)).await,
+                Ok(Ok(_))
+            );
+            Ok(Bind::AlreadyServed(if answers {
+                format!("{listen} is in use and a listener answers there")
+            } else {
+                format!("{listen} is in use")
+            }))
         }
         Err(e) => Err(e),
     }
@@ -132,10 +136,10 @@ pub async fn serve(
             drop(inbound);
             continue;
         };
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         connections.spawn(async move {
-            stats.total.fetch_add(1, Ordering::Relaxed);
-            stats.open.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = forward_one(inbound, target, &stats.bytes).await {
                 tracing::debug!(%peer, %target, "forwarded connection ended: {e}");
             }

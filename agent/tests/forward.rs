@@ -1,0 +1,375 @@
+//! Port forwarding over real loopback sockets: a distinct 127.77.x.y address plays the pod IP and
+//! the apps listen on 127.0.0.1, as in a pod.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lumie_agent::forward::{self, Bind, ForwardStats, PortForward};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+fn pod_ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 77, 1, n])
+}
+
+/// Starts forwarding `pod_ip:port` to `127.0.0.1:port` and waits until it accepts.
+async fn forwarding(pod: IpAddr, port: u16, max: usize) -> (SocketAddr, Arc<ForwardStats>) {
+    let stats = Arc::new(ForwardStats::default());
+    let listen = SocketAddr::new(pod, port);
+    let (fail_tx, _) = mpsc::unbounded_channel();
+    tokio::spawn(forward::run_port(
+        PortForward {
+            slug: "test".into(),
+            listen,
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_connections: max,
+        },
+        Duration::from_millis(50),
+        stats.clone(),
+        fail_tx,
+    ));
+    wait_until_connects(listen).await;
+    (listen, stats)
+}
+
+async fn wait_until_connects(addr: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// An app on 127.0.0.1 that echoes each connection back until EOF, then closes.
+async fn echo_app() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn data_flows_both_ways_and_a_client_half_close_reaches_the_app() {
+    // The app reads until EOF (which it only sees if the half-close is passed on), then answers
+    // with the bytes reversed and closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                got.reverse();
+                let _ = s.write_all(&got).await;
+            });
+        }
+    });
+    let (listen, stats) = forwarding(pod_ip(1), port, 16).await;
+
+    let data = pattern(3 << 20, 7);
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    let (mut r, mut w) = c.split();
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = r.read_to_end(&mut back);
+    let ((), n) = tokio::join!(send, recv);
+    assert_eq!(n.unwrap(), data.len());
+    let mut want = data.clone();
+    want.reverse();
+    assert!(back == want, "reversed data came back");
+    let s = stats.snapshot();
+    assert!(s.bytes >= 2 * data.len() as u64, "{s:?}");
+}
+
+#[tokio::test]
+async fn an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flowing() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let got_tx = got_tx.clone();
+            tokio::spawn(async move {
+                let _ = s.write_all(b"greeting").await;
+                let _ = s.shutdown().await;
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = got_tx.send(got);
+            });
+        }
+    });
+    let (listen, _) = forwarding(pod_ip(2), port, 16).await;
+
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    let mut greeting = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut greeting))
+        .await
+        .expect("the app's half-close reaches the client as EOF")
+        .unwrap();
+    assert_eq!(greeting, b"greeting");
+    c.write_all(b"still here after your EOF").await.unwrap();
+    c.shutdown().await.unwrap();
+    // Connections made while waiting for the port to open carried nothing; skip them.
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let got = got_rx.recv().await.unwrap();
+            if !got.is_empty() {
+                return got;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, b"still here after your EOF");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_connections_each_get_their_own_bytes_back() {
+    let port = echo_app().await;
+    let (listen, stats) = forwarding(pod_ip(3), port, 1024).await;
+    // The connection that found the port open is counted once the agent accepted it.
+    while stats.snapshot().total < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = stats.snapshot();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300u32 {
+        tasks.spawn(async move {
+            let data = pattern(32 * 1024 + i as usize, i as u8);
+            let mut c = TcpStream::connect(listen).await.unwrap();
+            let (mut r, mut w) = c.split();
+            let mut back = Vec::new();
+            let send = async {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let ((), n) = tokio::join!(send, r.read_to_end(&mut back));
+            n.unwrap();
+            back == data
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        ok += usize::from(r.unwrap());
+    }
+    assert_eq!(ok, 300);
+    // Counters settle once every connection task has finished.
+    for _ in 0..100 {
+        if stats.snapshot().open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = stats.snapshot();
+    assert_eq!(after.open, 0, "{after:?}");
+    assert_eq!(after.total - before.total, 300);
+    assert_eq!(after.rejected, 0);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_room_frees_up() {
+    let port = echo_app().await;
+    let (listen, stats) = forwarding(pod_ip(4), port, 3).await;
+    // Let the connection that found the port open be accepted and finish.
+    for _ in 0..500 {
+        let s = stats.snapshot();
+        if s.total >= 1 && s.open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut held = Vec::new();
+    for i in 0..3u8 {
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        c.write_all(&[i; 4]).await.unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [i; 4]);
+        held.push(c);
+    }
+    assert_eq!(stats.snapshot().open, 3);
+
+    let mut over = TcpStream::connect(listen).await.unwrap();
+    let _ = over.write_all(b"x").await;
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf))
+        .await
+        .expect("the connection over the limit is closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(stats.snapshot().rejected, 1);
+
+    drop(held.pop());
+    for _ in 0..100 {
+        if stats.snapshot().open == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut again = TcpStream::connect(listen).await.unwrap();
+    again.write_all(b"room").await.unwrap();
+    let mut buf = [0u8; 4];
+    again.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"room");
+    assert_eq!(stats.snapshot().rejected, 1);
+}
+
+#[tokio::test]
+async fn a_port_the_app_serves_on_the_pod_ip_is_left_alone() {
+    // The app listens on every address, like the agents UI container.
+    let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let _ = s.write_all(b"the app itself").await;
+            });
+        }
+    });
+    let listen = SocketAddr::new(pod_ip(5), port);
+    match forward::bind_or_detect(listen, Duration::from_secs(1))
+        .await
+        .unwrap()
+    {
+        Bind::AlreadyServed(why) => assert!(why.contains("a listener answers"), "{why}"),
+        Bind::Listening(_) => panic!("bound over the app's own listener"),
+    }
+
+    let stats = Arc::new(ForwardStats::default());
+    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(forward::run_port(
+        PortForward {
+            slug: "agents".into(),
+            listen,
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_connections: 8,
+        },
+        Duration::from_millis(20),
+        stats.clone(),
+        fail_tx,
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"the app itself");
+    assert_eq!(stats.snapshot().total, 0, "the agent forwarded nothing");
+    assert!(!task.is_finished(), "it keeps looking, quietly");
+    assert!(fail_rx.try_recv().is_err(), "and that is no failure");
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_free_address_is_bound() {
+    let port = echo_app().await;
+    let listen = SocketAddr::new(pod_ip(6), port);
+    match forward::bind_or_detect(listen, Duration::from_secs(1))
+        .await
+        .unwrap()
+    {
+        Bind::Listening(l) => assert_eq!(l.local_addr().unwrap(), listen),
+        Bind::AlreadyServed(why) => panic!("{why}"),
+    }
+}
+
+#[tokio::test]
+async fn forwarding_waits_for_the_app_before_taking_the_port() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = SocketAddr::new(pod_ip(7), port);
+    let (fail_tx, _fail_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(forward::run_port(
+        PortForward {
+            slug: "tilt".into(),
+            listen,
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_connections: 8,
+        },
+        Duration::from_millis(20),
+        Arc::new(ForwardStats::default()),
+        fail_tx,
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "the pod IP port stays free while the app is down"
+    );
+    // The app comes up on every address: the agent must not have taken the port first.
+    let app = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await
+        .expect("the app can still bind every address");
+    drop(app);
+    // The app comes up on loopback only: now the agent forwards.
+    let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.write_all(b"tilt").await;
+        }
+    });
+    wait_until_connects(listen).await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"tilt");
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_address_not_on_this_host_is_a_start_failure() {
+    let port = echo_app().await;
+    // TEST-NET-3: never assigned here. Binding fails locally; nothing is sent to it.
+    let listen = SocketAddr::from(([203, 0, 113, 7], port));
+    let err = forward::bind_or_detect(listen, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrNotAvailable);
+
+    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
+    forward::run_port(
+        PortForward {
+            slug: "code-server".into(),
+            listen,
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_connections: 8,
+        },
+        Duration::from_millis(20),
+        Arc::new(ForwardStats::default()),
+        fail_tx,
+    )
+    .await;
+    let why = fail_rx.recv().await.unwrap();
+    assert!(
+        why.starts_with(&format!("cannot listen on {listen} for code-server")),
+        "{why}"
+    );
+}

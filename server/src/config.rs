@@ -1,0 +1,378 @@
+//! Command line and environment: the clap definition ([`Cli`]) and the plain [`Config`] the rest
+//! of the server (and its tests) is built from.
+//!
+//! The environment variable names are those of the Coder deployment this replaces, so existing
+//! Helm values keep working; every flag has one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use lumie_contract::{agent_api, workspace};
+
+use crate::error::Error;
+
+/// Default folder of the agent binaries the server hands out.
+pub const DEFAULT_AGENT_BINARY_DIR: &str = "/usr/local/share/lumie-coder/bin";
+/// Default data directory (the embedded SQLite database lives there).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/lumie-coder";
+/// The Secret the Helm chart takes `CODER_PG_CONNECTION_URL` from; named in database errors.
+pub const DB_SECRET: &str = "coder-db-secret";
+
+/// lumie-server: the lumie-coder control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to run (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server settings.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (the default).
+    Serve,
+}
+
+/// Flags of `lumie-server serve`; each has an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address the API, app proxy, agent API, `/healthz`, `/readyz` and `/metrics` listen on.
+    #[arg(long, env = "LUMIE_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The URL developers reach the server at (through Teleport). Required.
+    #[arg(long, env = "CODER_ACCESS_URL")]
+    pub access_url: Option<String>,
+    /// PostgreSQL URL; blank means the embedded SQLite database in `--data-dir`.
+    #[arg(long, env = "CODER_PG_CONNECTION_URL", hide_env_values = true)]
+    pub pg_connection_url: Option<String>,
+    /// Where the embedded database and other state live.
+    #[arg(long, env = "LUMIE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// OIDC issuer (Keycloak realm); with client id and secret enables OIDC login.
+    #[arg(long, env = "CODER_OIDC_ISSUER_URL")]
+    pub oidc_issuer_url: Option<String>,
+    /// OIDC client id.
+    #[arg(long, env = "CODER_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// OIDC client secret.
+    #[arg(long, env = "CODER_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+    /// Headers trusted to carry the client address from the proxy (comma separated).
+    #[arg(long, env = "CODER_PROXY_TRUSTED_HEADERS", value_delimiter = ',')]
+    pub proxy_trusted_headers: Vec<String>,
+    /// Proxy origins (CIDRs) trusted for those headers (comma separated).
+    #[arg(long, env = "CODER_PROXY_TRUSTED_ORIGINS", value_delimiter = ',')]
+    pub proxy_trusted_origins: Vec<String>,
+    /// Wildcard URL for subdomain apps; blank means path-based apps only.
+    #[arg(long, env = "CODER_WILDCARD_ACCESS_URL")]
+    pub wildcard_access_url: Option<String>,
+    /// Namespace the workspace pods live in.
+    #[arg(long, env = "LUMIE_WORKSPACE_NAMESPACE", default_value = workspace::NAMESPACE)]
+    pub workspace_namespace: String,
+    /// Workspace pod template config (YAML); the built-in default when unset.
+    #[arg(long, env = "LUMIE_TEMPLATE_FILE")]
+    pub template_file: Option<PathBuf>,
+    /// Folder holding `lumie-agent-<os>-<arch>` binaries.
+    #[arg(long, env = "LUMIE_AGENT_BINARY_DIR", default_value = DEFAULT_AGENT_BINARY_DIR)]
+    pub agent_binary_dir: PathBuf,
+    /// URL pods use to reach the server (the public URL is unreachable from inside pods).
+    #[arg(long, env = "LUMIE_AGENT_URL", default_value = workspace::IN_CLUSTER_URL)]
+    pub agent_url: String,
+    /// Seconds between agent heartbeats (handed to agents in each heartbeat response).
+    #[arg(long, env = "LUMIE_AGENT_REPORT_INTERVAL_SECS", default_value_t = agent_api::DEFAULT_REPORT_INTERVAL_SECS)]
+    pub agent_report_interval_secs: u64,
+    /// Seconds an agent may take to make first contact before it is `timeout`.
+    #[arg(
+        long,
+        env = "LUMIE_AGENT_CONNECTION_TIMEOUT_SECS",
+        default_value_t = 120
+    )]
+    pub agent_connection_timeout_secs: u64,
+    /// Seconds an object with workspace labels but no workspace may live before it is removed.
+    #[arg(long, env = "LUMIE_ORPHAN_GRACE_SECS", default_value_t = 600)]
+    pub orphan_grace_secs: u64,
+    /// Seconds between checks of the `dev-workspace` ServiceAccount and Service.
+    #[arg(long, env = "LUMIE_DRIFT_CHECK_INTERVAL_SECS", default_value_t = 60)]
+    pub drift_check_interval_secs: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LUMIE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Where state is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    /// PostgreSQL at this URL (from Secret `coder-db-secret`).
+    Postgres(String),
+    /// The embedded SQLite database file.
+    Sqlite(PathBuf),
+}
+
+/// OIDC client settings (used by the OIDC authenticator; all three or none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// Issuer URL.
+    pub issuer_url: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: String,
+}
+
+/// The server's settings, validated. Tests build this directly.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Public URL.
+    pub access_url: String,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// OIDC, when configured.
+    pub oidc: Option<OidcConfig>,
+    /// Trusted proxy headers.
+    pub proxy_trusted_headers: Vec<String>,
+    /// Trusted proxy origins.
+    pub proxy_trusted_origins: Vec<String>,
+    /// Wildcard access URL, when set.
+    pub wildcard_access_url: Option<String>,
+    /// Workspace namespace.
+    pub namespace: String,
+    /// Template file, when set.
+    pub template_file: Option<PathBuf>,
+    /// Agent binaries folder.
+    pub agent_binary_dir: PathBuf,
+    /// URL handed to agents.
+    pub agent_url: String,
+    /// Agent report interval.
+    pub agent_report_interval: Duration,
+    /// Agent first-contact timeout.
+    pub agent_connection_timeout: Duration,
+    /// Grace period before orphaned objects are removed.
+    pub orphan_grace: Duration,
+    /// Interval of the contract drift check.
+    pub drift_check_interval: Duration,
+}
+
+impl Config {
+    /// A config for tests and tools: SQLite in `data_dir`, everything else at its default.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            access_url: "http://127.0.0.1".into(),
+            database: DatabaseConfig::Sqlite(data_dir.join("lumie-coder.db")),
+            data_dir,
+            oidc: None,
+            proxy_trusted_headers: vec![],
+            proxy_trusted_origins: vec![],
+            wildcard_access_url: None,
+            namespace: workspace::NAMESPACE.into(),
+            template_file: None,
+            agent_binary_dir: DEFAULT_AGENT_BINARY_DIR.into(),
+            agent_url: workspace::IN_CLUSTER_URL.into(),
+            agent_report_interval: Duration::from_secs(agent_api::DEFAULT_REPORT_INTERVAL_SECS),
+            agent_connection_timeout: Duration::from_secs(120),
+            orphan_grace: Duration::from_secs(600),
+            drift_check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+fn non_blank(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn check_url(setting: &'static str, value: &str) -> Result<(), Error> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting {
+            setting,
+            message: format!("{value:?} is not an http(s) URL"),
+        })
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = Error;
+
+    fn try_from(a: ServeArgs) -> Result<Self, Error> {
+        let access_url = non_blank(a.access_url).ok_or(Error::MissingSetting {
+            setting: "CODER_ACCESS_URL (--access-url)",
+            hint: "set it to the URL developers open, e.g. https://coder.lumie-infra.com",
+        })?;
+        check_url("CODER_ACCESS_URL", &access_url)?;
+        check_url("LUMIE_AGENT_URL", &a.agent_url)?;
+        let database = match non_blank(a.pg_connection_url) {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseConfig::Postgres(url)
+            }
+            Some(_) => {
+                return Err(Error::InvalidSetting {
+                    setting: "CODER_PG_CONNECTION_URL",
+                    message: format!(
+                        "is not a postgres:// URL: check the value in Secret {DB_SECRET}"
+                    ),
+                });
+            }
+            None => DatabaseConfig::Sqlite(a.data_dir.join("lumie-coder.db")),
+        };
+        let oidc = match (
+            non_blank(a.oidc_issuer_url),
+            non_blank(a.oidc_client_id),
+            non_blank(a.oidc_client_secret),
+        ) {
+            (None, None, None) => None,
+            (Some(issuer_url), Some(client_id), Some(client_secret)) => {
+                check_url("CODER_OIDC_ISSUER_URL", &issuer_url)?;
+                Some(OidcConfig {
+                    issuer_url,
+                    client_id,
+                    client_secret,
+                })
+            }
+            (i, c, _) => {
+                let missing = if i.is_none() {
+                    "CODER_OIDC_ISSUER_URL"
+                } else if c.is_none() {
+                    "CODER_OIDC_CLIENT_ID"
+                } else {
+                    "CODER_OIDC_CLIENT_SECRET"
+                };
+                return Err(Error::MissingSetting {
+                    setting: missing,
+                    hint: "OIDC needs the issuer URL, client id and client secret together",
+                });
+            }
+        };
+        if a.agent_report_interval_secs == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "LUMIE_AGENT_REPORT_INTERVAL_SECS",
+                message: "must be at least 1".into(),
+            });
+        }
+        if a.workspace_namespace.trim().is_empty() {
+            return Err(Error::MissingSetting {
+                setting: "LUMIE_WORKSPACE_NAMESPACE (--workspace-namespace)",
+                hint: "the namespace workspace pods live in, normally lumie-dev",
+            });
+        }
+        Ok(Config {
+            listen: a.listen,
+            access_url: access_url.trim_end_matches('/').to_string(),
+            database,
+            data_dir: a.data_dir,
+            oidc,
+            proxy_trusted_headers: a.proxy_trusted_headers,
+            proxy_trusted_origins: a.proxy_trusted_origins,
+            wildcard_access_url: non_blank(a.wildcard_access_url),
+            namespace: a.workspace_namespace,
+            template_file: a.template_file,
+            agent_binary_dir: a.agent_binary_dir,
+            agent_url: a.agent_url.trim_end_matches('/').to_string(),
+            agent_report_interval: Duration::from_secs(a.agent_report_interval_secs),
+            agent_connection_timeout: Duration::from_secs(a.agent_connection_timeout_secs),
+            orphan_grace: Duration::from_secs(a.orphan_grace_secs),
+            drift_check_interval: Duration::from_secs(a.drift_check_interval_secs.max(1)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, Error> {
+        let mut argv = vec!["lumie-server"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("clap parse");
+        Config::try_from(cli.serve)
+    }
+
+    #[test]
+    fn defaults_give_sqlite_in_the_data_dir() {
+        let c = parse(&["--access-url", "https://coder.example.com/"]).unwrap();
+        assert_eq!(c.access_url, "https://coder.example.com");
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Sqlite(PathBuf::from(DEFAULT_DATA_DIR).join("lumie-coder.db"))
+        );
+        assert_eq!(c.namespace, "lumie-dev");
+        assert_eq!(c.agent_url, "http://coder.coder.svc.cluster.local");
+        assert_eq!(c.agent_report_interval, Duration::from_secs(15));
+        assert_eq!(c.listen.port(), 8080);
+        assert!(c.oidc.is_none());
+    }
+
+    #[test]
+    fn blank_pg_url_means_sqlite_and_a_postgres_url_means_postgres() {
+        let c = parse(&["--access-url", "http://x", "--pg-connection-url", "  "]).unwrap();
+        assert!(matches!(c.database, DatabaseConfig::Sqlite(_)));
+        let c = parse(&[
+            "--access-url",
+            "http://x",
+            "--pg-connection-url",
+            "postgres://u:p@h/db",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Postgres("postgres://u:p@h/db".into())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_setting_on_one_line() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "CODER_ACCESS_URL"),
+            (&["--access-url", "coder.example.com"], "CODER_ACCESS_URL"),
+            (
+                &[
+                    "--access-url",
+                    "http://x",
+                    "--pg-connection-url",
+                    "mysql://x",
+                ],
+                "coder-db-secret",
+            ),
+            (
+                &["--access-url", "http://x", "--oidc-issuer-url", "http://kc"],
+                "CODER_OIDC_CLIENT_ID",
+            ),
+            (
+                &[
+                    "--access-url",
+                    "http://x",
+                    "--agent-report-interval-secs",
+                    "0",
+                ],
+                "LUMIE_AGENT_REPORT_INTERVAL_SECS",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "{args:?}: one line, got {e}");
+        }
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            if arg.get_id() == "help" || arg.get_id() == "version" {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Start-up checks of the kube API: reachable, and the control plane allowed to do its job in
+//! the workspace namespace. Each failure is one line saying what to check.
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+
+use crate::error::{Error, Result};
+
+/// What the control plane must be allowed to do in the workspace namespace: (verb, group, resource).
+pub const REQUIRED_ACCESS: &[(&str, &str, &str)] = &[
+    ("create", "", "pods"),
+    ("delete", "", "pods"),
+    ("patch", "", "pods"),
+    ("watch", "", "pods"),
+    ("create", "", "persistentvolumeclaims"),
+    ("delete", "", "persistentvolumeclaims"),
+    ("patch", "", "persistentvolumeclaims"),
+    ("create", "", "secrets"),
+    ("delete", "", "secrets"),
+    ("patch", "", "secrets"),
+    ("get", "", "secrets"),
+    ("list", "", "events"),
+    ("get", "", "services"),
+    ("get", "", "serviceaccounts"),
+];
+
+/// Builds the kube client from the in-cluster service account or `KUBECONFIG`.
+pub async fn kube_client() -> Result<Client> {
+    Client::try_default().await.map_err(|e| {
+        Error::KubeStartup(format!(
+            "no kube API configuration: {e} — run in-cluster with a ServiceAccount token, or set KUBECONFIG"
+        ))
+    })
+}
+
+/// Lists pods in `namespace` (reachability and read access), then asks a
+/// SelfSubjectAccessReview for each of [`REQUIRED_ACCESS`].
+pub async fn check_kube(client: &Client, namespace: &str) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    if let Err(e) = pods.list_metadata(&ListParams::default().limit(1)).await {
+        return Err(Error::KubeStartup(match e {
+            kube::Error::Api(s) if s.code == 403 => format!(
+                "the kube API forbids listing pods in namespace {namespace}: {} — check the Role/RoleBinding of the coder ServiceAccount in {namespace}",
+                s.message
+            ),
+            kube::Error::Api(s) if s.code == 404 => format!(
+                "namespace {namespace} not found — create it (lumie-dev overlay) or fix LUMIE_WORKSPACE_NAMESPACE"
+            ),
+            other => format!(
+                "kube API unreachable: {other} — check KUBECONFIG / the in-cluster API address and network policy"
+            ),
+        }));
+    }
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut denied = Vec::new();
+    for (verb, group, resource) in REQUIRED_ACCESS {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: Some(verb.to_string()),
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                Error::KubeStartup(format!(
+                    "SelfSubjectAccessReview failed: {e} — check that the kube API is reachable and authentication works"
+                ))
+            })?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            denied.push(format!("{verb} {resource}"));
+        }
+    }
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::KubeStartup(format!(
+            "the control plane may not {} in namespace {namespace} — check the Role/RoleBinding of the coder ServiceAccount",
+            denied.join(", ")
+        )))
+    }
+}

@@ -122,6 +122,66 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
+/// What `lumie-webhook certs generate` wrote.
+#[derive(Clone, Debug)]
+pub struct GeneratedFiles {
+    /// `ca.crt`: the CA certificate (PEM).
+    pub ca_cert: std::path::PathBuf,
+    /// `tls.crt`: the serving certificate (PEM).
+    pub tls_cert: std::path::PathBuf,
+    /// `tls.key`: the serving key (PEM, mode 0600).
+    pub tls_key: std::path::PathBuf,
+    /// `ca-bundle.b64`: the CA certificate base64-encoded, for a webhook's `caBundle`.
+    pub ca_bundle: std::path::PathBuf,
+}
+
+/// Generates a CA and a serving certificate for `service.namespace` (plus `ips`) and writes
+/// `ca.crt`, `tls.crt`, `tls.key` and `ca-bundle.b64` into `out` (created if missing).
+pub fn generate_files(
+    service: &str,
+    namespace: &str,
+    ips: &[IpAddr],
+    days: i64,
+    out: &std::path::Path,
+) -> crate::Result<GeneratedFiles> {
+    use crate::Error;
+    use base64::Engine as _;
+    let ca = CertificateAuthority::generate(&format!("{service}.{namespace} webhook CA"), days)?;
+    let leaf = ca.issue_server(&service_dns_names(service, namespace), ips, days)?;
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let files = GeneratedFiles {
+        ca_cert: out.join("ca.crt"),
+        tls_cert: out.join("tls.crt"),
+        tls_key: out.join("tls.key"),
+        ca_bundle: out.join("ca-bundle.b64"),
+    };
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca.cert_pem());
+    for (path, contents) in [
+        (&files.ca_cert, ca.cert_pem()),
+        (&files.tls_cert, leaf.cert_pem.as_str()),
+        (&files.ca_bundle, bundle.as_str()),
+    ] {
+        std::fs::write(path, contents).map_err(Error::io(path))?;
+    }
+    write_private(&files.tls_key, &leaf.key_pem)?;
+    Ok(files)
+}
+
+/// Writes a private key readable by the owner only.
+pub fn write_private(path: &std::path::Path, contents: &str) -> crate::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(crate::Error::io(path))?;
+    f.write_all(contents.as_bytes())
+        .map_err(crate::Error::io(path))
+}
+
 fn set_validity(params: &mut CertificateParams, days: i64) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
@@ -143,5 +203,27 @@ mod tests {
         assert!(leaf.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(leaf.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         assert_ne!(leaf.cert_pem, ca.cert_pem());
+    }
+
+    #[test]
+    fn generate_files_writes_a_loadable_pair_and_bundle() {
+        use base64::Engine as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let f = generate_files("lumie-webhook", "coder", &[], 1, dir.path()).unwrap();
+        let ca = std::fs::read_to_string(&f.ca_cert).unwrap();
+        let bundle = std::fs::read_to_string(&f.ca_bundle).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(bundle.trim())
+            .unwrap();
+        assert_eq!(decoded, ca.as_bytes());
+        let mode = std::fs::metadata(&f.tls_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let pair = crate::tls::certified_key(
+            &std::fs::read(&f.tls_cert).unwrap(),
+            &std::fs::read(&f.tls_key).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(pair.cert.len(), 1);
     }
 }

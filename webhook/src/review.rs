@@ -301,28 +301,46 @@ struct EphemeralContainersObject {
     ephemeral_containers: Vec<EphemeralContainer>,
 }
 
-/// The response being built.
-struct Answer<'a> {
-    uid: &'a str,
-    deny: Vec<String>,
-    warnings: Vec<String>,
-    audit: Vec<String>,
-    exempt: Vec<String>,
-    patch: Option<String>,
-    mode: ModeLabel,
+/// Who is asking.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester<'a> {
+    /// `userInfo.username`.
+    pub username: &'a str,
+    /// `userInfo.groups`.
+    pub groups: &'a [String],
 }
 
-impl<'a> Answer<'a> {
-    fn new(uid: &'a str) -> Self {
-        Answer {
-            uid,
-            deny: Vec::new(),
+/// The outcome of applying every covering policy to one object.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// Violations of `Enforce` policies: the request is denied.
+    pub denied: Vec<Violation>,
+    /// Violations of `Warn` policies: returned as warnings.
+    pub warnings: Vec<Violation>,
+    /// Violations of `Audit` policies: recorded as audit annotations.
+    pub audited: Vec<Violation>,
+    /// Why the requester is exempt from some policies.
+    pub exempt: Vec<String>,
+    /// The strictest mode applied.
+    pub mode: ModeLabel,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Evaluation {
+            denied: Vec::new(),
             warnings: Vec::new(),
-            audit: Vec::new(),
+            audited: Vec::new(),
             exempt: Vec::new(),
-            patch: None,
             mode: ModeLabel::None,
         }
+    }
+}
+
+impl Evaluation {
+    /// Whether the request is allowed.
+    pub fn allowed(&self) -> bool {
+        self.denied.is_empty()
     }
 
     /// Notes the strictest mode a policy was applied under.
@@ -338,25 +356,101 @@ impl<'a> Answer<'a> {
         self.exempt.push(why);
     }
 
-    fn violations(&mut self, mode: PolicyMode, violations: Vec<Violation>) {
+    fn add(&mut self, mode: PolicyMode, violations: Vec<Violation>) {
         self.applied(mode);
-        let target = match mode {
-            PolicyMode::Enforce => &mut self.deny,
-            PolicyMode::Warn => &mut self.warnings,
-            PolicyMode::Audit => &mut self.audit,
-        };
-        target.extend(violations.iter().map(ToString::to_string));
+        match mode {
+            PolicyMode::Enforce => self.denied.extend(violations),
+            PolicyMode::Warn => self.warnings.extend(violations),
+            PolicyMode::Audit => self.audited.extend(violations),
+        }
+    }
+
+    /// The covering policies that apply to this requester; exemptions are recorded.
+    fn applicable<'p>(
+        &mut self,
+        policies: &'p PolicySet,
+        namespace: &'p str,
+        who: Requester<'_>,
+    ) -> Vec<&'p CompiledPolicy> {
+        let mut list = Vec::new();
+        for p in policies.covering(namespace) {
+            match p.exemption(who.username, who.groups) {
+                Some(why) => self.exempted(why),
+                None => list.push(p),
+            }
+        }
+        list
+    }
+}
+
+/// Applies every policy covering `namespace` to a pod (CREATE, or UPDATE with `old`).
+pub fn evaluate_pod(
+    policies: &PolicySet,
+    namespace: &str,
+    pod: &Pod,
+    old: Option<&Pod>,
+    who: Requester<'_>,
+) -> Evaluation {
+    let mut ev = Evaluation::default();
+    let ctx = RequestContext {
+        username: who.username,
+        old,
+    };
+    for p in ev.applicable(policies, namespace, who) {
+        let violations = validate_pod(p, pod, ctx);
+        ev.add(p.mode(), violations);
+    }
+    ev
+}
+
+/// The mutation of a pod CREATE under every policy covering `namespace` (exempt requesters
+/// are not mutated). Never denies.
+pub fn mutation(
+    policies: &PolicySet,
+    namespace: &str,
+    pod: &Pod,
+    who: Requester<'_>,
+) -> (Vec<json_patch::PatchOperation>, Evaluation) {
+    let mut ev = Evaluation::default();
+    let list = ev.applicable(policies, namespace, who);
+    for p in &list {
+        ev.applied(p.mode());
+    }
+    (mutate_pod(list.iter().copied(), pod), ev)
+}
+
+/// The response being built.
+struct Answer<'a> {
+    uid: &'a str,
+    ev: Evaluation,
+    /// Denials that are not pod violations (a broken WorkspacePolicy).
+    deny_messages: Vec<String>,
+    patch: Option<String>,
+}
+
+impl<'a> Answer<'a> {
+    fn new(uid: &'a str) -> Self {
+        Answer {
+            uid,
+            ev: Evaluation::default(),
+            deny_messages: Vec::new(),
+            patch: None,
+        }
     }
 
     fn finish(self, req: &RequestIn<'_>) -> Reviewed {
-        let allowed = self.deny.is_empty();
-        let message = (!allowed).then(|| self.deny.join("; "));
+        let ev = self.ev;
+        let mut deny: Vec<String> = ev.denied.iter().map(ToString::to_string).collect();
+        deny.extend(self.deny_messages);
+        let allowed = deny.is_empty();
+        let message = (!allowed).then(|| deny.join("; "));
         let mut audit_annotations = BTreeMap::new();
-        if !self.exempt.is_empty() {
-            audit_annotations.insert("exempt", self.exempt.join("; "));
+        if !ev.exempt.is_empty() {
+            audit_annotations.insert("exempt", ev.exempt.join("; "));
         }
-        if !self.audit.is_empty() {
-            audit_annotations.insert("violations", self.audit.join("; "));
+        if !ev.audited.is_empty() {
+            let audited: Vec<String> = ev.audited.iter().map(ToString::to_string).collect();
+            audit_annotations.insert("violations", audited.join("; "));
         }
         let out = ReviewOut {
             api_version: API_VERSION,
@@ -373,7 +467,7 @@ impl<'a> Answer<'a> {
                 patch_type: self.patch.as_ref().map(|_| "JSONPatch"),
                 patch: self.patch,
                 audit_annotations,
-                warnings: self.warnings,
+                warnings: ev.warnings.iter().map(ToString::to_string).collect(),
             },
         };
         let body = serde_json::to_vec(&out).expect("response types always serialize");
@@ -391,7 +485,7 @@ impl<'a> Answer<'a> {
             } else {
                 Decision::Denied
             },
-            mode: self.mode,
+            mode: ev.mode,
             denial,
         }
     }
@@ -405,21 +499,11 @@ fn namespace_of<'r>(req: &'r RequestIn<'_>, pod: Option<&'r Pod>) -> Result<&'r 
         .ok_or_else(|| bad("request.namespace is missing".into()))
 }
 
-/// The covering policies that apply to this requester; exemptions are recorded.
-fn applicable<'p>(
-    policies: &'p PolicySet,
-    namespace: &'p str,
-    req: &RequestIn<'_>,
-    out: &mut Answer<'_>,
-) -> Vec<&'p CompiledPolicy> {
-    let mut list = Vec::new();
-    for p in policies.covering(namespace) {
-        match p.exemption(&req.user_info.username, &req.user_info.groups) {
-            Some(why) => out.exempted(why),
-            None => list.push(p),
-        }
+fn requester<'r>(req: &'r RequestIn<'_>) -> Requester<'r> {
+    Requester {
+        username: &req.user_info.username,
+        groups: &req.user_info.groups,
     }
-    list
 }
 
 fn mutate(
@@ -429,11 +513,8 @@ fn mutate(
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, Some(pod))?;
-    let list = applicable(policies, ns, req, out);
-    for p in &list {
-        out.applied(p.mode());
-    }
-    let ops = mutate_pod(list.iter().copied(), pod);
+    let (ops, ev) = mutation(policies, ns, pod, requester(req));
+    out.ev = ev;
     if !ops.is_empty() {
         let json = serde_json::to_vec(&ops).expect("patch operations always serialize");
         out.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
@@ -449,13 +530,7 @@ fn validate(
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, Some(pod))?;
-    let ctx = RequestContext {
-        username: &req.user_info.username,
-        old,
-    };
-    for p in applicable(policies, ns, req, out) {
-        out.violations(p.mode(), validate_pod(p, pod, ctx));
-    }
+    out.ev = evaluate_pod(policies, ns, pod, old, requester(req));
     Ok(())
 }
 
@@ -466,9 +541,12 @@ fn validate_ephemeral(
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, None)?;
-    for p in applicable(policies, ns, req, out) {
-        out.violations(p.mode(), validate_ephemeral_containers(p, containers));
+    let mut ev = Evaluation::default();
+    for p in ev.applicable(policies, ns, requester(req)) {
+        let violations = validate_ephemeral_containers(p, containers);
+        ev.add(p.mode(), violations);
     }
+    out.ev = ev;
     Ok(())
 }
 
@@ -479,14 +557,14 @@ fn validate_policy_object(req: &RequestIn<'_>, out: &mut Answer<'_>) -> Result<(
         .object
         .ok_or_else(|| bad("request.object is missing".into()))?;
     let name = req.name.as_deref().unwrap_or("");
-    out.mode = ModeLabel::Enforce;
+    out.ev.mode = ModeLabel::Enforce;
     match serde_json::from_str::<WorkspacePolicy>(raw.get()) {
         Err(e) => out
-            .deny
+            .deny_messages
             .push(format!("WorkspacePolicy {name:?} cannot be read: {e}")),
         Ok(policy) => {
             if let Err(problems) = policy.spec.validate() {
-                out.deny.push(format!(
+                out.deny_messages.push(format!(
                     "WorkspacePolicy {name:?} is invalid: {}",
                     problems.join("; ")
                 ));

@@ -1,0 +1,160 @@
+//! `lumie-webhook check`: pod manifests judged offline, as the apiserver would with the webhook
+//! installed (mutate, then validate), with a verdict and every violation per pod. Like
+//! `kyverno apply` or `gator test`, for CI on manifests and for trying a policy out.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::policy::PolicySet;
+use crate::policy_file::documents;
+use crate::review::{Requester, evaluate_pod, mutation};
+
+/// What `check` needs; tests build it directly.
+#[derive(Clone, Debug)]
+pub struct CheckConfig {
+    /// Manifest files (YAML or JSON, multi-document).
+    pub files: Vec<PathBuf>,
+    /// The requesting user (the privileged exception depends on it).
+    pub user: String,
+    /// The requesting user's groups (for `exemptGroups`).
+    pub groups: Vec<String>,
+    /// Namespace for pods that name none.
+    pub default_namespace: String,
+}
+
+/// The verdict on one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodVerdict {
+    /// File the pod came from.
+    pub source: String,
+    /// `namespace/name`.
+    pub pod: String,
+    /// Allowed after mutation.
+    pub allowed: bool,
+    /// How many patch operations mutation applied first.
+    pub patch_ops: usize,
+    /// `Enforce` violations.
+    pub denied: Vec<String>,
+    /// `Warn` violations.
+    pub warnings: Vec<String>,
+    /// `Audit` violations.
+    pub audited: Vec<String>,
+    /// Exemptions.
+    pub exempt: Vec<String>,
+}
+
+/// Judges every pod in `text`. Other kinds are skipped (listed in the second value).
+pub fn check_text(
+    policies: &PolicySet,
+    config: &CheckConfig,
+    source: &str,
+    text: &str,
+) -> Result<(Vec<PodVerdict>, Vec<String>)> {
+    let parse_err = |message: String| Error::Parse {
+        path: source.into(),
+        message,
+    };
+    let docs = documents(text).map_err(|e| parse_err(e.to_string()))?;
+    let mut verdicts = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, mut doc) in docs.into_iter().enumerate() {
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+        if kind != "Pod" {
+            let name = doc["metadata"]["name"].as_str().unwrap_or("");
+            skipped.push(format!("{kind} {name:?} (document {})", i + 1));
+            continue;
+        }
+        let pod: Pod = serde_json::from_value(doc.clone())
+            .map_err(|e| parse_err(format!("document {}: not a Pod: {e}", i + 1)))?;
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
+            .unwrap_or_default();
+        let who = Requester {
+            username: &config.user,
+            groups: &config.groups,
+        };
+        let (ops, _) = mutation(policies, &namespace, &pod, who);
+        let pod = if ops.is_empty() {
+            pod
+        } else {
+            json_patch::patch(&mut doc, &ops)
+                .map_err(|e| parse_err(format!("document {}: applying mutation: {e}", i + 1)))?;
+            serde_json::from_value(doc)
+                .map_err(|e| parse_err(format!("document {}: mutated pod: {e}", i + 1)))?
+        };
+        let ev = evaluate_pod(policies, &namespace, &pod, None, who);
+        let strings = |v: &[crate::validate::Violation]| v.iter().map(|x| x.to_string()).collect();
+        verdicts.push(PodVerdict {
+            source: source.to_string(),
+            pod: format!("{namespace}/{name}"),
+            allowed: ev.allowed(),
+            patch_ops: ops.len(),
+            denied: strings(&ev.denied),
+            warnings: strings(&ev.warnings),
+            audited: strings(&ev.audited),
+            exempt: ev.exempt.clone(),
+        });
+    }
+    Ok((verdicts, skipped))
+}
+
+/// Checks every file and prints the verdicts. Returns whether every pod is allowed.
+pub fn run(policies: &PolicySet, config: &CheckConfig, out: &mut dyn Write) -> Result<bool> {
+    let mut all_allowed = true;
+    let mut pods = 0;
+    let w = |e: std::io::Error| Error::Io {
+        path: "<stdout>".into(),
+        source: e,
+    };
+    for file in &config.files {
+        let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
+        let source = file.display().to_string();
+        let (verdicts, skipped) = check_text(policies, config, &source, &text)?;
+        for s in skipped {
+            writeln!(out, "SKIP {source}: {s}: not a Pod").map_err(w)?;
+        }
+        for v in verdicts {
+            pods += 1;
+            all_allowed &= v.allowed;
+            let verdict = if v.allowed { "PASS" } else { "FAIL" };
+            let mutated = match v.patch_ops {
+                0 => String::new(),
+                n => format!(" (after {n} mutation patch operations)"),
+            };
+            writeln!(out, "{verdict} {} [{}]{mutated}", v.pod, v.source).map_err(w)?;
+            for (tag, list) in [
+                ("deny", &v.denied),
+                ("warn", &v.warnings),
+                ("audit", &v.audited),
+                ("exempt", &v.exempt),
+            ] {
+                for line in list {
+                    writeln!(out, "  {tag}: {line}").map_err(w)?;
+                }
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{pods} pods checked, {}",
+        if all_allowed {
+            "all allowed"
+        } else {
+            "some denied"
+        }
+    )
+    .map_err(w)?;
+    Ok(all_allowed)
+}

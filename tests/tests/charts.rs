@@ -1602,3 +1602,64 @@ async fn check(client: &Client, user: &str, grants: &[Access<'_>], denials: &[Ac
         wrong.join("\n")
     );
 }
+
+#[tokio::test]
+async fn helm_upgrade_install_takes_over_and_keeps_the_generated_webhook_ca() {
+    let installed = tokio::task::spawn_blocking(installed).await.unwrap();
+    let cluster = Cluster::shared();
+    let kubeconfig = cluster.kubeconfig(Identity::Admin).display().to_string();
+    // The default policy hook is left out: it would wait on a webhook that does not run here.
+    let upgrade = move || {
+        helm(&[
+            "upgrade",
+            "--install",
+            RELEASE,
+            "charts/lumie-coder",
+            "--namespace",
+            NAMESPACE,
+            "--kubeconfig",
+            &kubeconfig,
+            "--take-ownership",
+            "--force-conflicts",
+            "--set",
+            "defaultPolicy.enabled=false",
+        ])
+    };
+    let rendered_ca = find(&installed.applied, "Secret", "lumie-webhook-tls")["data"]["ca.crt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = cluster.client().await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), NAMESPACE);
+    let gvk = GroupVersionKind::gvk(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+    );
+    let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+    let validating: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+
+    for round in ["install", "upgrade"] {
+        let up = upgrade.clone();
+        let out = tokio::task::spawn_blocking(up)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("helm upgrade --install ({round}) failed:\n{e}"));
+        assert!(out.contains("STATUS: deployed"), "{round}: {out}");
+        // helm looked the existing pair up instead of generating a new one, so the webhook
+        // pods and the configurations keep trusting each other across upgrades.
+        let secret = secrets.get("lumie-webhook-tls").await.unwrap();
+        let ca = secret.data.unwrap()["ca.crt"].0.clone();
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+        assert_eq!(ca, rendered_ca, "{round}: the CA survived");
+        let live = serde_json::to_value(validating.get("lumie-webhook").await.unwrap()).unwrap();
+        for hook in live["webhooks"].as_array().unwrap() {
+            assert_eq!(
+                hook["clientConfig"]["caBundle"],
+                rendered_ca.as_str(),
+                "{round}"
+            );
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The running agent: starts the heartbeat loop, the app checkers and the port forwarders, turns
-//! their news into lifecycle events, and runs the shutdown sequence (report `shutting_down`,
+//! their news into lifecycle events (`ready` once every checked app is healthy and its pod IP
+//! port is settled, so the Service really reaches it), and runs the shutdown sequence (report `shutting_down`,
 //! stop, report `off`) within the shutdown timeout.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::config::{Config, HealthCheck};
-use crate::forward::{self, ForwardStats, PortForward};
+use crate::forward::{self, ForwardStats, PortEvent, PortForward, PortState};
 use crate::health::{self, CheckSettings, HealthChange};
 use crate::heartbeat::{self, HeartbeatClient, Report};
 use crate::lifecycle::{Event, Lifecycle};
@@ -82,10 +83,14 @@ pub async fn run(
     }
     drop(health_tx);
 
-    let (failure_tx, mut failure_rx) = mpsc::unbounded_channel::<String>();
+    // Per app: whether its pod IP port is settled (forwarding or left to the app). Without a
+    // pod IP there is nothing to settle.
+    let mut ports_settled: BTreeMap<String, bool> = BTreeMap::new();
+    let (port_tx, mut port_rx) = mpsc::unbounded_channel::<PortEvent>();
     match config.pod_ip {
         Some(pod_ip) => {
             for app in &config.apps {
+                ports_settled.insert(app.slug.clone(), false);
                 tasks.spawn(forward::run_port(
                     PortForward {
                         slug: app.slug.clone(),
@@ -95,13 +100,13 @@ pub async fn run(
                     },
                     config.health_interval,
                     forward_stats.clone(),
-                    failure_tx.clone(),
+                    port_tx.clone(),
                 ));
             }
         }
         None => tracing::warn!("POD_IP is not set: port forwarding is off"),
     }
-    drop(failure_tx);
+    drop(port_tx);
 
     let change = |lifecycle: &mut Lifecycle, event: Event| {
         let from = lifecycle.state;
@@ -125,7 +130,7 @@ pub async fn run(
     };
 
     change(&mut lifecycle, Event::Started);
-    if all_required_healthy(&config, &apps) {
+    if ready(&config, &apps, &ports_settled) {
         change(&mut lifecycle, Event::AppsHealthy);
     }
     publish(&lifecycle, &apps);
@@ -137,21 +142,32 @@ pub async fn run(
             () = &mut shutdown => break,
             Some(HealthChange { index, health }) = health_rx.recv() => {
                 apps.insert(config.apps[index].slug.clone(), health);
-                if all_required_healthy(&config, &apps) {
+                if ready(&config, &apps, &ports_settled) {
                     change(&mut lifecycle, Event::AppsHealthy);
                 }
                 publish(&lifecycle, &apps);
             }
-            Some(why) = failure_rx.recv() => {
-                if change(&mut lifecycle, Event::StartFailed(why)) {
-                    publish(&lifecycle, &apps);
+            Some(PortEvent { slug, state }) = port_rx.recv() => {
+                match state {
+                    PortState::Forwarding | PortState::LeftAlone(_) => {
+                        ports_settled.insert(slug, true);
+                        if ready(&config, &apps, &ports_settled) {
+                            change(&mut lifecycle, Event::AppsHealthy);
+                        }
+                    }
+                    PortState::Failed(why) => {
+                        change(&mut lifecycle, Event::StartFailed(why));
+                    }
                 }
+                publish(&lifecycle, &apps);
             }
             () = tokio::time::sleep_until(start_deadline), if lifecycle.state == LifecycleState::Starting => {
                 let unhealthy = config
                     .apps
                     .iter()
-                    .filter(|a| a.health != HealthCheck::Disabled && apps.get(&a.slug) != Some(&AppHealth::Healthy))
+                    .filter(|a| a.health != HealthCheck::Disabled
+                        && (apps.get(&a.slug) != Some(&AppHealth::Healthy)
+                            || ports_settled.get(&a.slug) == Some(&false)))
                     .map(|a| a.slug.clone())
                     .collect();
                 change(&mut lifecycle, Event::StartDeadline { unhealthy });
@@ -193,11 +209,19 @@ pub async fn run(
     Ok(lifecycle.state)
 }
 
-/// Whether every app that is checked is healthy.
-fn all_required_healthy(config: &Config, apps: &BTreeMap<String, AppHealth>) -> bool {
+/// Whether the agent is ready: every app that is checked is healthy and, with a pod IP, its
+/// port is settled (the Service reaches it through the agent or the app itself).
+fn ready(
+    config: &Config,
+    apps: &BTreeMap<String, AppHealth>,
+    ports_settled: &BTreeMap<String, bool>,
+) -> bool {
     config
         .apps
         .iter()
         .filter(|a| a.health != HealthCheck::Disabled)
-        .all(|a| apps.get(&a.slug) == Some(&AppHealth::Healthy))
+        .all(|a| {
+            apps.get(&a.slug) == Some(&AppHealth::Healthy)
+                && ports_settled.get(&a.slug) != Some(&false)
+        })
 }

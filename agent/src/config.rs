@@ -101,10 +101,15 @@ impl Config {
 #[command(name = "lumie-agent", version, about)]
 pub struct Cli {
     /// Control plane URL as seen from the pod.
-    #[arg(long, env = "CODER_AGENT_URL")]
+    #[arg(long, env = "CODER_AGENT_URL", value_name = "CODER_AGENT_URL")]
     pub agent_url: Url,
     /// Agent token from the workspace's Secret.
-    #[arg(long, env = "CODER_AGENT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CODER_AGENT_TOKEN",
+        value_name = "CODER_AGENT_TOKEN",
+        hide_env_values = true
+    )]
     pub token: String,
     /// Pod IP (downward API); the agent listens there on each app port. Unset: no forwarding.
     #[arg(long, env = "POD_IP")]

@@ -211,16 +211,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     }
 }
 
+/// Where forwarding of one port stands, sent to the agent as it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortState {
+    /// The agent listens on the pod IP and forwards.
+    Forwarding,
+    /// The app serves on the pod IP itself; why the agent thinks so.
+    LeftAlone(String),
+    /// The pod IP port cannot be listened on (`start_error`); why.
+    Failed(String),
+}
+
+/// A [`PortState`] change of the app `slug`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortEvent {
+    /// App slug.
+    pub slug: String,
+    /// Its forwarding state.
+    pub state: PortState,
+}
+
 /// Runs forwarding for one port: waits until the app answers on its local address (so the agent
 /// never takes the pod IP port from an app that is about to listen on every address), then
 /// listens on the pod IP, or leaves the port alone when the app serves there itself (looked at
-/// again from time to time). A bind error that is not "in use" is sent on `failures` (it means
-/// the agent cannot do its job: `start_error`) and ends the task.
+/// again from time to time). A bind error that is not "in use" means the agent cannot do its job:
+/// it is sent as [`PortState::Failed`] and ends the task.
 pub async fn run_port(
     port: PortForward,
     recheck: Duration,
     stats: Arc<ForwardStats>,
-    failures: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedSender<PortEvent>,
 ) {
     let PortForward {
         slug,
@@ -228,8 +248,14 @@ pub async fn run_port(
         target,
         max_connections,
     } = port;
+    let send = |state| {
+        let _ = events.send(PortEvent {
+            slug: slug.clone(),
+            state,
+        });
+    };
     let mut waiting_logged = false;
-    let mut served_logged = false;
+    let mut left_alone = false;
     loop {
         let app_up = matches!(
             tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await,
@@ -246,20 +272,22 @@ pub async fn run_port(
         match bind_or_detect(listen, CONNECT_TIMEOUT).await {
             Ok(Bind::Listening(listener)) => {
                 tracing::info!(app = %slug, "forwarding {listen} to {target}");
+                send(PortState::Forwarding);
                 serve(listener, target, max_connections, stats).await;
                 return;
             }
             Ok(Bind::AlreadyServed(why)) => {
-                if !served_logged {
+                if !left_alone {
                     tracing::info!(app = %slug, "the app serves on the pod IP itself ({why}); leaving {listen} alone");
-                    served_logged = true;
+                    send(PortState::LeftAlone(why));
+                    left_alone = true;
                 }
                 tokio::time::sleep(ALREADY_SERVED_RECHECK.max(recheck)).await;
             }
             Err(e) => {
                 let why = format!("cannot listen on {listen} for {slug}: {e}");
                 tracing::error!(app = %slug, "{why}");
-                let _ = failures.send(why);
+                send(PortState::Failed(why));
                 return;
             }
         }

@@ -18,7 +18,7 @@ fn pod_ip(n: u8) -> IpAddr {
 async fn forwarding(pod: IpAddr, port: u16, max: usize) -> (SocketAddr, Arc<ForwardStats>) {
     let stats = Arc::new(ForwardStats::default());
     let listen = SocketAddr::new(pod, port);
-    let (fail_tx, _) = mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     tokio::spawn(forward::run_port(
         PortForward {
             slug: "test".into(),
@@ -28,8 +28,10 @@ async fn forwarding(pod: IpAddr, port: u16, max: usize) -> (SocketAddr, Arc<Forw
         },
         Duration::from_millis(50),
         stats.clone(),
-        fail_tx,
+        events_tx,
     ));
+    let event = events_rx.recv().await.unwrap();
+    assert_eq!(event.state, forward::PortState::Forwarding);
     wait_until_connects(listen).await;
     (listen, stats)
 }
@@ -261,7 +263,7 @@ async fn a_port_the_app_serves_on_the_pod_ip_is_left_alone() {
     }
 
     let stats = Arc::new(ForwardStats::default());
-    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(forward::run_port(
         PortForward {
             slug: "agents".into(),
@@ -271,7 +273,7 @@ async fn a_port_the_app_serves_on_the_pod_ip_is_left_alone() {
         },
         Duration::from_millis(20),
         stats.clone(),
-        fail_tx,
+        events_tx,
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c = TcpStream::connect(listen).await.unwrap();
@@ -280,7 +282,12 @@ async fn a_port_the_app_serves_on_the_pod_ip_is_left_alone() {
     assert_eq!(got, b"the app itself");
     assert_eq!(stats.snapshot().total, 0, "the agent forwarded nothing");
     assert!(!task.is_finished(), "it keeps looking, quietly");
-    assert!(fail_rx.try_recv().is_err(), "and that is no failure");
+    let event = events_rx.try_recv().unwrap();
+    assert!(
+        matches!(&event.state, forward::PortState::LeftAlone(why) if why.contains("in use")),
+        "{event:?}"
+    );
+    assert!(events_rx.try_recv().is_err(), "said once");
     task.abort();
 }
 
@@ -304,7 +311,7 @@ async fn forwarding_waits_for_the_app_before_taking_the_port() {
         l.local_addr().unwrap().port()
     };
     let listen = SocketAddr::new(pod_ip(7), port);
-    let (fail_tx, _fail_rx) = mpsc::unbounded_channel();
+    let (events_tx, _events_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(forward::run_port(
         PortForward {
             slug: "tilt".into(),
@@ -314,7 +321,7 @@ async fn forwarding_waits_for_the_app_before_taking_the_port() {
         },
         Duration::from_millis(20),
         Arc::new(ForwardStats::default()),
-        fail_tx,
+        events_tx,
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -354,7 +361,7 @@ async fn an_address_not_on_this_host_is_a_start_failure() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrNotAvailable);
 
-    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     forward::run_port(
         PortForward {
             slug: "code-server".into(),
@@ -364,12 +371,16 @@ async fn an_address_not_on_this_host_is_a_start_failure() {
         },
         Duration::from_millis(20),
         Arc::new(ForwardStats::default()),
-        fail_tx,
+        events_tx,
     )
     .await;
-    let why = fail_rx.recv().await.unwrap();
-    assert!(
-        why.starts_with(&format!("cannot listen on {listen} for code-server")),
-        "{why}"
-    );
+    let event = events_rx.recv().await.unwrap();
+    assert_eq!(event.slug, "code-server");
+    match event.state {
+        forward::PortState::Failed(why) => assert!(
+            why.starts_with(&format!("cannot listen on {listen} for code-server")),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

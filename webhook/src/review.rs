@@ -222,10 +222,13 @@ pub fn review(policies: &PolicySet, endpoint: Endpoint, body: &[u8]) -> Result<R
     let is_pod = kind.group.is_empty() && kind.kind == "Pod";
     match endpoint {
         Endpoint::Mutate => {
-            if !is_pod {
+            // The ephemeral containers subresource (an EphemeralContainers object before
+            // Kubernetes 1.22) is registered for both webhooks; there is nothing to inject.
+            let ephemeral = kind.group.is_empty() && kind.kind == "EphemeralContainers";
+            if !is_pod && !ephemeral {
                 return Err(not_handled(endpoint, kind));
             }
-            if operation == "CREATE" && req.sub_resource.is_none() {
+            if is_pod && operation == "CREATE" && req.sub_resource.is_none() {
                 let pod = parse_pod(req.object, "request.object")?;
                 mutate(policies, &req, &pod, &mut out)?;
             }
@@ -272,7 +275,7 @@ fn not_handled(endpoint: Endpoint, kind: &GroupVersionKind<'_>) -> Error {
         format!("{}/{}", kind.group, kind.kind)
     };
     let want = match endpoint {
-        Endpoint::Mutate => "Pod",
+        Endpoint::Mutate => "Pod or EphemeralContainers",
         Endpoint::Validate => "Pod, EphemeralContainers or WorkspacePolicy",
     };
     bad(format!(

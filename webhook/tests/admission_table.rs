@@ -832,6 +832,13 @@ fn ephemeral_containers_object_of_kubernetes_1_20() {
         &run(&builtin(), &req),
         &Want::Deny(&[r#"ephemeral container "debug": securityContext.privileged=true"#]),
     );
+    req.endpoint = Endpoint::Mutate;
+    let resp = run(&builtin(), &req);
+    assert_eq!(
+        resp["allowed"], true,
+        "mutate lets the subresource through: {resp}"
+    );
+    assert!(resp.get("patch").is_none());
 }
 
 #[test]

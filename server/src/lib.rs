@@ -1,14 +1,28 @@
 //! lumie-server: the lumie-coder control plane.
 //!
-//! - [`config`]: flags and environment → [`config::Config`];
+//! - [`config`]: flags and environment → [`config::Config`]; [`preflight`]: start-up checks;
 //! - [`db`]: the repository over PostgreSQL or SQLite; [`model`]: its records and states;
-//! - [`preflight`]: start-up checks of the kube API.
+//! - [`auth`]: who is calling ([`auth::Principal`], pluggable authenticators);
+//! - [`api`]: the HTTP router; [`distribution`]: agent binary and init script;
+//!   [`proxy`]: the app proxy; [`agents`]: heartbeats and the in-memory agent table;
+//! - [`template`]: the workspace Secret, PVC and Pod; [`status`]: status derivation;
+//! - [`state`]: what handlers and tasks share; [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
+pub mod agents;
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod distribution;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod preflight;
+pub mod proxy;
+pub mod state;
+pub mod status;
+pub mod template;
 
+pub use api::router;
 pub use error::{Error, Result};

@@ -1,0 +1,421 @@
+//! The agent API: heartbeats, the in-memory agent table, connection status and agent metrics.
+//!
+//! Heartbeats are cheap by construction: the token is checked against an in-memory table
+//! (loaded at start, kept current by builds), the heartbeat updates memory, and a flusher writes
+//! every pending heartbeat in one batched statement per interval — never more than one database
+//! write per heartbeat, no database read at all. A restarted server answers every reconnecting
+//! agent from memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use http::HeaderMap;
+use lumie_contract::agent_api::{
+    AGENT_TOKEN_HEADER, AppHealth, ConnectionStatus, HeartbeatRequest, HeartbeatResponse,
+    LifecycleState, ResourceStats,
+};
+use tokio::sync::Notify;
+
+use crate::db::{Db, HeartbeatWrite, hash_token};
+use crate::error::{Error, Result};
+use crate::metrics::{AgentLabels, AppHealthLabels, Metrics};
+use crate::model::{AgentRecord, now_ms};
+use crate::state::{AppState, Dirty};
+
+/// How often pending heartbeats are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Connection status from the contact times: `connecting` until first contact, `timeout` when
+/// none came within `timeout` of the agent's (re)start, `connected` while heard from within
+/// 2 × `interval`, `disconnected` after.
+pub fn connection_status(
+    now_ms: i64,
+    started_at_ms: i64,
+    last_contact_ms: Option<i64>,
+    interval: Duration,
+    timeout: Duration,
+) -> ConnectionStatus {
+    match last_contact_ms {
+        None if now_ms - started_at_ms > timeout.as_millis() as i64 => ConnectionStatus::Timeout,
+        None => ConnectionStatus::Connecting,
+        Some(t) if now_ms - t > 2 * interval.as_millis() as i64 => ConnectionStatus::Disconnected,
+        Some(_) => ConnectionStatus::Connected,
+    }
+}
+
+/// What the status derivation and the API need to know about an agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentView {
+    /// Agent id.
+    pub id: String,
+    /// Lifecycle.
+    pub lifecycle: LifecycleState,
+    /// Why, for failure states.
+    pub lifecycle_reason: String,
+    /// Connection.
+    pub connection: ConnectionStatus,
+    /// Last contact, ms.
+    pub last_contact_at: Option<i64>,
+    /// First contact, ms.
+    pub first_connected_at: Option<i64>,
+    /// App health.
+    pub apps: BTreeMap<String, AppHealth>,
+    /// Stats.
+    pub stats: Option<ResourceStats>,
+    /// Agent version.
+    pub version: String,
+}
+
+impl From<&AgentRecord> for AgentView {
+    fn from(r: &AgentRecord) -> Self {
+        AgentView {
+            id: r.id.clone(),
+            lifecycle: r.lifecycle,
+            lifecycle_reason: r.lifecycle_reason.clone(),
+            connection: r.connection,
+            last_contact_at: r.last_contact_at,
+            first_connected_at: r.first_connected_at,
+            apps: r.apps.clone(),
+            stats: r.stats.clone(),
+            version: r.version.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_token: HashMap<String, String>,
+    agents: HashMap<String, AgentRecord>,
+    by_workspace: HashMap<String, String>,
+    pending: HashMap<String, HeartbeatWrite>,
+}
+
+/// The agents of live workspaces, in memory.
+pub struct AgentHub {
+    db: Db,
+    metrics: Arc<Metrics>,
+    dirty: Arc<Dirty>,
+    interval: Duration,
+    timeout: Duration,
+    inner: Mutex<Inner>,
+    flush: Notify,
+}
+
+impl AgentHub {
+    /// Loads the agents of every live workspace.
+    pub async fn load(
+        db: Db,
+        metrics: Arc<Metrics>,
+        dirty: Arc<Dirty>,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut inner = Inner::default();
+        for a in db.live_agents().await? {
+            inner.by_token.insert(a.token_hash.clone(), a.id.clone());
+            inner
+                .by_workspace
+                .insert(a.workspace_id.clone(), a.id.clone());
+            inner.agents.insert(a.id.clone(), a);
+        }
+        Ok(AgentHub {
+            db,
+            metrics,
+            dirty,
+            interval,
+            timeout,
+            inner: Mutex::new(inner),
+            flush: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("agent hub lock")
+    }
+
+    /// The report interval handed to agents.
+    pub fn report_interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The agent of a workspace.
+    pub fn view(&self, workspace_id: &str) -> Option<AgentView> {
+        let g = self.lock();
+        let id = g.by_workspace.get(workspace_id)?;
+        g.agents.get(id).map(AgentView::from)
+    }
+
+    /// Records a new pod's agent: new token hash (when rotated), state reset. The database row
+    /// must already be reset ([`Db::reset_agent`]).
+    pub fn reset(&self, record: AgentRecord) {
+        let mut g = self.lock();
+        if let Some(old) = g.agents.get(&record.id).map(|a| a.token_hash.clone()) {
+            g.by_token.remove(&old);
+        }
+        g.pending.remove(&record.id);
+        g.by_token
+            .insert(record.token_hash.clone(), record.id.clone());
+        g.by_workspace
+            .insert(record.workspace_id.clone(), record.id.clone());
+        g.agents.insert(record.id.clone(), record);
+    }
+
+    /// Forgets a deleted workspace's agent: its token stops working at once.
+    pub fn remove_workspace(&self, workspace_id: &str) {
+        let mut g = self.lock();
+        if let Some(id) = g.by_workspace.remove(workspace_id) {
+            if let Some(a) = g.agents.remove(&id) {
+                g.by_token.remove(&a.token_hash);
+            }
+            g.pending.remove(&id);
+        }
+    }
+
+    /// Handles one heartbeat: authenticates the token, updates memory, queues the write.
+    pub fn heartbeat(&self, token: &str, hb: HeartbeatRequest) -> Result<HeartbeatResponse> {
+        let hash = hash_token(token);
+        let now = now_ms();
+        let apps_json = serde_json::to_string(&hb.apps).unwrap_or_else(|_| "{}".into());
+        let stats_json = hb
+            .stats
+            .as_ref()
+            .and_then(|s| serde_json::to_string(s).ok());
+        let reason = hb.lifecycle_reason.unwrap_or_default();
+        let (workspace_id, changed) = {
+            let mut g = self.lock();
+            let Some(agent_id) = g.by_token.get(&hash).cloned() else {
+                return Err(Error::Unauthorized(
+                    "unknown agent token: the workspace was deleted or its token rotated".into(),
+                ));
+            };
+            let rec = g
+                .agents
+                .get_mut(&agent_id)
+                .expect("by_token and agents agree");
+            let changed = rec.lifecycle != hb.lifecycle
+                || rec.apps != hb.apps
+                || rec.lifecycle_reason != reason
+                || rec.connection != ConnectionStatus::Connected;
+            let first = *rec.first_connected_at.get_or_insert(now);
+            rec.lifecycle = hb.lifecycle;
+            rec.lifecycle_reason = reason.clone();
+            rec.connection = ConnectionStatus::Connected;
+            rec.last_contact_at = Some(now);
+            rec.apps = hb.apps;
+            rec.stats = hb.stats;
+            rec.version = hb.version.clone();
+            rec.updated_at = now;
+            let ws = rec.workspace_id.clone();
+            g.pending.insert(
+                agent_id.clone(),
+                HeartbeatWrite {
+                    agent_id,
+                    lifecycle: hb.lifecycle,
+                    lifecycle_reason: reason,
+                    first_connected_at: first,
+                    last_contact_at: now,
+                    apps_json,
+                    stats_json,
+                    version: hb.version,
+                },
+            );
+            (ws, changed)
+        };
+        self.metrics.heartbeats.inc();
+        if changed {
+            self.dirty.mark(&workspace_id);
+            self.flush.notify_one();
+        }
+        Ok(HeartbeatResponse {
+            report_interval_seconds: self.interval.as_secs(),
+        })
+    }
+
+    /// Writes every pending heartbeat (one statement per batch). Returns how many.
+    pub async fn flush(&self) -> Result<usize> {
+        let writes: Vec<HeartbeatWrite> = {
+            let mut g = self.lock();
+            g.pending.drain().map(|(_, w)| w).collect()
+        };
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        self.db.write_heartbeats(&writes).await?;
+        Ok(writes.len())
+    }
+
+    /// Recomputes connection statuses at `now`, records changes (memory, database, dirty
+    /// workspaces) and refreshes the agent metrics.
+    pub async fn sweep(&self, now: i64) -> Result<()> {
+        let mut changes = vec![];
+        let mut by_labels: HashMap<(ConnectionStatus, LifecycleState), i64> = HashMap::new();
+        let mut apps: HashMap<(String, AppHealth), i64> = HashMap::new();
+        {
+            let mut g = self.lock();
+            for rec in g.agents.values_mut() {
+                let c = connection_status(
+                    now,
+                    rec.created_at,
+                    rec.last_contact_at,
+                    self.interval,
+                    self.timeout,
+                );
+                if c != rec.connection {
+                    rec.connection = c;
+                    changes.push((rec.id.clone(), rec.workspace_id.clone(), c));
+                }
+                *by_labels.entry((c, rec.lifecycle)).or_default() += 1;
+                for (slug, h) in &rec.apps {
+                    *apps.entry((slug.clone(), *h)).or_default() += 1;
+                }
+            }
+        }
+        self.metrics.agents.clear();
+        for ((c, l), n) in by_labels {
+            self.metrics
+                .agents
+                .get_or_create(&AgentLabels {
+                    connection: c.as_str().into(),
+                    lifecycle: l.as_str().into(),
+                })
+                .set(n);
+        }
+        self.metrics.app_health.clear();
+        for ((slug, h), n) in apps {
+            let health = serde_json::to_value(h)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            self.metrics
+                .app_health
+                .get_or_create(&AppHealthLabels { app: slug, health })
+                .set(n);
+        }
+        if !changes.is_empty() {
+            for (_, ws, _) in &changes {
+                self.dirty.mark(ws);
+            }
+            let rows: Vec<_> = changes.into_iter().map(|(id, _, c)| (id, c)).collect();
+            self.db.set_agent_connections(&rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the flusher and the sweeper until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let mut last_sweep = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FLUSH_INTERVAL) => {}
+                _ = self.flush.notified() => {}
+            }
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "writing agent heartbeats failed; will retry");
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                last_sweep = Instant::now();
+                if let Err(e) = self.sweep(now_ms()).await {
+                    tracing::warn!(error = %e, "agent connection sweep failed");
+                }
+            }
+        }
+    }
+}
+
+/// `POST /api/v2/workspaceagents/me/heartbeat`.
+pub async fn heartbeat_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(hb): Json<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>> {
+    let start = Instant::now();
+    let token = headers
+        .get(AGENT_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .ok_or_else(|| {
+            Error::Unauthorized(format!(
+                "agent token missing: send the {AGENT_TOKEN_HEADER} header"
+            ))
+        })?;
+    let r = state.agents.heartbeat(token.trim(), hb);
+    state
+        .metrics
+        .heartbeat_latency
+        .observe(start.elapsed().as_secs_f64());
+    r.map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_status_table() {
+        let i = Duration::from_secs(15);
+        let t = Duration::from_secs(120);
+        let s = 1_000_000;
+        let cases = [
+            ("just started", s, None, ConnectionStatus::Connecting),
+            (
+                "119 s, no contact",
+                s + 119_000,
+                None,
+                ConnectionStatus::Connecting,
+            ),
+            (
+                "120 s, no contact",
+                s + 120_000,
+                None,
+                ConnectionStatus::Connecting,
+            ),
+            (
+                "121 s, no contact",
+                s + 121_000,
+                None,
+                ConnectionStatus::Timeout,
+            ),
+            (
+                "fresh contact",
+                s + 200_000,
+                Some(s + 199_000),
+                ConnectionStatus::Connected,
+            ),
+            (
+                "exactly 2×interval",
+                s + 230_000,
+                Some(s + 200_000),
+                ConnectionStatus::Connected,
+            ),
+            (
+                "past 2×interval",
+                s + 230_001,
+                Some(s + 200_000),
+                ConnectionStatus::Disconnected,
+            ),
+            (
+                "contact after a timeout",
+                s + 500_000,
+                Some(s + 499_000),
+                ConnectionStatus::Connected,
+            ),
+            (
+                "long silent",
+                s + 900_000,
+                Some(s + 1),
+                ConnectionStatus::Disconnected,
+            ),
+        ];
+        for (name, now, last, want) in cases {
+            assert_eq!(connection_status(now, s, last, i, t), want, "{name}");
+        }
+    }
+}

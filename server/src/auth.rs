@@ -1,0 +1,209 @@
+//! Who is calling: the [`Principal`] extractor and the chain of [`Authenticator`]s behind it.
+//!
+//! Today the chain holds [`ApiTokenAuthenticator`] (a token in `Coder-Session-Token`,
+//! `Authorization: Bearer`, or the `coder_session_token` cookie). OIDC (issue 6) plugs in as
+//! another authenticator in the chain: after the code flow it issues a session token with
+//! [`crate::db::Db::create_api_token`] and sets the same cookie, or validates its own session
+//! cookie — handlers only ever see a [`Principal`].
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use futures::future::BoxFuture;
+use http::request::Parts;
+use lumie_contract::agent_api::AGENT_TOKEN_HEADER;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::model::User;
+use crate::state::AppState;
+
+/// Cookie carrying a session token in browsers (Coder's name).
+pub const SESSION_COOKIE: &str = "coder_session_token";
+
+/// How a principal proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// An API token (header or cookie).
+    ApiToken,
+    /// An OIDC login session.
+    OidcSession,
+}
+
+/// An authenticated user.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The user.
+    pub user: User,
+    /// How they authenticated.
+    pub method: AuthMethod,
+}
+
+impl Principal {
+    /// Whether this principal may act on things owned by `owner_id`.
+    pub fn may_act_for(&self, owner_id: &str) -> bool {
+        self.user.is_admin || self.user.id == owner_id
+    }
+
+    /// Fails unless the principal is an admin.
+    pub fn require_admin(&self) -> Result<()> {
+        if self.user.is_admin {
+            Ok(())
+        } else {
+            Err(Error::Forbidden("only admins may do this".into()))
+        }
+    }
+}
+
+/// One way of recognising a caller. `Ok(None)` means "not mine, ask the next one";
+/// an `Err` stops the chain (credentials present but wrong).
+pub trait Authenticator: Send + Sync {
+    /// Short name, for logs.
+    fn name(&self) -> &'static str;
+    /// Looks at the request head.
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Option<Principal>>>;
+}
+
+/// The session token in a request: `Coder-Session-Token`, `Authorization: Bearer`, or the cookie.
+pub fn session_token(parts: &Parts) -> Option<String> {
+    let h = &parts.headers;
+    if let Some(v) = h.get(AGENT_TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    if let Some(t) = h
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    {
+        return Some(t.trim().to_string());
+    }
+    cookie(parts, SESSION_COOKIE)
+}
+
+/// The value of a cookie.
+pub fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// API tokens stored hashed in the database.
+pub struct ApiTokenAuthenticator {
+    db: Db,
+}
+
+impl ApiTokenAuthenticator {
+    /// Over this repository.
+    pub fn new(db: Db) -> Self {
+        ApiTokenAuthenticator { db }
+    }
+}
+
+impl Authenticator for ApiTokenAuthenticator {
+    fn name(&self) -> &'static str {
+        "api-token"
+    }
+
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Option<Principal>>> {
+        Box::pin(async move {
+            let Some(token) = session_token(parts) else {
+                return Ok(None);
+            };
+            match self.db.user_for_token(&token).await? {
+                Some(user) => Ok(Some(Principal {
+                    user,
+                    method: AuthMethod::ApiToken,
+                })),
+                None => Err(Error::Unauthorized(
+                    "invalid or expired session token".into(),
+                )),
+            }
+        })
+    }
+}
+
+/// The authenticators, asked in order.
+#[derive(Clone, Default)]
+pub struct AuthChain {
+    authenticators: Vec<Arc<dyn Authenticator>>,
+}
+
+impl AuthChain {
+    /// A chain with API tokens only.
+    pub fn api_tokens(db: Db) -> Self {
+        AuthChain::default().with(Arc::new(ApiTokenAuthenticator::new(db)))
+    }
+
+    /// Appends an authenticator (e.g. OIDC sessions).
+    pub fn with(mut self, a: Arc<dyn Authenticator>) -> Self {
+        self.authenticators.push(a);
+        self
+    }
+
+    /// The first principal any authenticator recognises.
+    pub async fn authenticate(&self, parts: &Parts) -> Result<Principal> {
+        for a in &self.authenticators {
+            if let Some(p) = a.authenticate(parts).await? {
+                tracing::trace!(authenticator = a.name(), user = %p.user.username, "authenticated");
+                return Ok(p);
+            }
+        }
+        Err(Error::Unauthorized(
+            "authentication required: send a Coder-Session-Token header or Authorization: Bearer <token>"
+                .into(),
+        ))
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
+        let p = state.auth.authenticate(parts).await?;
+        parts.extensions.insert(p.clone());
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder();
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        assert_eq!(
+            session_token(&parts(&[("Coder-Session-Token", "a")])),
+            Some("a".into())
+        );
+        assert_eq!(
+            session_token(&parts(&[("Authorization", "Bearer b")])),
+            Some("b".into())
+        );
+        assert_eq!(
+            session_token(&parts(&[("Cookie", "x=1; coder_session_token=c")])),
+            Some("c".into())
+        );
+        assert_eq!(
+            session_token(&parts(&[("Authorization", "Basic zzz")])),
+            None
+        );
+        assert_eq!(session_token(&parts(&[])), None);
+    }
+}

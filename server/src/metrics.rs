@@ -1,0 +1,153 @@
+//! Prometheus metrics the server exports on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `lumie_contract_drift{object,field}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// `serviceaccount/dev-workspace`, `service/dev-workspace`.
+    pub object: String,
+    /// What drifted (`exists`, `port/tilt`, `targetPort/tilt`, …).
+    pub field: String,
+}
+
+/// `lumie_agents{connection,lifecycle}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    /// Connection status.
+    pub connection: String,
+    /// Lifecycle state.
+    pub lifecycle: String,
+}
+
+/// `lumie_agent_apps{app,health}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppHealthLabels {
+    /// App slug.
+    pub app: String,
+    /// Health.
+    pub health: String,
+}
+
+/// `lumie_workspaces{status}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// Workspace status.
+    pub status: String,
+}
+
+/// `lumie_builds_total{transition,status}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Transition.
+    pub transition: String,
+    /// Final status.
+    pub status: String,
+}
+
+/// Every metric, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 for each drifted field of the `dev-workspace` objects, 0 once fixed.
+    pub contract_drift: Family<DriftLabels, Gauge>,
+    /// Agents by connection and lifecycle.
+    pub agents: Family<AgentLabels, Gauge>,
+    /// Heartbeat handling time, seconds.
+    pub heartbeat_latency: Histogram,
+    /// Heartbeats received.
+    pub heartbeats: Counter,
+    /// Apps by health, over every agent.
+    pub app_health: Family<AppHealthLabels, Gauge>,
+    /// Workspaces by status.
+    pub workspaces: Family<StatusLabels, Gauge>,
+    /// Builds finished.
+    pub builds: Family<BuildLabels, Counter>,
+    /// Workspace pods recreated after disappearing.
+    pub pods_recreated: Counter,
+    /// Objects with workspace labels but no workspace.
+    pub orphans: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lumie");
+        let m = Metrics {
+            contract_drift: Family::default(),
+            agents: Family::default(),
+            heartbeat_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            heartbeats: Counter::default(),
+            app_health: Family::default(),
+            workspaces: Family::default(),
+            builds: Family::default(),
+            pods_recreated: Counter::default(),
+            orphans: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "contract_drift",
+            "dev-workspace ServiceAccount/Service fields not matching the contract (1 = drifted)",
+            m.contract_drift.clone(),
+        );
+        registry.register(
+            "agents",
+            "Workspace agents by connection status and lifecycle state",
+            m.agents.clone(),
+        );
+        registry.register(
+            "agent_heartbeat_duration_seconds",
+            "Time to handle one agent heartbeat",
+            m.heartbeat_latency.clone(),
+        );
+        registry.register(
+            "agent_heartbeats",
+            "Agent heartbeats received",
+            m.heartbeats.clone(),
+        );
+        registry.register(
+            "agent_apps",
+            "Workspace apps by health as reported by agents",
+            m.app_health.clone(),
+        );
+        registry.register(
+            "workspaces",
+            "Live workspaces by status",
+            m.workspaces.clone(),
+        );
+        registry.register(
+            "builds",
+            "Workspace builds finished, by transition and status",
+            m.builds.clone(),
+        );
+        registry.register(
+            "pods_recreated",
+            "Workspace pods recreated after being deleted behind the control plane's back",
+            m.pods_recreated.clone(),
+        );
+        registry.register(
+            "orphaned_objects",
+            "Objects with workspace labels but no workspace",
+            m.orphans.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

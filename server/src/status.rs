@@ -1,0 +1,555 @@
+//! Workspace status, derived: a pure function of the desired state, the latest build, what the
+//! cluster shows (pod, PVC, scheduler events) and what the agent reports. Always with a human
+//! reason when not `running`.
+
+use k8s_openapi::api::core::v1::Pod;
+use lumie_contract::agent_api::{AppHealth, ConnectionStatus, LifecycleState};
+use lumie_contract::workspace;
+
+use crate::agents::AgentView;
+use crate::model::{BuildRecord, BuildStatus, DesiredState, Transition, WorkspaceStatus};
+
+/// Container waiting reasons that mean the workspace cannot start without help.
+const FATAL_WAITING: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+    "RunContainerError",
+];
+
+/// What matters about the workspace pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodObservation {
+    /// Has a deletion timestamp.
+    pub terminating: bool,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    pub phase: String,
+    /// Bound to a node.
+    pub node: Option<String>,
+    /// The pod IP.
+    pub pod_ip: Option<String>,
+    /// The `PodScheduled=False` message (the scheduler's FailedScheduling text).
+    pub unschedulable: Option<String>,
+    /// The first container problem, `container dev: ImagePullBackOff: …`.
+    pub container_problem: Option<String>,
+    /// Pod-level failure message.
+    pub failure: Option<String>,
+}
+
+/// Reads a pod into a [`PodObservation`].
+pub fn observe_pod(pod: &Pod) -> PodObservation {
+    let status = pod.status.clone().unwrap_or_default();
+    let unschedulable = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| {
+            c.message
+                .clone()
+                .or_else(|| c.reason.clone())
+                .unwrap_or_else(|| "not scheduled yet".into())
+        });
+    let container_problem = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|cs| {
+            let st = cs.state.as_ref()?;
+            if let Some(w) = &st.waiting {
+                let reason = w.reason.clone().unwrap_or_default();
+                if FATAL_WAITING.contains(&reason.as_str()) {
+                    let msg = w.message.clone().unwrap_or_default();
+                    return Some(if msg.is_empty() {
+                        format!("container {}: {reason}", cs.name)
+                    } else {
+                        format!("container {}: {reason}: {msg}", cs.name)
+                    });
+                }
+            }
+            None
+        });
+    let failure = match status.phase.as_deref() {
+        Some("Failed") | Some("Succeeded") => Some(format!(
+            "pod {}: {}",
+            status.phase.clone().unwrap_or_default().to_lowercase(),
+            status
+                .message
+                .clone()
+                .or_else(|| status.reason.clone())
+                .unwrap_or_else(|| "containers exited".into())
+        )),
+        _ => None,
+    };
+    PodObservation {
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        phase: status.phase.unwrap_or_else(|| "Pending".into()),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        pod_ip: status.pod_ip,
+        unschedulable,
+        container_problem,
+        failure,
+    }
+}
+
+/// What the cluster shows for one workspace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The pod, when it exists.
+    pub pod: Option<PodObservation>,
+    /// The home PVC exists.
+    pub pvc_exists: bool,
+    /// The agent Secret exists.
+    pub secret_exists: bool,
+    /// Latest FailedScheduling event message for the pod (used when the condition lacks one).
+    pub scheduling_event: Option<String>,
+}
+
+fn pending_apps(agent: &AgentView) -> String {
+    let waiting: Vec<_> = agent
+        .apps
+        .iter()
+        .filter(|(_, h)| !matches!(h, AppHealth::Healthy | AppHealth::Disabled))
+        .map(|(slug, h)| {
+            format!(
+                "{slug} ({})",
+                serde_json::to_value(h)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    if waiting.is_empty() {
+        "agent starting".into()
+    } else {
+        format!("agent starting: waiting for {}", waiting.join(", "))
+    }
+}
+
+/// The status and reason of a workspace.
+pub fn derive(
+    desired: DesiredState,
+    build: Option<&BuildRecord>,
+    cluster: &ClusterView,
+    agent: Option<&AgentView>,
+    connection_timeout_secs: u64,
+    pod_name: &str,
+) -> (WorkspaceStatus, String) {
+    use WorkspaceStatus as S;
+    if let Some(b) = build {
+        match (b.status, b.transition) {
+            (BuildStatus::Pending, _) => {
+                return (
+                    S::Pending,
+                    format!("build #{} ({}) queued", b.number, b.transition),
+                );
+            }
+            (BuildStatus::Running, Transition::Start) => {
+                return (
+                    S::Starting,
+                    "creating the Secret, home volume and pod".into(),
+                );
+            }
+            (BuildStatus::Running, Transition::Stop) => {
+                return (S::Stopping, "deleting the pod".into());
+            }
+            (BuildStatus::Running, Transition::Delete) => {
+                return (
+                    S::Deleting,
+                    "deleting the pod, home volume and Secret".into(),
+                );
+            }
+            (BuildStatus::Failed, t) => {
+                return (
+                    S::Failed,
+                    format!(
+                        "build #{} ({t}) failed: {}",
+                        b.number,
+                        b.error.as_deref().unwrap_or("unknown error")
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    match desired {
+        DesiredState::Deleted => {
+            if cluster.pod.is_some() || cluster.pvc_exists || cluster.secret_exists {
+                (
+                    S::Deleting,
+                    "waiting for the pod, home volume and Secret to be removed".into(),
+                )
+            } else {
+                (S::Deleted, String::new())
+            }
+        }
+        DesiredState::Stopped => match &cluster.pod {
+            Some(_) => (
+                S::Stopping,
+                format!("waiting for pod {pod_name} to terminate"),
+            ),
+            None => (S::Stopped, "stopped; the home volume is kept".into()),
+        },
+        DesiredState::Running => {
+            let Some(pod) = &cluster.pod else {
+                return (
+                    S::Starting,
+                    format!("pod {pod_name} is missing; recreating it"),
+                );
+            };
+            if pod.terminating {
+                return (
+                    S::Starting,
+                    format!("pod {pod_name} is terminating; it will be recreated"),
+                );
+            }
+            if let Some(f) = &pod.failure {
+                return (S::Failed, f.clone());
+            }
+            if pod.node.is_none() {
+                let why = pod
+                    .unschedulable
+                    .clone()
+                    .or_else(|| cluster.scheduling_event.clone())
+                    .unwrap_or_else(|| "waiting for the scheduler".into());
+                return (S::Pending, why);
+            }
+            if let Some(p) = &pod.container_problem {
+                return (S::Failed, p.clone());
+            }
+            if pod.phase != "Running" {
+                return (
+                    S::Starting,
+                    format!(
+                        "pod {} on {}: containers starting",
+                        pod.phase,
+                        pod.node.as_deref().unwrap_or("?")
+                    ),
+                );
+            }
+            let Some(agent) = agent else {
+                return (S::Starting, "waiting for the agent to connect".into());
+            };
+            match (agent.connection, agent.lifecycle) {
+                (ConnectionStatus::Timeout, _) => (
+                    S::Failed,
+                    format!(
+                        "the agent did not connect within {connection_timeout_secs}s; check the {} container's log (kubectl -n {} logs {pod_name} -c {})",
+                        workspace::CONTAINER_DEV,
+                        workspace::NAMESPACE,
+                        workspace::CONTAINER_DEV
+                    ),
+                ),
+                (ConnectionStatus::Connecting, _) => {
+                    (S::Starting, "waiting for the agent to connect".into())
+                }
+                (ConnectionStatus::Disconnected, _) => (
+                    S::Starting,
+                    "the agent stopped reporting (disconnected); waiting for it to reconnect"
+                        .into(),
+                ),
+                (ConnectionStatus::Connected, LifecycleState::Ready) => (S::Running, String::new()),
+                (
+                    ConnectionStatus::Connected,
+                    l @ (LifecycleState::StartError | LifecycleState::StartTimeout),
+                ) => (
+                    S::Failed,
+                    if agent.lifecycle_reason.is_empty() {
+                        format!("agent {}", l.as_str())
+                    } else {
+                        format!("agent {}: {}", l.as_str(), agent.lifecycle_reason)
+                    },
+                ),
+                (
+                    ConnectionStatus::Connected,
+                    l @ (LifecycleState::ShuttingDown
+                    | LifecycleState::ShutdownTimeout
+                    | LifecycleState::ShutdownError
+                    | LifecycleState::Off),
+                ) => (S::Starting, format!("agent is {}", l.as_str())),
+                (ConnectionStatus::Connected, _) => (S::Starting, pending_apps(agent)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn build(status: BuildStatus, transition: Transition) -> BuildRecord {
+        BuildRecord {
+            id: "b".into(),
+            workspace_id: "w".into(),
+            number: 3,
+            transition,
+            status,
+            error: Some("pods \"x\" is forbidden: denied by lumie-webhook".into()),
+            initiator_id: None,
+            created_at: 0,
+            started_at: None,
+            completed_at: None,
+        }
+    }
+
+    fn running_pod() -> PodObservation {
+        PodObservation {
+            phase: "Running".into(),
+            node: Some("worker-1".into()),
+            pod_ip: Some("127.0.1.2".into()),
+            ..Default::default()
+        }
+    }
+
+    fn agent(connection: ConnectionStatus, lifecycle: LifecycleState) -> AgentView {
+        AgentView {
+            id: "a".into(),
+            lifecycle,
+            lifecycle_reason: String::new(),
+            connection,
+            last_contact_at: None,
+            first_connected_at: None,
+            apps: BTreeMap::from([
+                ("tilt".into(), AppHealth::Healthy),
+                ("code-server".into(), AppHealth::Initializing),
+            ]),
+            stats: None,
+            version: String::new(),
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        use DesiredState as D;
+        use WorkspaceStatus as S;
+        let ok_start = build(BuildStatus::Succeeded, Transition::Start);
+        let unsched = ClusterView {
+            pod: Some(PodObservation {
+                phase: "Pending".into(),
+                unschedulable: Some("0/4 nodes are available: 1 node(s) had taint {node-role.kubernetes.io/control-plane: }, that the pod didn't tolerate, 3 node(s) were unschedulable.".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let running = ClusterView {
+            pod: Some(running_pod()),
+            pvc_exists: true,
+            secret_exists: true,
+            ..Default::default()
+        };
+        let pull = ClusterView {
+            pod: Some(PodObservation {
+                phase: "Pending".into(),
+                container_problem: Some(
+                    "container dev: ImagePullBackOff: Back-off pulling image \"x\"".into(),
+                ),
+                ..running_pod()
+            }),
+            ..Default::default()
+        };
+        let ready = agent(ConnectionStatus::Connected, LifecycleState::Ready);
+        let starting = agent(ConnectionStatus::Connected, LifecycleState::Starting);
+        let timeout = agent(ConnectionStatus::Timeout, LifecycleState::Created);
+        let mut err = agent(ConnectionStatus::Connected, LifecycleState::StartError);
+        err.lifecycle_reason = "code-server exited".into();
+        let pending = build(BuildStatus::Pending, Transition::Start);
+        let running_build = build(BuildStatus::Running, Transition::Start);
+        let failed = build(BuildStatus::Failed, Transition::Start);
+        let stop_ok = build(BuildStatus::Succeeded, Transition::Stop);
+        let none = ClusterView::default();
+        let pvc_only = ClusterView {
+            pvc_exists: true,
+            ..Default::default()
+        };
+        type Case<'a> = (
+            &'a str,
+            D,
+            Option<&'a BuildRecord>,
+            &'a ClusterView,
+            Option<&'a AgentView>,
+            S,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "queued",
+                D::Running,
+                Some(&pending),
+                &none,
+                None,
+                S::Pending,
+                "build #3 (start) queued",
+            ),
+            (
+                "building",
+                D::Running,
+                Some(&running_build),
+                &none,
+                None,
+                S::Starting,
+                "creating",
+            ),
+            (
+                "build failed",
+                D::Running,
+                Some(&failed),
+                &running,
+                Some(&ready),
+                S::Failed,
+                "build #3 (start) failed: pods \"x\" is forbidden",
+            ),
+            (
+                "unschedulable verbatim",
+                D::Running,
+                Some(&ok_start),
+                &unsched,
+                None,
+                S::Pending,
+                "0/4 nodes are available: 1 node(s) had taint",
+            ),
+            (
+                "image pull",
+                D::Running,
+                Some(&ok_start),
+                &pull,
+                None,
+                S::Failed,
+                "ImagePullBackOff",
+            ),
+            (
+                "no agent yet",
+                D::Running,
+                Some(&ok_start),
+                &running,
+                None,
+                S::Starting,
+                "waiting for the agent",
+            ),
+            (
+                "agent starting",
+                D::Running,
+                Some(&ok_start),
+                &running,
+                Some(&starting),
+                S::Starting,
+                "waiting for code-server (initializing)",
+            ),
+            (
+                "agent ready",
+                D::Running,
+                Some(&ok_start),
+                &running,
+                Some(&ready),
+                S::Running,
+                "",
+            ),
+            (
+                "agent timeout",
+                D::Running,
+                Some(&ok_start),
+                &running,
+                Some(&timeout),
+                S::Failed,
+                "did not connect within 120s",
+            ),
+            (
+                "agent start error",
+                D::Running,
+                Some(&ok_start),
+                &running,
+                Some(&err),
+                S::Failed,
+                "agent start_error: code-server exited",
+            ),
+            (
+                "pod gone",
+                D::Running,
+                Some(&ok_start),
+                &pvc_only,
+                None,
+                S::Starting,
+                "missing; recreating",
+            ),
+            (
+                "stopping",
+                D::Stopped,
+                Some(&stop_ok),
+                &running,
+                Some(&ready),
+                S::Stopping,
+                "to terminate",
+            ),
+            (
+                "stopped",
+                D::Stopped,
+                Some(&stop_ok),
+                &pvc_only,
+                None,
+                S::Stopped,
+                "home volume is kept",
+            ),
+            (
+                "deleting",
+                D::Deleted,
+                None,
+                &pvc_only,
+                None,
+                S::Deleting,
+                "to be removed",
+            ),
+            ("deleted", D::Deleted, None, &none, None, S::Deleted, ""),
+        ];
+        for (name, desired, b, cluster, a, want, reason) in cases {
+            let (got, why) = derive(desired, b, cluster, a, 120, "coder-alice-dev");
+            assert_eq!(got, want, "{name}: {why}");
+            assert!(why.contains(reason), "{name}: {why:?} lacks {reason:?}");
+            assert_eq!(
+                why.is_empty(),
+                got == S::Running || got == S::Deleted,
+                "{name}: reason when not running"
+            );
+        }
+    }
+
+    #[test]
+    fn observe_reads_conditions_and_container_states() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "deletionTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"containers": [], "nodeName": "worker-2"},
+            "status": {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{
+                    "name": "dev", "ready": false, "restartCount": 4, "image": "x", "imageID": "",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}
+                }]
+            }
+        }))
+        .unwrap();
+        let o = observe_pod(&pod);
+        assert!(o.terminating);
+        assert_eq!(o.node.as_deref(), Some("worker-2"));
+        assert_eq!(o.unschedulable, None);
+        assert_eq!(
+            o.container_problem.as_deref(),
+            Some("container dev: CrashLoopBackOff: back-off 40s restarting failed container")
+        );
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": []},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes are available"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            observe_pod(&pod).unschedulable.as_deref(),
+            Some("0/4 nodes are available")
+        );
+    }
+}

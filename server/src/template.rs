@@ -1,0 +1,559 @@
+//! The workspace template: a config file (images, resources, env, home volume) and the pure
+//! functions that turn it plus a workspace into the Secret, PVC and Pod the server applies.
+//!
+//! The pod passes the webhook by construction: ServiceAccount `dev-workspace`, required node
+//! affinity away from the contract's avoid labels, only `dind` privileged (with a `docker:*dind*`
+//! image), every other container within Pod Security baseline.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, ResourceRequirements, Secret,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::core::v1::{
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use lumie_contract::naming::WorkspaceNames;
+use lumie_contract::policy::WorkspacePolicySpec;
+use lumie_contract::{apps, labels, workspace};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The agent bootstrap script run as the `dev` container's entry.
+// The agent engineer's `agent/init-script.sh` replaces this placeholder once it exists.
+pub const INIT_SCRIPT: &str = include_str!("placeholder-init-script.sh");
+
+/// Images of the three containers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Images {
+    /// The `dev` container.
+    pub dev: String,
+    /// The agents UI.
+    pub agents: String,
+    /// Docker-in-Docker; must match the policy's privileged image patterns.
+    pub dind: String,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Images {
+            dev: "codercom/enterprise-base:ubuntu".into(),
+            agents: "ghcr.io/lumie-infra/agents-ui:latest".into(),
+            dind: "docker:27-dind".into(),
+        }
+    }
+}
+
+/// Resources per container.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Resources {
+    /// `dev`.
+    pub dev: ResourceRequirements,
+    /// `agents`.
+    pub agents: ResourceRequirements,
+    /// `dind`.
+    pub dind: ResourceRequirements,
+}
+
+/// The home volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Home {
+    /// Requested size.
+    pub size: String,
+    /// Storage class.
+    pub storage_class_name: String,
+    /// Access mode.
+    pub access_mode: String,
+}
+
+impl Default for Home {
+    fn default() -> Self {
+        Home {
+            size: workspace::HOME_SIZE.into(),
+            storage_class_name: workspace::HOME_STORAGE_CLASS.into(),
+            access_mode: workspace::HOME_ACCESS_MODE.into(),
+        }
+    }
+}
+
+/// The template config file (`LUMIE_TEMPLATE_FILE`, YAML). Every field has a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Template {
+    /// Container images.
+    pub images: Images,
+    /// Container resources.
+    pub resources: Resources,
+    /// Extra environment of the `dev` container.
+    pub env: Vec<EnvVar>,
+    /// Home volume.
+    pub home: Home,
+    /// ServiceAccount of the pod (the contract's `dev-workspace`).
+    pub service_account_name: String,
+    /// Node labels the pod must avoid.
+    pub avoid_node_labels: Vec<String>,
+    /// Grace period, seconds (the agent reports `off` within it).
+    pub termination_grace_period_seconds: i64,
+    /// Image pull policy of every container.
+    pub image_pull_policy: String,
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        let policy = WorkspacePolicySpec::contract_default();
+        Template {
+            images: Images::default(),
+            resources: Resources::default(),
+            env: vec![],
+            home: Home::default(),
+            service_account_name: policy.service_account_name,
+            avoid_node_labels: policy.avoid_node_labels,
+            termination_grace_period_seconds: 30,
+            image_pull_policy: "IfNotPresent".into(),
+        }
+    }
+}
+
+/// A workspace as the template sees it.
+#[derive(Clone, Debug)]
+pub struct WorkspaceRef<'a> {
+    /// Database id.
+    pub id: &'a str,
+    /// Object names.
+    pub names: &'a WorkspaceNames,
+}
+
+impl Template {
+    /// Reads and checks the template file, or the built-in default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Template> {
+        let Some(path) = path else {
+            return Ok(Template::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Template {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e} (LUMIE_TEMPLATE_FILE)"),
+        })?;
+        let t: Template = serde_yaml::from_str(&text).map_err(|e| Error::Template {
+            path: path.display().to_string(),
+            message: e.to_string().replace('\n', " "),
+        })?;
+        t.check().map_err(|message| Error::Template {
+            path: path.display().to_string(),
+            message,
+        })?;
+        Ok(t)
+    }
+
+    /// Checks the template against the contract's default policy, so a bad template fails at
+    /// start rather than at the webhook.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let policy = WorkspacePolicySpec::contract_default();
+        let dind = policy
+            .privileged_containers
+            .iter()
+            .find(|c| c.name == workspace::CONTAINER_DIND)
+            .map(|c| c.image_matcher())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        if !dind.is_some_and(|m| m.is_match(&self.images.dind)) {
+            return Err(format!(
+                "images.dind {:?} is not an allowed privileged image (docker:*dind*)",
+                self.images.dind
+            ));
+        }
+        if self.service_account_name.is_empty() {
+            return Err("serviceAccountName must not be empty".into());
+        }
+        for key in &policy.avoid_node_labels {
+            if !self.avoid_node_labels.contains(key) {
+                return Err(format!(
+                    "avoidNodeLabels must include {key:?} (the contract keeps workspaces off control-plane nodes)"
+                ));
+            }
+        }
+        for e in &self.env {
+            if [
+                workspace::ENV_AGENT_URL,
+                workspace::ENV_AGENT_TOKEN,
+                workspace::ENV_POD_IP,
+            ]
+            .contains(&e.name.as_str())
+            {
+                return Err(format!("env {} is set by the server", e.name));
+            }
+        }
+        if self.home.size.trim().is_empty() {
+            return Err("home.size must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The labels of every object of a workspace.
+    pub fn labels(ws: &WorkspaceRef<'_>) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::MANAGED_BY.into(), labels::MANAGED_BY_LUMIE.into()),
+            (labels::OWNER.into(), ws.names.owner.clone()),
+            (labels::WORKSPACE.into(), ws.names.workspace.clone()),
+            (labels::WORKSPACE_ID.into(), ws.id.to_string()),
+        ])
+    }
+
+    fn meta(name: &str, namespace: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            ..Default::default()
+        }
+    }
+
+    /// The agent-token Secret.
+    pub fn secret(&self, ws: &WorkspaceRef<'_>, namespace: &str, token: &str) -> Secret {
+        Secret {
+            metadata: Self::meta(&ws.names.agent_secret, namespace, Self::labels(ws)),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                workspace::SECRET_TOKEN_KEY.into(),
+                ByteString(token.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// The home PVC.
+    pub fn home_pvc(&self, ws: &WorkspaceRef<'_>, namespace: &str) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: Self::meta(&ws.names.home_pvc, namespace, Self::labels(ws)),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec![self.home.access_mode.clone()]),
+                storage_class_name: Some(self.home.storage_class_name.clone()),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".into(),
+                        Quantity(self.home.size.clone()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn baseline_security() -> SecurityContext {
+        SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            ..Default::default()
+        }
+    }
+
+    fn port(app: apps::WorkspaceApp) -> ContainerPort {
+        ContainerPort {
+            name: Some(app.slug.into()),
+            container_port: app.port.into(),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }
+    }
+
+    /// The workspace pod.
+    pub fn pod(&self, ws: &WorkspaceRef<'_>, namespace: &str, agent_url: &str) -> Pod {
+        let mut labels = Self::labels(ws);
+        labels.insert(labels::APP_NAME.into(), labels::APP_NAME_WORKSPACE.into());
+        let value = |name: &str, v: &str| EnvVar {
+            name: name.into(),
+            value: Some(v.into()),
+            value_from: None,
+        };
+        let mut env = vec![
+            value(workspace::ENV_AGENT_URL, agent_url),
+            EnvVar {
+                name: workspace::ENV_AGENT_TOKEN.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: ws.names.agent_secret.clone(),
+                        key: workspace::SECRET_TOKEN_KEY.into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+            },
+            EnvVar {
+                name: workspace::ENV_POD_IP.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "status.podIP".into(),
+                        api_version: None,
+                    }),
+                    ..Default::default()
+                }),
+            },
+            value("CODER_WORKSPACE_NAME", &ws.names.workspace),
+            value("CODER_WORKSPACE_OWNER_NAME", &ws.names.owner),
+            value("DOCKER_HOST", "tcp://127.0.0.1:2375"),
+        ];
+        env.extend(self.env.iter().cloned());
+        let pull = Some(self.image_pull_policy.clone());
+        let dev = Container {
+            name: workspace::CONTAINER_DEV.into(),
+            image: Some(self.images.dev.clone()),
+            image_pull_policy: pull.clone(),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), INIT_SCRIPT.into()]),
+            env: Some(env),
+            ports: Some(vec![Self::port(apps::TILT), Self::port(apps::CODE_SERVER)]),
+            resources: Some(self.resources.dev.clone()),
+            security_context: Some(Self::baseline_security()),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "home".into(),
+                mount_path: workspace::HOME_MOUNT_PATH.into(),
+                ..Default::default()
+            }]),
+            working_dir: Some(workspace::HOME_MOUNT_PATH.into()),
+            ..Default::default()
+        };
+        let agents = Container {
+            name: workspace::CONTAINER_AGENTS.into(),
+            image: Some(self.images.agents.clone()),
+            image_pull_policy: pull.clone(),
+            ports: Some(vec![Self::port(apps::AGENTS)]),
+            resources: Some(self.resources.agents.clone()),
+            security_context: Some(Self::baseline_security()),
+            ..Default::default()
+        };
+        let dind = Container {
+            name: workspace::CONTAINER_DIND.into(),
+            image: Some(self.images.dind.clone()),
+            image_pull_policy: pull,
+            env: Some(vec![value("DOCKER_TLS_CERTDIR", "")]),
+            resources: Some(self.resources.dind.clone()),
+            security_context: Some(SecurityContext {
+                privileged: Some(true),
+                ..Default::default()
+            }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "docker".into(),
+                mount_path: "/var/lib/docker".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let avoid = self
+            .avoid_node_labels
+            .iter()
+            .map(|key| NodeSelectorRequirement {
+                key: key.clone(),
+                operator: "DoesNotExist".into(),
+                values: None,
+            })
+            .collect();
+        Pod {
+            metadata: Self::meta(&ws.names.pod, namespace, labels),
+            spec: Some(PodSpec {
+                service_account_name: Some(self.service_account_name.clone()),
+                hostname: Some(ws.names.workspace.clone()),
+                termination_grace_period_seconds: Some(self.termination_grace_period_seconds),
+                affinity: Some(Affinity {
+                    node_affinity: Some(NodeAffinity {
+                        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                            node_selector_terms: vec![NodeSelectorTerm {
+                                match_expressions: Some(avoid),
+                                match_fields: None,
+                            }],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                containers: vec![dev, agents, dind],
+                volumes: Some(vec![
+                    Volume {
+                        name: "home".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: ws.names.home_pvc.clone(),
+                            read_only: None,
+                        }),
+                        ..Default::default()
+                    },
+                    Volume {
+                        name: "docker".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> WorkspaceNames {
+        WorkspaceNames::new("alice", "dev").unwrap()
+    }
+
+    #[test]
+    fn pod_meets_the_contract() {
+        let t = Template::default();
+        let n = names();
+        let ws = WorkspaceRef {
+            id: "id-1",
+            names: &n,
+        };
+        let pod = t.pod(&ws, "lumie-dev", "http://coder.coder.svc.cluster.local");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("dev-workspace"));
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[labels::APP_NAME], "dev-workspace");
+        assert_eq!(labels[labels::WORKSPACE_ID], "id-1");
+        assert_eq!(labels[labels::MANAGED_BY], "lumie-coder");
+        let names: Vec<_> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["dev", "agents", "dind"]);
+        for c in &spec.containers {
+            let sc = c.security_context.as_ref().unwrap();
+            if c.name == "dind" {
+                assert_eq!(sc.privileged, Some(true));
+                assert_eq!(c.image.as_deref(), Some("docker:27-dind"));
+            } else {
+                assert_eq!(sc.privileged, Some(false), "{}", c.name);
+                assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            }
+        }
+        let terms = &spec
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms;
+        let keys: Vec<_> = terms[0]
+            .match_expressions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|r| (r.key.as_str(), r.operator.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("node-role.kubernetes.io/control-plane", "DoesNotExist"),
+                ("node-role.kubernetes.io/master", "DoesNotExist")
+            ]
+        );
+        let dev = &spec.containers[0];
+        assert_eq!(dev.command.as_ref().unwrap()[2], INIT_SCRIPT);
+        let env: BTreeMap<_, _> = dev
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        assert_eq!(
+            env["CODER_AGENT_URL"].value.as_deref(),
+            Some("http://coder.coder.svc.cluster.local")
+        );
+        let token_ref = env["CODER_AGENT_TOKEN"]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(token_ref.name, "coder-alice-dev-agent");
+        assert_eq!(
+            env["POD_IP"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "status.podIP"
+        );
+        // No host namespaces or host paths anywhere.
+        assert!(spec.host_network.is_none() && spec.host_pid.is_none() && spec.host_ipc.is_none());
+        assert!(spec.volumes.iter().flatten().all(|v| v.host_path.is_none()));
+    }
+
+    #[test]
+    fn pvc_and_secret_from_the_template() {
+        let t = Template::default();
+        let n = names();
+        let ws = WorkspaceRef {
+            id: "id-1",
+            names: &n,
+        };
+        let pvc = t.home_pvc(&ws, "lumie-dev");
+        let spec = pvc.spec.unwrap();
+        assert_eq!(pvc.metadata.name.as_deref(), Some("coder-alice-dev-home"));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("local-path"));
+        assert_eq!(spec.access_modes.unwrap(), ["ReadWriteOnce"]);
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("30Gi".into())
+        );
+        let s = t.secret(&ws, "lumie-dev", "tok");
+        assert_eq!(s.data.unwrap()["token"], ByteString(b"tok".to_vec()));
+    }
+
+    #[test]
+    fn template_file_overrides_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        std::fs::write(
+            &path,
+            "images:\n  dev: my/dev:1\nhome:\n  size: 50Gi\nresources:\n  dev:\n    limits:\n      cpu: \"2\"\nenv:\n  - name: FOO\n    value: bar\n",
+        )
+        .unwrap();
+        let t = Template::load(Some(&path)).unwrap();
+        assert_eq!(t.images.dev, "my/dev:1");
+        assert_eq!(
+            t.images.dind, "docker:27-dind",
+            "unset fields keep defaults"
+        );
+        assert_eq!(t.home.size, "50Gi");
+        assert_eq!(t.env[0].name, "FOO");
+        let cases = [
+            ("images:\n  dind: ubuntu:22.04\n", "images.dind"),
+            ("avoidNodeLabels: []\n", "avoidNodeLabels"),
+            (
+                "env:\n  - name: CODER_AGENT_TOKEN\n    value: x\n",
+                "set by the server",
+            ),
+            ("images: [\n", "t.yaml"),
+        ];
+        for (yaml, want) in cases {
+            std::fs::write(&path, yaml).unwrap();
+            let e = Template::load(Some(&path)).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        assert!(
+            Template::load(Some(&dir.path().join("missing.yaml")))
+                .unwrap_err()
+                .to_string()
+                .contains("LUMIE_TEMPLATE_FILE")
+        );
+    }
+}

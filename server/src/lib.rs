@@ -26,3 +26,4 @@ pub mod template;
 
 pub use api::router;
 pub use error::{Error, Result};
+pub mod doctor;

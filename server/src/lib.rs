@@ -6,20 +6,29 @@
 //! - [`api`]: the HTTP router; [`distribution`]: agent binary and init script;
 //!   [`proxy`]: the app proxy; [`agents`]: heartbeats and the in-memory agent table;
 //! - [`template`]: the workspace Secret, PVC and Pod; [`status`]: status derivation;
+//! - [`spawner`]: kube actions (server-side apply, deletes); [`builds`]: the build executor;
+//! - [`reconcile`]: watchers, status writes, desired vs actual, orphans; [`drift`]: the
+//!   `dev-workspace` ServiceAccount/Service contract check;
+//! - [`serve`]: start-up and the running server;
 //! - [`state`]: what handlers and tasks share; [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod builds;
 pub mod config;
 pub mod db;
 pub mod distribution;
+pub mod drift;
 pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod preflight;
 pub mod proxy;
+pub mod reconcile;
+pub mod serve;
+pub mod spawner;
 pub mod state;
 pub mod status;
 pub mod template;

@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The agent bootstrap script run as the `dev` container's entry.
-// The agent engineer's `agent/init-script.sh` replaces this placeholder once it exists.
-pub const INIT_SCRIPT: &str = include_str!("placeholder-init-script.sh");
+/// The agent bootstrap script (`agent/init-script.sh`, no placeholders: it reads the pod's
+/// environment), run as the `dev` container's entry and served at `/api/v2/init-script/…`.
+pub const INIT_SCRIPT: &str = include_str!("../../agent/init-script.sh");
 
 /// Images of the three containers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

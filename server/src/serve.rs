@@ -1,0 +1,121 @@
+//! Start-up and the running server: checks, first admin, background tasks, the listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::reconcile::{Reconciler, start_watchers};
+use crate::spawner::Spawner;
+use crate::state::AppState;
+use crate::template::Template;
+
+/// Username of the admin created on first start.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// A started server.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: AppState,
+    /// The first admin's token, when this start created it.
+    pub first_admin_token: Option<String>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every task at once (like a killed process: nothing is flushed).
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Flushes pending heartbeats, then stops.
+    pub async fn shutdown(self) {
+        if let Err(e) = self.state.agents.flush().await {
+            tracing::warn!(error = %e, "final heartbeat flush failed");
+        }
+        self.abort();
+    }
+}
+
+/// Checks everything (database, template, kube API and permissions), then starts the server
+/// with `client`. Errors are one line naming the setting to fix.
+pub async fn start(config: Config, client: kube::Client) -> Result<Running> {
+    let template = Template::load(config.template_file.as_deref())?;
+    let db = Db::connect(&config.database).await?;
+    crate::preflight::check_kube(&client, &config.namespace).await?;
+    let first_admin_token = db.bootstrap_admin(FIRST_ADMIN).await?.map(|(_, t)| t);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::InvalidSetting {
+            setting: "LUMIE_LISTEN_ADDR",
+            message: format!("cannot listen on {}: {e}", config.listen),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("listener address", e))?;
+    let namespace = config.namespace.clone();
+    let state = AppState::new(config, db, template, Some(client.clone())).await?;
+    let spawner = Spawner::new(client.clone(), &namespace);
+
+    // Readiness and drift first, so /readyz is truthful from the start.
+    crate::drift::check_and_record(&state, &client).await;
+    let mut tasks = vec![];
+    tasks.push(tokio::spawn(crate::drift::run(
+        state.clone(),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(state.agents.clone().run()));
+    let stores = start_watchers(&state, &client);
+    let reconciler = Arc::new(Reconciler::new(state.clone(), spawner.clone(), stores));
+    tasks.push(tokio::spawn(reconciler.run()));
+    tasks.push(tokio::spawn(crate::builds::run_executor(
+        state.clone(),
+        spawner,
+    )));
+    let router = crate::router(state.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "listener failed");
+        }
+    }));
+    tracing::info!(%addr, namespace = %namespace, "lumie-server listening");
+    Ok(Running {
+        addr,
+        state,
+        first_admin_token,
+        tasks,
+    })
+}
+
+/// `lumie-server serve`: start, print the first admin token once, run until SIGTERM/Ctrl-C.
+pub async fn run(config: Config) -> Result<()> {
+    let client = crate::preflight::kube_client().await?;
+    let running = start(config, client).await?;
+    if let Some(token) = &running.first_admin_token {
+        // Printed once, on the first start only: only its hash is stored.
+        println!(
+            "lumie-server: first start: created user {FIRST_ADMIN:?} (admin); API token, shown only now: {token}"
+        );
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

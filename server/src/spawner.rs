@@ -1,0 +1,262 @@
+//! Kubernetes actions for one workspace: server-side apply of the agent Secret, home PVC and
+//! pod (field manager [`FIELD_MANAGER`]), and their deletion. Every action is idempotent, so a
+//! build interrupted by a crash is simply carried out again.
+//!
+//! The control plane never creates, patches or deletes the `dev-workspace` ServiceAccount or
+//! Service; it only reads them.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, ServiceAccount};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client};
+use lumie_contract::naming::WorkspaceNames;
+use lumie_contract::workspace;
+
+use crate::db::{hash_token, random_secret};
+use crate::error::{Error, Result};
+use crate::model::WorkspaceRecord;
+use crate::state::AppState;
+use crate::template::{Template, WorkspaceRef};
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "lumie-coder";
+
+/// A kube failure as one line: the apiserver's (or webhook's) message when there is one.
+pub fn describe_kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether retrying could help (server-side or transport trouble, not a refusal).
+pub fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Kube(kube::Error::Api(s)) => s.code >= 500 || s.code == 429 || s.code == 409,
+        Error::Kube(_) => true,
+        Error::Database(_) => true,
+        _ => false,
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Kube actions in the workspace namespace.
+#[derive(Clone)]
+pub struct Spawner {
+    client: Client,
+    namespace: String,
+}
+
+/// What [`Spawner::ensure_started`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartOutcome {
+    /// The token was (re)issued.
+    pub token_rotated: bool,
+    /// A pod was created (it did not exist).
+    pub pod_created: bool,
+}
+
+impl Spawner {
+    /// Over this client and namespace.
+    pub fn new(client: Client, namespace: &str) -> Self {
+        Spawner {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn apply_params() -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    /// Fails with a clear reason when the shared `dev-workspace` ServiceAccount is missing.
+    pub async fn check_service_account(&self, name: &str) -> Result<()> {
+        let sas: Api<ServiceAccount> = self.api();
+        match sas.get_opt(name).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Conflict(format!(
+                "ServiceAccount {}/{name} is missing; it is owned by the lumie-dev overlay (the control plane never creates it) — re-apply the overlay",
+                self.namespace
+            ))),
+        }
+    }
+
+    /// Applies the Secret, PVC and pod of a workspace, reusing what exists:
+    /// - the Secret keeps its token when its hash matches the agent row, else a new token is
+    ///   issued (database first, then the Secret);
+    /// - the PVC is applied (unchanged when it exists);
+    /// - a pod that exists (not terminating) is left alone; a terminating one is waited out.
+    pub async fn ensure_started(
+        &self,
+        state: &AppState,
+        ws: &WorkspaceRecord,
+    ) -> Result<StartOutcome> {
+        let names = WorkspaceNames::new(&ws.owner_name, &ws.name)
+            .map_err(|e| Error::BadRequest(e.to_string()))?;
+        let wref = WorkspaceRef {
+            id: &ws.id,
+            names: &names,
+        };
+        let template = &state.template;
+        self.check_service_account(&template.service_account_name)
+            .await?;
+        let mut outcome = StartOutcome::default();
+
+        // Secret.
+        let agent = state
+            .db
+            .agent_for_workspace(&ws.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no agent row for workspace {}", ws.id)))?;
+        let secrets: Api<Secret> = self.api();
+        let current = secrets.get_opt(&names.agent_secret).await?.and_then(|s| {
+            s.data?
+                .get(workspace::SECRET_TOKEN_KEY)
+                .map(|b| String::from_utf8_lossy(&b.0).to_string())
+        });
+        let token_ok = current
+            .as_deref()
+            .is_some_and(|t| hash_token(t) == agent.token_hash);
+        if !token_ok {
+            let token = random_secret(40);
+            state
+                .db
+                .reset_agent(&agent.id, Some(&hash_token(&token)))
+                .await?;
+            secrets
+                .patch(
+                    &names.agent_secret,
+                    &Self::apply_params(),
+                    &Patch::Apply(&template.secret(&wref, &self.namespace, &token)),
+                )
+                .await?;
+            outcome.token_rotated = true;
+        }
+
+        // Home PVC.
+        let pvcs: Api<PersistentVolumeClaim> = self.api();
+        if pvcs.get_opt(&names.home_pvc).await?.is_none() {
+            pvcs.patch(
+                &names.home_pvc,
+                &Self::apply_params(),
+                &Patch::Apply(&template.home_pvc(&wref, &self.namespace)),
+            )
+            .await?;
+        }
+
+        // Pod.
+        outcome.pod_created = self
+            .ensure_pod(template, &wref, &state.config.agent_url, || async {
+                // A new pod: the agent starts over (connection timeout counts from now).
+                state.db.reset_agent(&agent.id, None).await
+            })
+            .await?;
+        if (outcome.token_rotated || outcome.pod_created)
+            && let Some(a) = state.db.agent_for_workspace(&ws.id).await?
+        {
+            state.agents.reset(a);
+        }
+        Ok(outcome)
+    }
+
+    /// Creates the pod unless a live one exists; waits out a terminating one (up to its grace
+    /// period plus a margin). Returns whether a pod was created.
+    pub async fn ensure_pod<F, Fut>(
+        &self,
+        template: &Template,
+        wref: &WorkspaceRef<'_>,
+        agent_url: &str,
+        before_create: F,
+    ) -> Result<bool>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let pods: Api<Pod> = self.api();
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(template.termination_grace_period_seconds.max(0) as u64 + 30);
+        loop {
+            match pods.get_opt(&wref.names.pod).await? {
+                Some(p) if p.metadata.deletion_timestamp.is_none() => return Ok(false),
+                Some(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Some(_) => {
+                    return Err(Error::Conflict(format!(
+                        "pod {} is still terminating; try again once it is gone",
+                        wref.names.pod
+                    )));
+                }
+                None => break,
+            }
+        }
+        before_create().await?;
+        pods.patch(
+            &wref.names.pod,
+            &Self::apply_params(),
+            &Patch::Apply(&template.pod(wref, &self.namespace, agent_url)),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Deletes the pod (a missing one is fine).
+    pub async fn delete_pod(&self, name: &str) -> Result<()> {
+        Self::ignore_missing(
+            self.api::<Pod>()
+                .delete(name, &DeleteParams::default())
+                .await,
+        )
+    }
+
+    /// Deletes the pod, the home PVC and the Secret.
+    pub async fn delete_all(&self, names: &WorkspaceNames) -> Result<()> {
+        self.delete_pod(&names.pod).await?;
+        Self::ignore_missing(
+            self.api::<PersistentVolumeClaim>()
+                .delete(&names.home_pvc, &DeleteParams::default())
+                .await,
+        )?;
+        Self::ignore_missing(
+            self.api::<Secret>()
+                .delete(&names.agent_secret, &DeleteParams::default())
+                .await,
+        )
+    }
+
+    /// Deletes one object by kind name (`Pod`, `PersistentVolumeClaim`, `Secret`), for orphans.
+    pub async fn delete_kind(&self, kind: &str, name: &str) -> Result<()> {
+        let dp = DeleteParams::default();
+        let r = match kind {
+            "Pod" => self.api::<Pod>().delete(name, &dp).await.map(|_| ()),
+            "PersistentVolumeClaim" => self
+                .api::<PersistentVolumeClaim>()
+                .delete(name, &dp)
+                .await
+                .map(|_| ()),
+            "Secret" => self.api::<Secret>().delete(name, &dp).await.map(|_| ()),
+            other => return Err(Error::BadRequest(format!("unknown kind {other}"))),
+        };
+        Self::ignore_missing(r)
+    }
+
+    fn ignore_missing<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -97,6 +97,7 @@ pub async fn run(
                         listen: SocketAddr::new(pod_ip, app.port),
                         target: SocketAddr::new(config.app_host, app.port),
                         max_connections: config.max_connections,
+                        copy_mode: config.copy_mode,
                     },
                     config.health_interval,
                     forward_stats.clone(),

@@ -10,6 +10,7 @@ use lumie_contract::{apps, workspace};
 use reqwest::Url;
 
 use crate::Error;
+use crate::forward::CopyMode;
 
 /// How the agent decides whether an app is up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub struct Config {
     pub home_dir: PathBuf,
     /// Most forwarded connections open at once, per port.
     pub max_connections: usize,
+    /// How forwarded bytes are moved.
+    pub copy_mode: CopyMode,
     /// Time allowed from SIGTERM to exit, including the final reports.
     pub shutdown_timeout: Duration,
     /// Extra PEM CA bundle trusted for the control plane (private CA).
@@ -89,6 +92,7 @@ impl Config {
             health_timeout: Duration::from_secs(2),
             home_dir: PathBuf::from(workspace::HOME_MOUNT_PATH),
             max_connections: 1024,
+            copy_mode: CopyMode::Splice,
             shutdown_timeout: Duration::from_secs(10),
             ca_bundle: None,
         }
@@ -155,6 +159,9 @@ pub struct Cli {
     /// Most forwarded connections open at once per port; more are closed at once.
     #[arg(long, env = "LUMIE_AGENT_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// How forwarded bytes are moved: `splice` (zero-copy) or `buffers` (read/write).
+    #[arg(long, env = "LUMIE_AGENT_COPY_MODE", default_value = "splice")]
+    pub copy_mode: CopyMode,
     /// Time allowed from SIGTERM to exit, final reports included (keep below the pod's grace period).
     #[arg(long, env = "LUMIE_AGENT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -179,6 +186,7 @@ impl Cli {
         config.health_timeout = self.health_timeout;
         config.home_dir = self.home_dir;
         config.max_connections = self.max_connections.max(1);
+        config.copy_mode = self.copy_mode;
         config.shutdown_timeout = self.shutdown_timeout;
         config.ca_bundle = self.ca_bundle;
         for spec in self.app_health.iter().filter(|s| !s.is_empty()) {
@@ -294,6 +302,7 @@ mod tests {
         assert_eq!(c.pod_ip, None);
         assert_eq!(c.health_threshold, 3);
         assert_eq!(c.home_dir, PathBuf::from("/home/coder"));
+        assert_eq!(c.copy_mode, CopyMode::Splice);
     }
 
     #[test]
@@ -309,6 +318,8 @@ mod tests {
             "127.0.0.2",
             "--report-interval",
             "500ms",
+            "--copy-mode",
+            "buffers",
         ])
         .unwrap();
         assert_eq!(
@@ -320,6 +331,7 @@ mod tests {
         assert_eq!(c.apps[2].health, HealthCheck::Disabled);
         assert_eq!(c.pod_ip, Some(IpAddr::from([127, 0, 0, 2])));
         assert_eq!(c.report_interval, Some(Duration::from_millis(500)));
+        assert_eq!(c.copy_mode, CopyMode::Buffers);
     }
 
     #[test]
@@ -334,6 +346,7 @@ mod tests {
             (&["--app-port", "tilt=0"][..], "not a port"),
             (&["--app-port", "tilt=70000"][..], "not a port"),
             (&["--health-threshold", "0"][..], "health-threshold"),
+            (&["--copy-mode", "mmap"][..], "expected splice or buffers"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

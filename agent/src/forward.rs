@@ -2,7 +2,8 @@
 //! the server's app proxy reach apps (Tilt, code-server) that listen on 127.0.0.1 only.
 //!
 //! One task per port and one per connection on the agent's runtime (no thread per connection).
-//! Each connection copies both ways through bounded buffers, so a slow reader slows the writer
+//! Each connection moves bytes both ways with splice(2) through a bounded pipe per direction
+//! (zero-copy; plain buffers when pipes cannot be had), so a slow reader slows the writer
 //! (backpressure), and passes a half-close on: when one side stops sending, the other side's
 //! write half is shut down while the opposite direction keeps flowing. Connections beyond the
 //! per-port limit are closed at once. A port the app already serves on the pod IP itself is
@@ -16,7 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use rustix::pipe::{self, PipeFlags, SpliceFlags};
+use std::os::fd::OwnedFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -62,6 +65,28 @@ impl ForwardStats {
     }
 }
 
+/// How forwarded bytes are moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CopyMode {
+    /// splice(2) through a pipe per direction: the bytes stay in the kernel.
+    #[default]
+    Splice,
+    /// read/write through a buffer per direction (for kernels or sandboxes without splice).
+    Buffers,
+}
+
+impl std::str::FromStr for CopyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "splice" => Ok(Self::Splice),
+            "buffers" => Ok(Self::Buffers),
+            _ => Err(format!("{s:?}: expected splice or buffers")),
+        }
+    }
+}
+
 /// One port to forward.
 #[derive(Clone, Debug)]
 pub struct PortForward {
@@ -73,6 +98,8 @@ pub struct PortForward {
     pub target: SocketAddr,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// How bytes are moved.
+    pub copy_mode: CopyMode,
 }
 
 /// What binding the pod IP port found.
@@ -112,6 +139,7 @@ pub async fn serve(
     listener: TcpListener,
     target: SocketAddr,
     max_connections: usize,
+    copy_mode: CopyMode,
     stats: Arc<ForwardStats>,
 ) {
     let limit = Arc::new(Semaphore::new(max_connections.max(1)));
@@ -140,7 +168,7 @@ pub async fn serve(
         stats.open.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         connections.spawn(async move {
-            if let Err(e) = forward_one(inbound, target, &stats.bytes).await {
+            if let Err(e) = forward_one(inbound, target, copy_mode, &stats.bytes).await {
                 tracing::debug!(%peer, %target, "forwarded connection ended: {e}");
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -149,13 +177,29 @@ pub async fn serve(
     }
 }
 
-/// Copies one connection both ways until both directions are done.
-async fn forward_one(inbound: TcpStream, target: SocketAddr, bytes: &AtomicU64) -> io::Result<()> {
+/// Copies one connection both ways until both directions are done: with splice(2) through a
+/// pipe per direction (the bytes never enter the agent's memory), or through buffers when the
+/// pipes cannot be had (out of file descriptors).
+async fn forward_one(
+    inbound: TcpStream,
+    target: SocketAddr,
+    copy_mode: CopyMode,
+    bytes: &AtomicU64,
+) -> io::Result<()> {
     let outbound = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect to the app timed out"))??;
     inbound.set_nodelay(true)?;
     outbound.set_nodelay(true)?;
+    if copy_mode == CopyMode::Splice
+        && let (Ok(up), Ok(down)) = (Pipe::new(), Pipe::new())
+    {
+        tokio::try_join!(
+            splice_one_way(&inbound, &outbound, &up, bytes),
+            splice_one_way(&outbound, &inbound, &down, bytes),
+        )?;
+        return Ok(());
+    }
     let mut a = Counted {
         inner: inbound,
         bytes,
@@ -168,6 +212,75 @@ async fn forward_one(inbound: TcpStream, target: SocketAddr, bytes: &AtomicU64) 
     // other direction: a half-close passes through.
     tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE).await?;
     Ok(())
+}
+
+/// Bytes a splice pipe holds: what one direction of a connection has in flight in the agent.
+pub const PIPE_SIZE: usize = 1 << 20;
+
+/// A non-blocking pipe, the kernel-side buffer splice(2) moves bytes through.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let (read, write) = pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        // Larger pipes mean fewer system calls; the default (64 KiB) still works.
+        let _ = pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+        Ok(Self { read, write })
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` reaches EOF, then shuts `to`'s write side down
+/// (the half-close passes on). The pipe holds at most one read's worth: nothing more is read
+/// until it is written out, so a slow receiver slows the sender (backpressure).
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    bytes: &AtomicU64,
+) -> io::Result<()> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    loop {
+        let n = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                Ok(pipe::splice(
+                    from,
+                    None,
+                    &pipe.write,
+                    None,
+                    PIPE_SIZE,
+                    flags,
+                )?)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return match rustix::net::shutdown(to, rustix::net::Shutdown::Write) {
+                Ok(()) | Err(rustix::io::Errno::NOTCONN) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                Ok(pipe::splice(&pipe.read, None, to, None, left, flags)?)
+            }) {
+                Ok(k) => {
+                    left -= k;
+                    bytes.fetch_add(k as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// A stream that adds every byte read from it to a counter, so byte counts are live for
@@ -247,6 +360,7 @@ pub async fn run_port(
         listen,
         target,
         max_connections,
+        copy_mode,
     } = port;
     let send = |state| {
         let _ = events.send(PortEvent {
@@ -273,7 +387,7 @@ pub async fn run_port(
             Ok(Bind::Listening(listener)) => {
                 tracing::info!(app = %slug, "forwarding {listen} to {target}");
                 send(PortState::Forwarding);
-                serve(listener, target, max_connections, stats).await;
+                serve(listener, target, max_connections, copy_mode, stats).await;
                 return;
             }
             Ok(Bind::AlreadyServed(why)) => {

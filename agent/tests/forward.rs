@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumie_agent::forward::{self, Bind, ForwardStats, PortForward};
+use lumie_agent::forward::{self, Bind, CopyMode, ForwardStats, PortForward};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -15,7 +15,12 @@ fn pod_ip(n: u8) -> IpAddr {
 }
 
 /// Starts forwarding `pod_ip:port` to `127.0.0.1:port` and waits until it accepts.
-async fn forwarding(pod: IpAddr, port: u16, max: usize) -> (SocketAddr, Arc<ForwardStats>) {
+async fn forwarding(
+    pod: IpAddr,
+    port: u16,
+    max: usize,
+    copy_mode: CopyMode,
+) -> (SocketAddr, Arc<ForwardStats>) {
     let stats = Arc::new(ForwardStats::default());
     let listen = SocketAddr::new(pod, port);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
@@ -25,6 +30,7 @@ async fn forwarding(pod: IpAddr, port: u16, max: usize) -> (SocketAddr, Arc<Forw
             listen,
             target: SocketAddr::from(([127, 0, 0, 1], port)),
             max_connections: max,
+            copy_mode,
         },
         Duration::from_millis(50),
         stats.clone(),
@@ -69,8 +75,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test]
-async fn data_flows_both_ways_and_a_client_half_close_reaches_the_app() {
+async fn data_flows_both_ways_and_a_client_half_close_reaches_the_app(mode: CopyMode, pod: IpAddr) {
     // The app reads until EOF (which it only sees if the half-close is passed on), then answers
     // with the bytes reversed and closes.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,7 +91,7 @@ async fn data_flows_both_ways_and_a_client_half_close_reaches_the_app() {
             });
         }
     });
-    let (listen, stats) = forwarding(pod_ip(1), port, 16).await;
+    let (listen, stats) = forwarding(pod, port, 16, mode).await;
 
     let data = pattern(3 << 20, 7);
     let mut c = TcpStream::connect(listen).await.unwrap();
@@ -106,8 +111,10 @@ async fn data_flows_both_ways_and_a_client_half_close_reaches_the_app() {
     assert!(s.bytes >= 2 * data.len() as u64, "{s:?}");
 }
 
-#[tokio::test]
-async fn an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flowing() {
+async fn an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flowing(
+    mode: CopyMode,
+    pod: IpAddr,
+) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (got_tx, mut got_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -124,7 +131,7 @@ async fn an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flow
             });
         }
     });
-    let (listen, _) = forwarding(pod_ip(2), port, 16).await;
+    let (listen, _) = forwarding(pod, port, 16, mode).await;
 
     let mut c = TcpStream::connect(listen).await.unwrap();
     let mut greeting = Vec::new();
@@ -149,10 +156,9 @@ async fn an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flow
     assert_eq!(got, b"still here after your EOF");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_connections_each_get_their_own_bytes_back() {
+async fn many_concurrent_connections_each_get_their_own_bytes_back(mode: CopyMode, pod: IpAddr) {
     let port = echo_app().await;
-    let (listen, stats) = forwarding(pod_ip(3), port, 1024).await;
+    let (listen, stats) = forwarding(pod, port, 1024, mode).await;
     // The connection that found the port open is counted once the agent accepted it.
     while stats.snapshot().total < 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -192,10 +198,9 @@ async fn many_concurrent_connections_each_get_their_own_bytes_back() {
     assert_eq!(after.rejected, 0);
 }
 
-#[tokio::test]
-async fn connections_over_the_limit_are_closed_and_room_frees_up() {
+async fn connections_over_the_limit_are_closed_and_room_frees_up(mode: CopyMode, pod: IpAddr) {
     let port = echo_app().await;
-    let (listen, stats) = forwarding(pod_ip(4), port, 3).await;
+    let (listen, stats) = forwarding(pod, port, 3, mode).await;
     // Let the connection that found the port open be accepted and finish.
     for _ in 0..500 {
         let s = stats.snapshot();
@@ -270,6 +275,7 @@ async fn a_port_the_app_serves_on_the_pod_ip_is_left_alone() {
             listen,
             target: SocketAddr::from(([127, 0, 0, 1], port)),
             max_connections: 8,
+            copy_mode: CopyMode::Splice,
         },
         Duration::from_millis(20),
         stats.clone(),
@@ -318,6 +324,7 @@ async fn forwarding_waits_for_the_app_before_taking_the_port() {
             listen,
             target: SocketAddr::from(([127, 0, 0, 1], port)),
             max_connections: 8,
+            copy_mode: CopyMode::Splice,
         },
         Duration::from_millis(20),
         Arc::new(ForwardStats::default()),
@@ -368,6 +375,7 @@ async fn an_address_not_on_this_host_is_a_start_failure() {
             listen,
             target: SocketAddr::from(([127, 0, 0, 1], port)),
             max_connections: 8,
+            copy_mode: CopyMode::Splice,
         },
         Duration::from_millis(20),
         Arc::new(ForwardStats::default()),
@@ -383,4 +391,53 @@ async fn an_address_not_on_this_host_is_a_start_failure() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn data_flows_both_ways_and_a_client_half_close_reaches_the_app_splice() {
+    data_flows_both_ways_and_a_client_half_close_reaches_the_app(CopyMode::Splice, pod_ip(1)).await;
+}
+
+#[tokio::test]
+async fn data_flows_both_ways_and_a_client_half_close_reaches_the_app_buffers() {
+    data_flows_both_ways_and_a_client_half_close_reaches_the_app(CopyMode::Buffers, pod_ip(101))
+        .await;
+}
+
+#[tokio::test]
+async fn an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flowing_splice() {
+    an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flowing(
+        CopyMode::Splice,
+        pod_ip(2),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flowing_buffers() {
+    an_app_half_close_reaches_the_client_and_the_other_direction_keeps_flowing(
+        CopyMode::Buffers,
+        pod_ip(102),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_connections_each_get_their_own_bytes_back_splice() {
+    many_concurrent_connections_each_get_their_own_bytes_back(CopyMode::Splice, pod_ip(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_connections_each_get_their_own_bytes_back_buffers() {
+    many_concurrent_connections_each_get_their_own_bytes_back(CopyMode::Buffers, pod_ip(103)).await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_room_frees_up_splice() {
+    connections_over_the_limit_are_closed_and_room_frees_up(CopyMode::Splice, pod_ip(4)).await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_room_frees_up_buffers() {
+    connections_over_the_limit_are_closed_and_room_frees_up(CopyMode::Buffers, pod_ip(104)).await;
 }

@@ -157,8 +157,9 @@ async fn refuses_everything_wrong_then_execs_the_agent(downloader: &str) {
     assert!(
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
-            .status()
+            .output()
             .unwrap()
+            .status
             .success(),
         "{tool} is needed for this test (Debian: apt-get install {tool})"
     );

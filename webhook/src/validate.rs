@@ -113,10 +113,26 @@ struct Findings<'p> {
     out: Vec<Violation>,
 }
 
+/// What a finding is about: the pod, or a container whose subject is built on demand.
+#[derive(Clone, Copy)]
+enum On<'v, 'a> {
+    Pod,
+    Container(&'v ContainerView<'a>),
+}
+
+impl On<'_, '_> {
+    fn subject(self) -> Subject {
+        match self {
+            On::Pod => Subject::Pod,
+            On::Container(v) => v.subject(),
+        }
+    }
+}
+
 impl Findings<'_> {
-    fn push(&mut self, subject: &Subject, field: &str, value: Option<String>, rule: &str) {
+    fn push(&mut self, on: On<'_, '_>, field: &str, value: Option<String>, rule: &str) {
         self.out.push(Violation {
-            subject: subject.clone(),
+            subject: on.subject(),
             field: field.to_string(),
             value,
             rule: rule.to_string(),
@@ -124,15 +140,24 @@ impl Findings<'_> {
         });
     }
 
-    fn baseline(&mut self, subject: &Subject, field: &str, value: String, what: &str) {
+    fn baseline(&mut self, on: On<'_, '_>, field: &str, value: String, what: &str) {
         let rule = format!("Pod Security baseline: {what}");
-        self.push(subject, field, Some(value), &rule);
+        self.push(on, field, Some(value), &rule);
     }
 }
 
+/// Which list a container is in.
+#[derive(Clone, Copy)]
+enum ContainerKind {
+    Regular,
+    Init,
+    Ephemeral,
+}
+
 /// The parts of a container that matter here; regular, init and ephemeral containers alike.
+/// Borrowed, so checking a compliant pod allocates nothing.
 struct ContainerView<'a> {
-    subject: Subject,
+    kind: ContainerKind,
     name: &'a str,
     image: &'a str,
     security: Option<&'a SecurityContext>,
@@ -140,9 +165,9 @@ struct ContainerView<'a> {
 }
 
 impl<'a> ContainerView<'a> {
-    fn of(c: &'a Container, subject: Subject) -> Self {
+    fn of(c: &'a Container, kind: ContainerKind) -> Self {
         ContainerView {
-            subject,
+            kind,
             name: &c.name,
             image: c.image.as_deref().unwrap_or(""),
             security: c.security_context.as_ref(),
@@ -152,7 +177,7 @@ impl<'a> ContainerView<'a> {
 
     fn of_ephemeral(c: &'a EphemeralContainer) -> Self {
         ContainerView {
-            subject: Subject::EphemeralContainer(c.name.clone()),
+            kind: ContainerKind::Ephemeral,
             name: &c.name,
             image: c.image.as_deref().unwrap_or(""),
             security: c.security_context.as_ref(),
@@ -162,6 +187,16 @@ impl<'a> ContainerView<'a> {
 
     fn privileged(&self) -> bool {
         self.security.and_then(|s| s.privileged) == Some(true)
+    }
+
+    /// The subject of a violation, built only when there is one.
+    fn subject(&self) -> Subject {
+        let name = self.name.to_string();
+        match self.kind {
+            ContainerKind::Regular => Subject::Container(name),
+            ContainerKind::Init => Subject::InitContainer(name),
+            ContainerKind::Ephemeral => Subject::EphemeralContainer(name),
+        }
     }
 }
 
@@ -198,7 +233,7 @@ pub fn validate_pod(policy: &CompiledPolicy, pod: &Pod, ctx: RequestContext<'_>)
     check_pod_level(&mut f, spec);
 
     for c in &spec.containers {
-        let view = ContainerView::of(c, Subject::Container(c.name.clone()));
+        let view = ContainerView::of(c, ContainerKind::Regular);
         let excepted = if view.privileged() {
             privileged_exception(&mut f, &view, workspace, ctx)
         } else {
@@ -211,7 +246,7 @@ pub fn validate_pod(policy: &CompiledPolicy, pod: &Pod, ctx: RequestContext<'_>)
         }
     }
     for c in spec.init_containers.iter().flatten() {
-        let view = ContainerView::of(c, Subject::InitContainer(c.name.clone()));
+        let view = ContainerView::of(c, ContainerKind::Init);
         check_container(&mut f, &view, true);
     }
     for c in spec.ephemeral_containers.iter().flatten() {
@@ -241,35 +276,55 @@ pub fn validate_ephemeral_containers(
     f.out
 }
 
-/// Why the privileged exception does not apply to a container, if it does not.
-fn exception_applies(
-    policy: &CompiledPolicy,
+/// Why the privileged exception does not apply to a container. The message is only formatted
+/// when a violation is recorded, so compliant pods allocate nothing here.
+enum Miss<'p> {
+    NoEntry,
+    NotWorkspace,
+    Image(&'p crate::policy::PrivilegedException),
+    NotCreator,
+}
+
+impl Miss<'_> {
+    fn rule(&self, policy: &CompiledPolicy, view: &ContainerView<'_>, user: &str) -> String {
+        match self {
+            Miss::NoEntry => policy.privileged_rule.clone(),
+            Miss::NotWorkspace => format!(
+                "{}; this pod does not match workspaceSelector",
+                policy.privileged_rule
+            ),
+            Miss::Image(ex) => format!(
+                "image {:?} is not an allowed image for {:?}: {}",
+                view.image,
+                ex.name,
+                ex.images.join(", ")
+            ),
+            Miss::NotCreator => format!(
+                "{} created by workspaceCreators; {user:?} is not one",
+                policy.privileged_rule
+            ),
+        }
+    }
+}
+
+/// Whether the privileged exception applies to a regular container, or why not.
+fn exception_applies<'p>(
+    policy: &'p CompiledPolicy,
     view: &ContainerView<'_>,
     workspace: bool,
     ctx: RequestContext<'_>,
-) -> Result<(), String> {
+) -> Result<(), Miss<'p>> {
     let Some(ex) = policy.privileged.iter().find(|p| p.name == view.name) else {
-        return Err(policy.privileged_rule.clone());
+        return Err(Miss::NoEntry);
     };
     if !workspace {
-        return Err(format!(
-            "{}; this pod does not match workspaceSelector",
-            policy.privileged_rule
-        ));
+        return Err(Miss::NotWorkspace);
     }
     if !ex.image_allowed(view.image) {
-        return Err(format!(
-            "image {:?} is not an allowed image for {:?}: {}",
-            view.image,
-            ex.name,
-            ex.images.join(", ")
-        ));
+        return Err(Miss::Image(ex));
     }
     if !policy.is_creator(ctx.username) && !unchanged_from_old(view, ctx.old) {
-        return Err(format!(
-            "{} created by workspaceCreators; {:?} is not one",
-            policy.privileged_rule, ctx.username
-        ));
+        return Err(Miss::NotCreator);
     }
     Ok(())
 }
@@ -283,9 +338,10 @@ fn privileged_exception(
 ) -> bool {
     match exception_applies(f.policy, view, workspace, ctx) {
         Ok(()) => true,
-        Err(rule) => {
+        Err(miss) => {
+            let rule = miss.rule(f.policy, view, ctx.username);
             f.push(
-                &view.subject,
+                On::Container(view),
                 "securityContext.privileged",
                 Some("true".into()),
                 &rule,
@@ -310,25 +366,20 @@ fn unchanged_from_old(view: &ContainerView<'_>, old: Option<&Pod>) -> bool {
 }
 
 fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
-    let p = Subject::Pod;
+    let p = On::Pod;
     for (field, value) in [
         ("spec.hostNetwork", spec.host_network),
         ("spec.hostPID", spec.host_pid),
         ("spec.hostIPC", spec.host_ipc),
     ] {
         if value == Some(true) {
-            f.baseline(
-                &p,
-                field,
-                "true".into(),
-                "host namespaces may not be shared",
-            );
+            f.baseline(p, field, "true".into(), "host namespaces may not be shared");
         }
     }
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         if let Some(hp) = &v.host_path {
             f.baseline(
-                &p,
+                p,
                 &format!("spec.volumes[{i}].hostPath"),
                 format!("{:?}", hp.path),
                 &format!("hostPath volumes are not allowed (volume {:?})", v.name),
@@ -341,7 +392,7 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
     for (i, s) in sc.sysctls.iter().flatten().enumerate() {
         if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
             f.baseline(
-                &p,
+                p,
                 &format!("spec.securityContext.sysctls[{i}].name"),
                 format!("{:?}", s.name),
                 "only safe sysctls may be set",
@@ -352,7 +403,7 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
         && sp.type_ == "Unconfined"
     {
         f.baseline(
-            &p,
+            p,
             "spec.securityContext.seccompProfile.type",
             "\"Unconfined\"".into(),
             "seccomp may not be disabled",
@@ -362,18 +413,18 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
         && ap.type_ == "Unconfined"
     {
         f.baseline(
-            &p,
+            p,
             "spec.securityContext.appArmorProfile.type",
             "\"Unconfined\"".into(),
             "AppArmor may not be disabled",
         );
     }
     if let Some(se) = &sc.se_linux_options {
-        check_selinux(f, &p, "spec.securityContext.seLinuxOptions", se);
+        check_selinux(f, p, "spec.securityContext.seLinuxOptions", se);
     }
     if sc.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
         f.baseline(
-            &p,
+            p,
             "spec.securityContext.windowsOptions.hostProcess",
             "true".into(),
             "Windows HostProcess pods are not allowed",
@@ -383,7 +434,7 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
 
 fn check_selinux(
     f: &mut Findings<'_>,
-    subject: &Subject,
+    subject: On<'_, '_>,
     prefix: &str,
     se: &k8s_openapi::api::core::v1::SELinuxOptions,
 ) {
@@ -415,7 +466,7 @@ fn check_selinux(
 /// Baseline for one container. `never_excepted` (init and ephemeral containers) only changes
 /// the wording of the privileged rule.
 fn check_container(f: &mut Findings<'_>, view: &ContainerView<'_>, never_excepted: bool) {
-    let s = &view.subject;
+    let s = On::Container(view);
     if view.privileged() && never_excepted {
         let rule = format!(
             "{}; init and ephemeral containers never are",
@@ -488,7 +539,7 @@ fn check_container(f: &mut Findings<'_>, view: &ContainerView<'_>, never_excepte
 /// The checks that hold even for the privileged exception: a host port or a Windows HostProcess
 /// container reaches the node in a way `dind` never needs.
 fn check_container_host_access(f: &mut Findings<'_>, view: &ContainerView<'_>) {
-    let s = &view.subject;
+    let s = On::Container(view);
     for (i, p) in view.ports.iter().enumerate() {
         if let Some(hp) = p.host_port
             && hp != 0
@@ -548,7 +599,7 @@ fn check_annotations(
                 c.name == container
                     && exception_applies(
                         f.policy,
-                        &ContainerView::of(c, Subject::Pod),
+                        &ContainerView::of(c, ContainerKind::Regular),
                         workspace,
                         ctx,
                     )
@@ -556,7 +607,7 @@ fn check_annotations(
             });
             if !excepted {
                 f.baseline(
-                    &Subject::Pod,
+                    On::Pod,
                     &format!("metadata.annotations[{key:?}]"),
                     format!("{value:?}"),
                     "AppArmor may not be disabled (runtime/default or localhost/* only)",
@@ -569,7 +620,7 @@ fn check_annotations(
                     c.name == name
                         && exception_applies(
                             f.policy,
-                            &ContainerView::of(c, Subject::Pod),
+                            &ContainerView::of(c, ContainerKind::Regular),
                             workspace,
                             ctx,
                         )
@@ -578,7 +629,7 @@ fn check_annotations(
             });
             if !excepted {
                 f.baseline(
-                    &Subject::Pod,
+                    On::Pod,
                     &format!("metadata.annotations[{key:?}]"),
                     format!("{value:?}"),
                     "seccomp may not be disabled",
@@ -590,25 +641,20 @@ fn check_annotations(
 
 fn check_workspace_requirements(f: &mut Findings<'_>, spec: &PodSpec) {
     let policy = f.policy;
-    let p = Subject::Pod;
+    let p = On::Pod;
     let sa = spec.service_account_name.as_deref().unwrap_or("default");
     if sa != policy.spec.service_account_name {
         let rule = format!(
             "workspace pods run as {:?}",
             policy.spec.service_account_name
         );
-        f.push(
-            &p,
-            "spec.serviceAccountName",
-            Some(format!("{sa:?}")),
-            &rule,
-        );
+        f.push(p, "spec.serviceAccountName", Some(format!("{sa:?}")), &rule);
     }
     for key in &policy.spec.avoid_node_labels {
         if !avoids_everywhere(spec.affinity.as_ref(), key) {
             let rule = format!("workspace pods must not run on nodes labelled {key:?}");
             f.push(
-                &p,
+                p,
                 &format!(
                     "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution: \
                      {key:?} DoesNotExist in every nodeSelectorTerm"
@@ -621,7 +667,7 @@ fn check_workspace_requirements(f: &mut Findings<'_>, spec: &PodSpec) {
     for name in lumie_contract::workspace::REQUIRED_CONTAINERS {
         if !spec.containers.iter().any(|c| c.name == name) {
             f.push(
-                &p,
+                p,
                 &format!("spec.containers[{name:?}]"),
                 None,
                 "workspace pods have the containers \"dev\", \"agents\" and \"dind\"",

@@ -19,6 +19,8 @@ use super::report::Check;
 
 /// Check ids, stable for `--output json` consumers.
 pub mod id {
+    /// The kube API itself (only when it cannot be used at all).
+    pub const KUBE_API: &str = "kube-api";
     /// The server Deployment and its pods.
     pub const SERVER: &str = "server-deployment";
     /// The database URL Secret.

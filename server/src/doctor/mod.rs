@@ -141,18 +141,26 @@ pub async fn run(options: DoctorOptions) -> Result<Report, Error> {
 }
 
 /// What `main` calls for `lumie-server doctor`: prints the report in the chosen format and
-/// returns the exit code (1 when a check failed or the kube API is unreachable).
+/// returns the exit code (1 when a check failed). With no kube API at all the report is one
+/// failing `kube-api` line, so `--output json` consumers still get a document.
 pub async fn run_cli(args: DoctorArgs) -> std::process::ExitCode {
     let options = DoctorOptions::from(args);
-    match run(options.clone()).await {
-        Ok(report) => {
-            print!("{}", report.render(options.output));
-            std::process::ExitCode::from(report.exit_code())
-        }
-        Err(e) => {
-            eprintln!("lumie-server doctor: {e}");
-            std::process::ExitCode::FAILURE
-        }
+    let report = match run(options.clone()).await {
+        Ok(report) => report,
+        Err(e) => unreachable_report(&e),
+    };
+    print!("{}", report.render(options.output));
+    std::process::ExitCode::from(report.exit_code())
+}
+
+/// The report when the kube API cannot be used at all.
+pub fn unreachable_report(e: &Error) -> Report {
+    Report {
+        checks: vec![Check::failure(
+            id::KUBE_API,
+            e.to_string(),
+            "point KUBECONFIG (or --kubeconfig) at the cluster, or run the doctor in-cluster",
+        )],
     }
 }
 
@@ -609,6 +617,42 @@ mod tests {
         let o = DoctorOptions::from(w.args);
         assert_eq!(o.output, OutputFormat::Json);
         assert_eq!(o.namespace, "x");
+    }
+
+    /// The wiring main.rs uses: `Doctor(DoctorArgs)` as a subcommand next to the server's own
+    /// flattened flags (one of which shares `LUMIE_WORKSPACE_NAMESPACE`).
+    #[test]
+    fn doctor_args_work_as_a_subcommand_of_the_server_cli() {
+        #[derive(Parser)]
+        struct Top {
+            #[command(subcommand)]
+            command: Option<Sub>,
+            #[arg(long, env = "LUMIE_WORKSPACE_NAMESPACE", default_value = "lumie-dev")]
+            workspace_namespace: String,
+        }
+        #[derive(clap::Subcommand)]
+        enum Sub {
+            Doctor(DoctorArgs),
+        }
+        <Top as clap::CommandFactory>::command().debug_assert();
+        let top = Top::try_parse_from(["lumie-server", "doctor", "--output", "json"]).unwrap();
+        assert_eq!(top.workspace_namespace, "lumie-dev");
+        let Some(Sub::Doctor(args)) = top.command else {
+            panic!("doctor subcommand")
+        };
+        assert_eq!(args.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn no_kube_api_is_one_failing_line() {
+        let r = unreachable_report(&Error::KubeStartup("kube API unreachable: refused".into()));
+        assert_eq!(r.exit_code(), 1);
+        let v: serde_json::Value = serde_json::from_str(&r.render_json()).unwrap();
+        assert_eq!(v["checks"][0]["id"], "kube-api");
+        assert!(
+            r.render_text()
+                .starts_with("failure  kube-api  kubernetes: kube API unreachable")
+        );
     }
 
     #[test]

@@ -36,3 +36,4 @@ pub mod template;
 pub use api::router;
 pub use error::{Error, Result};
 pub mod doctor;
+pub mod identity;

@@ -1,0 +1,872 @@
+//! OIDC login end to end against a real OpenID provider (`tests/oidc/provider.js`, the npm package
+//! `oidc-provider` set up like the Keycloak realm `infra`), driven like a browser: an HTTP client
+//! that keeps cookies and follows each redirect by hand, so a test can tamper with the request
+//! to the provider or with the response coming back.
+//!
+//! Each test starts its own provider process and serves `identity::routes` on 127.0.0.1:0 with
+//! the in-memory stores, plus `/whoami` (the session check the server's middleware uses).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use lumie_server::identity::memory::{MemorySessionStore, MemoryUserStore};
+use lumie_server::identity::proxy::{client_ip_middleware, host_guard_middleware};
+use lumie_server::identity::{
+    AccessUrl, HostGuard, IdentityOptions, IdentityState, OidcClient, OidcSettings, Role,
+    SessionToken, TrustedProxy, UserRecord, routes,
+};
+use reqwest::StatusCode;
+use reqwest::Url;
+use reqwest::header::{LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+const SECRET: &str = "s3cret-from-coder-oidc-secret";
+
+fn oidc_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
+}
+
+/// `npm ci` once when `tests/oidc/node_modules` is missing (install-deps.sh normally did it).
+fn ensure_node_modules() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = oidc_dir();
+        if dir.join("node_modules/oidc-provider").is_dir() {
+            return;
+        }
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm not found: run scripts/install-deps.sh (installs Node.js and npm)");
+        assert!(status.success(), "npm ci in {} failed", dir.display());
+    });
+}
+
+/// The provider process; killed when dropped.
+struct Provider {
+    issuer: String,
+    admin: String,
+    _child: Child,
+    _stdin: ChildStdin,
+}
+
+impl Provider {
+    async fn start(redirect_uri: &str, env: &[(&str, &str)]) -> Provider {
+        ensure_node_modules();
+        let mut cmd = Command::new("node");
+        cmd.arg("provider.js")
+            .current_dir(oidc_dir())
+            .env("OIDC_CLIENT_SECRET", SECRET)
+            .env("OIDC_REDIRECT_URIS", redirect_uri)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("node not found: run scripts/install-deps.sh");
+        let stdin = child.stdin.take().expect("piped stdin");
+        // Pass its log on, minus the start-up warnings it prints every time (Node version,
+        // in-memory adapter), which are expected here.
+        let mut errors = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                if !line.starts_with("oidc-provider WARNING") {
+                    eprintln!("provider.js: {line}");
+                }
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("provider.js did not start within 30s")
+            .expect("reading provider.js stdout")
+            .expect("provider.js exited before printing its address");
+        let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+        Provider {
+            issuer: ready["issuer"].as_str().expect("issuer").to_string(),
+            admin: ready["admin"].as_str().expect("admin").to_string(),
+            _child: child,
+            _stdin: stdin,
+        }
+    }
+
+    async fn admin(&self, path: &str) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.admin))
+            .send()
+            .await
+            .expect("provider admin endpoint");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.expect("admin JSON")
+    }
+}
+
+/// How a test wants the server set up.
+struct Setup {
+    server_secret: &'static str,
+    provider_env: Vec<(&'static str, &'static str)>,
+    allowed_clock_skew: Option<Duration>,
+    /// Issuer to configure instead of the provider's (an unreachable one).
+    issuer_override: Option<String>,
+    proxy: TrustedProxy,
+    host_guard: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            server_secret: SECRET,
+            provider_env: vec![],
+            allowed_clock_skew: None,
+            issuer_override: None,
+            proxy: TrustedProxy::default(),
+            host_guard: false,
+        }
+    }
+}
+
+struct Server {
+    base: String,
+    state: IdentityState,
+    users: Arc<MemoryUserStore>,
+    sessions: Arc<MemorySessionStore>,
+    guard: HostGuard,
+    provider: Provider,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(setup: Setup) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let access = AccessUrl::parse(&base).unwrap();
+        let provider = Provider::start(
+            &access.join("/api/v2/users/oidc/callback"),
+            &setup.provider_env,
+        )
+        .await;
+        let issuer = setup
+            .issuer_override
+            .clone()
+            .unwrap_or_else(|| provider.issuer.clone());
+        let mut settings =
+            OidcSettings::new(&issuer, "coder", Some(setup.server_secret), &access).unwrap();
+        if let Some(skew) = setup.allowed_clock_skew {
+            settings.allowed_clock_skew = skew;
+        }
+        let oidc = Arc::new(OidcClient::new(settings).unwrap());
+        let users = Arc::new(MemoryUserStore::default());
+        let sessions = Arc::new(MemorySessionStore::default());
+        let mut options = IdentityOptions::new(access.clone());
+        options.proxy = setup.proxy.clone();
+        let state = IdentityState::new(oidc, users.clone(), sessions.clone(), options);
+        let guard = HostGuard::new(access);
+
+        let whoami_state = state.clone();
+        let mut app = Router::new()
+            .route("/", get(|| async { "home" }))
+            .route(
+                "/whoami",
+                get(move |headers: HeaderMap| {
+                    let state = whoami_state.clone();
+                    async move {
+                        match state.authenticate(&headers).await {
+                            Ok(a) => axum::Json(serde_json::json!({
+                                "user": a.user,
+                                "client_ip": a.session.client_ip,
+                            }))
+                            .into_response(),
+                            Err(e) => e.into_response(),
+                        }
+                    }
+                }),
+            )
+            .merge(routes(state.clone()));
+        if setup.host_guard {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                guard.clone(),
+                host_guard_middleware,
+            ));
+        }
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(setup.proxy),
+            client_ip_middleware,
+        ));
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        Server {
+            base,
+            state,
+            users,
+            sessions,
+            guard,
+            provider,
+            _task: task,
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        Url::parse(&format!("{}{path}", self.base)).unwrap()
+    }
+}
+
+/// A browser: keeps cookies (for the server and the provider alike), follows nothing by itself.
+struct Browser {
+    http: reqwest::Client,
+}
+
+impl Browser {
+    fn new() -> Self {
+        Browser {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn get(&self, url: &Url) -> reqwest::Response {
+        self.http
+            .get(url.clone())
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// Starts a login at the server: the provider's authorization URL it redirects to.
+    async fn start_login(&self, server: &Server, path: &str) -> Url {
+        let url = server.url(path);
+        let r = self.get(&url).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::SEE_OTHER,
+            "{url}: {}",
+            r.text().await.unwrap()
+        );
+        location(&url, &r)
+    }
+
+    /// At the provider: authorization request, login form, resume; returns the callback URL the
+    /// provider sends the browser to (not yet followed).
+    async fn sign_in_at_provider(&self, authorize: Url, user: &str, password: &str) -> Url {
+        let r = self.get(&authorize).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::SEE_OTHER,
+            "authorize: {}",
+            r.text().await.unwrap()
+        );
+        let form_page = location(&authorize, &r);
+        let r = self.get(&form_page).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let html = r.text().await.unwrap();
+        let action = html
+            .split("action=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no login form in {html}"));
+        let action = form_page.join(action).unwrap();
+        let r = self
+            .http
+            .post(action.clone())
+            .form(&[("username", user), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::SEE_OTHER,
+            "login form: {}",
+            r.text().await.unwrap()
+        );
+        let resume = location(&action, &r);
+        let r = self.get(&resume).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::SEE_OTHER,
+            "resume: {}",
+            r.text().await.unwrap()
+        );
+        location(&resume, &r)
+    }
+
+    /// A whole login up to the callback URL.
+    async fn login_until_callback(&self, server: &Server, user: &str, password: &str) -> Url {
+        let authorize = self.start_login(server, "/api/v2/users/oidc/login").await;
+        self.sign_in_at_provider(authorize, user, password).await
+    }
+
+    async fn whoami(&self, server: &Server) -> (StatusCode, serde_json::Value) {
+        let r = self.get(&server.url("/whoami")).await;
+        (r.status(), r.json().await.unwrap())
+    }
+}
+
+fn location(base: &Url, r: &reqwest::Response) -> Url {
+    let loc = r
+        .headers()
+        .get(LOCATION)
+        .unwrap_or_else(|| panic!("no Location from {base}"))
+        .to_str()
+        .unwrap();
+    base.join(loc).unwrap()
+}
+
+fn with_query_param(url: &Url, name: &str, value: &str) -> Url {
+    let mut out = url.clone();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == name {
+                value.to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    out.query_pairs_mut().clear().extend_pairs(pairs);
+    out
+}
+
+fn query_param(url: &Url, name: &str) -> String {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+}
+
+/// Follows the callback; asserts it refused with `status` and a page naming `kind` and `words`.
+async fn assert_refused(
+    browser: &Browser,
+    callback: &Url,
+    status: StatusCode,
+    kind: &str,
+    words: &[&str],
+) {
+    let r = browser.get(callback).await;
+    let got = r.status();
+    let set_cookies: Vec<String> = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let page = r.text().await.unwrap();
+    assert_eq!(got, status, "{page}");
+    assert!(
+        page.contains(&format!("<code id=\"kind\">{kind}</code>")),
+        "{kind}: {page}"
+    );
+    for w in words {
+        assert!(page.contains(w), "{w:?} not in {page}");
+    }
+    assert!(
+        !set_cookies
+            .iter()
+            .any(|c| c.starts_with("coder_session_token=")),
+        "no session cookie on a refusal: {set_cookies:?}"
+    );
+}
+
+/// Signs a user in completely; returns the user record and the `Set-Cookie` of the session.
+async fn login(server: &Server, browser: &Browser, user: &str, password: &str) -> UserRecord {
+    let callback = browser.login_until_callback(server, user, password).await;
+    let r = browser.get(&callback).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(location(&callback, &r).path(), "/");
+    let (status, me) = browser.whoami(server).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    serde_json::from_value(me["user"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn admin_and_member_login_with_session_cookie_and_logout() {
+    let server = Server::start(Setup::default()).await;
+
+    // Alice: platform-admins -> admin. Look at the callback answer in detail.
+    let alice = Browser::new();
+    let callback = alice
+        .login_until_callback(&server, "alice", "alice-password")
+        .await;
+    assert!(callback.as_str().starts_with(&server.base), "{callback}");
+    assert_eq!(query_param(&callback, "iss"), server.provider.issuer);
+    let r = alice.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&callback, &r).as_str(), server.url("/").as_str());
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let session_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("coder_session_token="))
+        .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=86400"] {
+        assert!(session_cookie.contains(attr), "{attr} in {session_cookie}");
+    }
+    assert!(
+        !session_cookie.contains("Secure"),
+        "http access URL: no Secure"
+    );
+    assert!(!session_cookie.contains("Domain"), "host-only");
+    assert!(
+        cookies.iter().any(|c| c.starts_with("lumie_oidc_state=;")),
+        "login cookie cleared: {cookies:?}"
+    );
+    let token = session_cookie
+        .trim_start_matches("coder_session_token=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // Only the hash is stored.
+    let stored = server.sessions.sessions();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].token_hash, SessionToken::presented(&token).hash());
+    assert_ne!(stored[0].token_hash, token);
+
+    let (status, me) = alice.whoami(&server).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let user: UserRecord = serde_json::from_value(me["user"].clone()).unwrap();
+    assert_eq!(user.login, "alice");
+    assert_eq!(user.owner_name, "alice");
+    assert_eq!(user.email.as_deref(), Some("alice@lumie-edu.com"));
+    assert_eq!(user.name.as_deref(), Some("Alice Admin"));
+    assert_eq!(user.role, Role::Admin);
+    assert_eq!(me["client_ip"], "127.0.0.1");
+
+    // Everyone else, each in their own browser.
+    let cases = [
+        ("bob", "bob-password", Role::Member, "bob"),
+        ("dave", "dave-password", Role::Admin, "dave"),
+        ("erin", "erin-password", Role::Member, "erin"),
+    ];
+    for (login_name, password, role, owner) in cases {
+        let u = login(&server, &Browser::new(), login_name, password).await;
+        assert_eq!(
+            (u.role, u.owner_name.as_str()),
+            (role, owner),
+            "{login_name}"
+        );
+    }
+    let jane = login(&server, &Browser::new(), "Jane.Doe", "jane-password").await;
+    assert_eq!(jane.role, Role::Member);
+    assert_eq!(
+        jane.owner_name,
+        lumie_contract::naming::owner_name_for_login("Jane.Doe")
+    );
+    assert!(
+        jane.owner_name.starts_with("jane-doe-"),
+        "{}",
+        jane.owner_name
+    );
+    assert_eq!(server.users.users().len(), 5);
+
+    // A second login of the same account is the same user, with a second session.
+    let again = login(&server, &Browser::new(), "alice", "alice-password").await;
+    assert_eq!(again.id, user.id);
+    assert_eq!(server.users.users().len(), 5);
+    assert_eq!(server.state.login_results("ok"), 6);
+
+    // A wrong password stays at the provider's form; nothing reaches the server.
+    let stranger = Browser::new();
+    let authorize = stranger
+        .start_login(&server, "/api/v2/users/oidc/login")
+        .await;
+    let page = stranger.get(&authorize).await;
+    let form_page = location(&authorize, &page);
+    let html = stranger.get(&form_page).await.text().await.unwrap();
+    assert!(html.contains("<form"), "{html}");
+    let action = form_page
+        .join(
+            html.split("action=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+    let r = stranger
+        .http
+        .post(action)
+        .form(&[("username", "alice"), ("password", "guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Invalid username or password")
+    );
+
+    // Logout revokes the session: the browser's cookie is cleared, and the old token is dead.
+    let r = alice
+        .http
+        .post(server.url("/api/v2/users/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cleared = r
+        .headers()
+        .get(SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cleared.starts_with("coder_session_token=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let (status, body) = alice.whoami(&server).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let replay = reqwest::Client::new()
+        .get(server.url("/whoami"))
+        .header("cookie", format!("coder_session_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = replay.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    assert!(
+        !server
+            .sessions
+            .sessions()
+            .iter()
+            .any(|s| s.token_hash == SessionToken::presented(&token).hash())
+    );
+}
+
+#[tokio::test]
+async fn login_returns_to_the_requested_local_page_only() {
+    let server = Server::start(Setup::default()).await;
+    for (path, want) in [
+        ("/api/v2/users/oidc/login?redirect=/@bob/ws", "/@bob/ws"),
+        (
+            "/api/v2/users/oidc/login?redirect=https://evil.example/",
+            "/",
+        ),
+    ] {
+        let b = Browser::new();
+        let authorize = b.start_login(&server, path).await;
+        let callback = b
+            .sign_in_at_provider(authorize, "bob", "bob-password")
+            .await;
+        let r = b.get(&callback).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(location(&callback, &r).path(), want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn tampered_state_is_refused_and_the_real_one_still_works() {
+    let server = Server::start(Setup::default()).await;
+    let b = Browser::new();
+    let callback = b.login_until_callback(&server, "bob", "bob-password").await;
+    let tampered = with_query_param(&callback, "state", "attacker-chosen-state");
+    assert_refused(
+        &b,
+        &tampered,
+        StatusCode::BAD_REQUEST,
+        "state_mismatch",
+        &["tampered state"],
+    )
+    .await;
+    // The same callback in a browser that did not start the login (login CSRF).
+    let other = Browser::new();
+    assert_refused(
+        &other,
+        &callback,
+        StatusCode::BAD_REQUEST,
+        "state_mismatch",
+        &["another browser"],
+    )
+    .await;
+    // Neither attempt used up the genuine login.
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(b.whoami(&server).await.0, StatusCode::OK);
+    assert_eq!(server.state.login_results("state_mismatch"), 2);
+}
+
+#[tokio::test]
+async fn replayed_code_is_refused() {
+    let server = Server::start(Setup::default()).await;
+    let b = Browser::new();
+    let first = login(&server, &b, "alice", "alice-password").await;
+    assert_eq!(first.role, Role::Admin);
+    // The login response again, as is.
+    let callback = Browser::new();
+    let url = callback
+        .login_until_callback(&server, "bob", "bob-password")
+        .await;
+    assert_eq!(callback.get(&url).await.status(), StatusCode::SEE_OTHER);
+    assert_refused(
+        &callback,
+        &url,
+        StatusCode::BAD_REQUEST,
+        "replayed_callback",
+        &["replayed authorization code"],
+    )
+    .await;
+    // The used code under a fresh login's state: our checks pass, the provider refuses the code.
+    let authorize = callback
+        .start_login(&server, "/api/v2/users/oidc/login")
+        .await;
+    let fresh_state = query_param(&authorize, "state");
+    let replay = with_query_param(&url, "state", &fresh_state);
+    assert_refused(
+        &callback,
+        &replay,
+        StatusCode::BAD_REQUEST,
+        "code_rejected",
+        &["invalid_grant", "already used (replayed code)"],
+    )
+    .await;
+    assert_eq!(server.sessions.sessions().len(), 2);
+}
+
+#[tokio::test]
+async fn wrong_nonce_is_refused() {
+    let server = Server::start(Setup::default()).await;
+    let b = Browser::new();
+    let authorize = b.start_login(&server, "/api/v2/users/oidc/login").await;
+    let sent_nonce = query_param(&authorize, "nonce");
+    assert!(sent_nonce.len() >= 16, "random nonce: {sent_nonce}");
+    assert_eq!(query_param(&authorize, "code_challenge_method"), "S256");
+    let injected = with_query_param(&authorize, "nonce", "nonce-of-another-login");
+    let callback = b
+        .sign_in_at_provider(injected, "alice", "alice-password")
+        .await;
+    assert_refused(
+        &b,
+        &callback,
+        StatusCode::BAD_REQUEST,
+        "wrong_nonce",
+        &["wrong nonce"],
+    )
+    .await;
+    assert!(server.sessions.sessions().is_empty());
+    assert!(server.users.users().is_empty());
+}
+
+#[tokio::test]
+async fn clock_skew_makes_tokens_look_expired_or_not_yet_valid_and_says_so() {
+    // The provider's clock is 15 minutes behind: its 5-minute ID tokens expired 10 minutes ago.
+    let server = Server::start(Setup {
+        provider_env: vec![("OIDC_CLOCK_SKEW_SECS", "-900")],
+        ..Setup::default()
+    })
+    .await;
+    let b = Browser::new();
+    let callback = b
+        .login_until_callback(&server, "alice", "alice-password")
+        .await;
+    assert_refused(
+        &b,
+        &callback,
+        StatusCode::BAD_GATEWAY,
+        "clock_skew_expired",
+        &["looks expired", "allowed clock skew of 60s", "NTP"],
+    )
+    .await;
+
+    // 15 minutes ahead: issued in the future.
+    server.provider.admin("/clock-skew?seconds=900").await;
+    let b = Browser::new();
+    let callback = b
+        .login_until_callback(&server, "alice", "alice-password")
+        .await;
+    assert_refused(
+        &b,
+        &callback,
+        StatusCode::BAD_GATEWAY,
+        "clock_skew_not_yet_valid",
+        &["not yet valid", "allowed clock skew of 60s"],
+    )
+    .await;
+    assert!(server.sessions.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn allowed_clock_skew_is_configurable() {
+    let server = Server::start(Setup {
+        provider_env: vec![("OIDC_CLOCK_SKEW_SECS", "-900")],
+        allowed_clock_skew: Some(Duration::from_secs(1200)),
+        ..Setup::default()
+    })
+    .await;
+    let user = login(&server, &Browser::new(), "bob", "bob-password").await;
+    assert_eq!(user.role, Role::Member);
+}
+
+#[tokio::test]
+async fn rotated_signing_key_is_fetched_and_accepted() {
+    let server = Server::start(Setup::default()).await;
+    login(&server, &Browser::new(), "alice", "alice-password").await;
+    let oidc = server.state.oidc();
+    let before = oidc.key_ids().await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(oidc.jwks_fetches(), 1);
+
+    let rotated = server.provider.admin("/rotate-keys").await;
+    let kids: Vec<String> = serde_json::from_value(rotated["kids"].clone()).unwrap();
+    assert_eq!(kids.len(), 2);
+    assert_eq!(kids[1], before[0], "old key still published");
+    let new_kid = kids[0].clone();
+    assert!(!before.contains(&new_kid));
+
+    // The next token is signed with the new key: unknown to the cache, so the JWKS is fetched again.
+    let bob = login(&server, &Browser::new(), "bob", "bob-password").await;
+    assert_eq!(bob.role, Role::Member);
+    assert!(oidc.key_ids().await.contains(&new_kid));
+    assert_eq!(oidc.jwks_fetches(), 2);
+    // And no more fetches while the key is known.
+    login(&server, &Browser::new(), "dave", "dave-password").await;
+    assert_eq!(oidc.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn wrong_client_secret_is_named() {
+    let server = Server::start(Setup {
+        server_secret: "not-the-secret-the-realm-has",
+        ..Setup::default()
+    })
+    .await;
+    let b = Browser::new();
+    let callback = b
+        .login_until_callback(&server, "alice", "alice-password")
+        .await;
+    assert_refused(
+        &b,
+        &callback,
+        StatusCode::BAD_GATEWAY,
+        "wrong_client_secret",
+        &[
+            "invalid_client",
+            "coder-oidc-secret",
+            "CODER_OIDC_CLIENT_SECRET",
+        ],
+    )
+    .await;
+    assert_eq!(server.state.login_results("wrong_client_secret"), 1);
+}
+
+#[tokio::test]
+async fn unreachable_issuer_is_named() {
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let issuer = format!("http://127.0.0.1:{dead_port}/realms/infra");
+    let server = Server::start(Setup {
+        issuer_override: Some(issuer.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let r = Browser::new()
+        .get(&server.url("/api/v2/users/oidc/login"))
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("issuer_unreachable"), "{page}");
+    assert!(page.contains("does not answer"), "{page}");
+    assert!(page.contains(&issuer), "{page}");
+}
+
+#[tokio::test]
+async fn forwarded_client_ip_only_from_trusted_proxy_and_wrong_host_explained() {
+    // The peer (127.0.0.1) is not a trusted proxy: a forged X-Forwarded-For is ignored.
+    let untrusted = Server::start(Setup {
+        proxy: TrustedProxy::new(&["X-Forwarded-For".into()], &["10.0.0.0/8".into()]).unwrap(),
+        host_guard: true,
+        ..Setup::default()
+    })
+    .await;
+    let b = Browser::new();
+    let callback = b
+        .login_until_callback(&untrusted, "bob", "bob-password")
+        .await;
+    let r = b
+        .http
+        .get(callback)
+        .header("x-forwarded-for", "203.0.113.66")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(b.whoami(&untrusted).await.1["client_ip"], "127.0.0.1");
+
+    // A wrong Host is refused with both hosts named, counted, and probes are not affected.
+    let expected = untrusted.base.trim_start_matches("http://").to_string();
+    let r = reqwest::Client::new()
+        .get(untrusted.url("/whoami"))
+        .header("host", "coder.coder.svc.cluster.local")
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("coder.coder.svc.cluster.local"), "{page}");
+    assert!(page.contains(&expected), "{page}");
+    assert_eq!(untrusted.guard.mismatches(), 1);
+
+    // Loopback is the trusted proxy here: the header is believed.
+    let trusted = Server::start(Setup {
+        proxy: TrustedProxy::new(&["X-Forwarded-For".into()], &["127.0.0.0/8".into()]).unwrap(),
+        ..Setup::default()
+    })
+    .await;
+    let b = Browser::new();
+    let callback = b
+        .login_until_callback(&trusted, "bob", "bob-password")
+        .await;
+    let r = b
+        .http
+        .get(callback)
+        .header("x-forwarded-for", "198.51.100.23")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(b.whoami(&trusted).await.1["client_ip"], "198.51.100.23");
+}

@@ -598,6 +598,25 @@ async fn control_plane_secrets_and_pods_broken_then_restored() {
         "database URL pointing nowhere",
         &[(id::DATABASE, Status::Failure, &["lumie@127.0.0.1:1/lumie"])],
     );
+    // An in-cluster host this machine cannot resolve: said so, and only a warning.
+    create_secret(
+        &secrets,
+        "coder-db-secret",
+        "url",
+        "postgres://lumie:x@postgres.databases.svc.cluster.local:5432/lumie",
+    )
+    .await;
+    assert_only(
+        &doctor().await,
+        "in-cluster database host",
+        &[(
+            id::DATABASE,
+            Status::Warning,
+            &[
+                "postgres.databases.svc.cluster.local is an in-cluster name this machine cannot resolve",
+            ],
+        )],
+    );
     create_secret(&secrets, "coder-db-secret", "url", &env.pg_url).await;
 
     secrets.delete("coder-oidc-secret", &dp).await.unwrap();

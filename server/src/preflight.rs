@@ -10,22 +10,30 @@ use kube::{Api, Client};
 
 use crate::error::{Error, Result};
 
-/// What the control plane must be allowed to do in the workspace namespace: (verb, group, resource).
-pub const REQUIRED_ACCESS: &[(&str, &str, &str)] = &[
-    ("create", "", "pods"),
-    ("delete", "", "pods"),
-    ("patch", "", "pods"),
-    ("watch", "", "pods"),
-    ("create", "", "persistentvolumeclaims"),
-    ("delete", "", "persistentvolumeclaims"),
-    ("patch", "", "persistentvolumeclaims"),
-    ("create", "", "secrets"),
-    ("delete", "", "secrets"),
-    ("patch", "", "secrets"),
-    ("get", "", "secrets"),
-    ("list", "", "events"),
-    ("get", "", "services"),
-    ("get", "", "serviceaccounts"),
+/// What the control plane must be allowed to do in the workspace namespace:
+/// (verb, resource, object name for name-scoped rules).
+pub const REQUIRED_ACCESS: &[(&str, &str, Option<&str>)] = &[
+    ("create", "pods", None),
+    ("delete", "pods", None),
+    ("patch", "pods", None),
+    ("list", "pods", None),
+    ("watch", "pods", None),
+    ("create", "persistentvolumeclaims", None),
+    ("delete", "persistentvolumeclaims", None),
+    ("patch", "persistentvolumeclaims", None),
+    ("watch", "persistentvolumeclaims", None),
+    ("create", "secrets", None),
+    ("delete", "secrets", None),
+    ("patch", "secrets", None),
+    ("get", "secrets", None),
+    ("watch", "secrets", None),
+    ("watch", "events", None),
+    (
+        "get",
+        "services",
+        Some(lumie_contract::workspace::STABLE_SERVICE),
+    ),
+    ("get", "serviceaccounts", Some("dev-workspace")),
 ];
 
 /// Builds the kube client from the in-cluster service account or `KUBECONFIG`.
@@ -57,14 +65,15 @@ pub async fn check_kube(client: &Client, namespace: &str) -> Result<()> {
     }
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut denied = Vec::new();
-    for (verb, group, resource) in REQUIRED_ACCESS {
+    for (verb, resource, name) in REQUIRED_ACCESS {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(namespace.to_string()),
                     verb: Some(verb.to_string()),
-                    group: Some(group.to_string()),
+                    group: Some(String::new()),
                     resource: Some(resource.to_string()),
+                    name: name.map(String::from),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -846,6 +846,7 @@ async fn forwarded_client_ip_only_from_trusted_proxy_and_wrong_host_explained() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
     let page = r.text().await.unwrap();
+    assert!(page.contains("<h1>Request refused</h1>"), "{page}");
     assert!(page.contains("coder.coder.svc.cluster.local"), "{page}");
     assert!(page.contains(&expected), "{page}");
     assert_eq!(untrusted.guard.mismatches(), 1);
@@ -869,4 +870,30 @@ async fn forwarded_client_ip_only_from_trusted_proxy_and_wrong_host_explained() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(b.whoami(&trusted).await.1["client_ip"], "198.51.100.23");
+}
+
+#[tokio::test]
+async fn provider_login_hint_signs_in_without_the_form() {
+    // The test provider's non-interactive path (documented in tests/oidc/provider.js), which
+    // other end-to-end tests use to log a user in without parsing the form.
+    let server = Server::start(Setup::default()).await;
+    let b = Browser::new();
+    let authorize = b.start_login(&server, "/api/v2/users/oidc/login").await;
+    let mut hinted = authorize.clone();
+    hinted.query_pairs_mut().append_pair("login_hint", "dave");
+    let mut url = hinted;
+    let mut hops = 0;
+    while !url.as_str().starts_with(&server.base) {
+        let r = b.get(&url).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{url}: no form expected");
+        url = location(&url, &r);
+        hops += 1;
+        assert!(hops < 10, "too many redirects");
+    }
+    let r = b.get(&url).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (status, me) = b.whoami(&server).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["user"]["login"], "dave");
+    assert_eq!(me["user"]["role"], "admin");
 }

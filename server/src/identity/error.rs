@@ -263,9 +263,15 @@ impl IdentityError {
     /// A small HTML page naming the failure, for browser routes.
     pub fn page(&self) -> Response {
         let message = html_escape(&self.to_string());
+        let title = match self {
+            IdentityError::HostMismatch { .. } | IdentityError::OriginMismatch { .. } => {
+                "Request refused"
+            }
+            _ => "Sign-in failed",
+        };
         let body = format!(
-            "<!doctype html><html><head><title>Sign-in failed</title></head><body>\
-             <h1>Sign-in failed</h1><p id=\"message\">{message}</p>\
+            "<!doctype html><html><head><title>{title}</title></head><body>\
+             <h1>{title}</h1><p id=\"message\">{message}</p>\
              <p>Failure: <code id=\"kind\">{}</code></p>\
              <p><a href=\"/api/v2/users/oidc/login\">Sign in again</a></p></body></html>",
             self.kind()

@@ -91,8 +91,8 @@ impl Config {
             health_threshold: 3,
             health_timeout: Duration::from_secs(2),
             home_dir: PathBuf::from(workspace::HOME_MOUNT_PATH),
-            max_connections: 1024,
-            copy_mode: CopyMode::Splice,
+            max_connections: 512,
+            copy_mode: CopyMode::Buffers,
             shutdown_timeout: Duration::from_secs(10),
             ca_bundle: None,
         }
@@ -157,10 +157,11 @@ pub struct Cli {
     #[arg(long, env = "LUMIE_AGENT_HOME_DIR", default_value = workspace::HOME_MOUNT_PATH)]
     pub home_dir: PathBuf,
     /// Most forwarded connections open at once per port; more are closed at once.
-    #[arg(long, env = "LUMIE_AGENT_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "LUMIE_AGENT_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
-    /// How forwarded bytes are moved: `splice` (zero-copy) or `buffers` (read/write).
-    #[arg(long, env = "LUMIE_AGENT_COPY_MODE", default_value = "splice")]
+    /// How forwarded bytes are moved: `buffers` (read/write, 2 × 256 KiB per busy connection)
+    /// or `splice` (zero-copy through pipes).
+    #[arg(long, env = "LUMIE_AGENT_COPY_MODE", default_value = "buffers")]
     pub copy_mode: CopyMode,
     /// Time allowed from SIGTERM to exit, final reports included (keep below the pod's grace period).
     #[arg(long, env = "LUMIE_AGENT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -302,7 +303,7 @@ mod tests {
         assert_eq!(c.pod_ip, None);
         assert_eq!(c.health_threshold, 3);
         assert_eq!(c.home_dir, PathBuf::from("/home/coder"));
-        assert_eq!(c.copy_mode, CopyMode::Splice);
+        assert_eq!(c.copy_mode, CopyMode::Buffers);
     }
 
     #[test]
@@ -319,7 +320,7 @@ mod tests {
             "--report-interval",
             "500ms",
             "--copy-mode",
-            "buffers",
+            "splice",
         ])
         .unwrap();
         assert_eq!(
@@ -331,7 +332,7 @@ mod tests {
         assert_eq!(c.apps[2].health, HealthCheck::Disabled);
         assert_eq!(c.pod_ip, Some(IpAddr::from([127, 0, 0, 2])));
         assert_eq!(c.report_interval, Some(Duration::from_millis(500)));
-        assert_eq!(c.copy_mode, CopyMode::Buffers);
+        assert_eq!(c.copy_mode, CopyMode::Splice);
     }
 
     #[test]

@@ -174,3 +174,43 @@ async fn aggregate_cluster_roles(client: &Client) -> Result<(), HarnessError> {
     }
     Ok(())
 }
+
+/// Installs the `WorkspacePolicy` CRD (generated from the contract type) and waits until the
+/// apiserver serves it.
+pub async fn install_policy_crd(client: &Client) -> Result<(), HarnessError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let crd = lumie_contract::policy::WorkspacePolicy::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .map_err(|e| HarnessError::Kube("installing the WorkspacePolicy CRD".into(), e))?;
+    for _ in 0..100 {
+        let established = crds
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            // Discovery needs a moment after Established before watches and creates work.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(HarnessError::Startup {
+        component: "kube-apiserver",
+        reason: "the WorkspacePolicy CRD was not established within 10 s".into(),
+        log_tail: String::new(),
+    })
+}

@@ -105,7 +105,8 @@ pub enum HarnessError {
     Kube(String, kube::Error),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+/// Wraps an I/O error with what was being done.
+pub fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let what = what.into();
     move |e| HarnessError::Io(what, e)
 }
@@ -361,15 +362,26 @@ impl Cluster {
 
     fn spawn(&mut self, component: &'static str, cmd: &mut Command) -> Result<(), HarnessError> {
         let log = fs::File::create(self.dir.join(format!("{component}.log")))
-            .map_err(io(format!("creating {component}.log")))?;
+            .map_err(io_error(format!("creating {component}.log")))?;
         use std::os::unix::process::CommandExt;
+        // Loopback only: a proxy from the environment must never carry webhook or API calls.
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
         let child = cmd
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io("log handle"))?)
+            .stdout(log.try_clone().map_err(io_error("log handle"))?)
             .stderr(log)
             .spawn()
-            .map_err(io(format!("starting {component}")))?;
+            .map_err(io_error(format!("starting {component}")))?;
         record_pid(&self.dir.join("pids"), child.id())?;
         self.processes
             .lock()
@@ -455,7 +467,7 @@ fn install_binaries() -> Result<PathBuf, HarnessError> {
         .arg(&script)
         .stderr(Stdio::inherit())
         .output()
-        .map_err(io("running install-binaries.sh"))?;
+        .map_err(io_error("running install-binaries.sh"))?;
     if !out.status.success() {
         return Err(HarnessError::Binaries(out.status.to_string()));
     }
@@ -471,15 +483,16 @@ fn temp_dir() -> Result<tempfile::TempDir, HarnessError> {
     if let Ok(t) = b.tempdir_in(shm) {
         return Ok(t);
     }
-    b.tempdir().map_err(io("creating the cluster temp dir"))
+    b.tempdir()
+        .map_err(io_error("creating the cluster temp dir"))
 }
 
 fn write(path: &Path, body: &str) -> Result<(), HarnessError> {
-    fs::write(path, body).map_err(io(format!("writing {}", path.display())))
+    fs::write(path, body).map_err(io_error(format!("writing {}", path.display())))
 }
 
 pub(crate) fn record_pid(pid_dir: &Path, pid: u32) -> Result<(), HarnessError> {
-    fs::create_dir_all(pid_dir).map_err(io("creating the pid dir"))?;
+    fs::create_dir_all(pid_dir).map_err(io_error("creating the pid dir"))?;
     write(&pid_dir.join(pid.to_string()), "")
 }
 
@@ -505,13 +518,15 @@ rm -rf "{dir}""#,
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .map_err(io("starting the harness watchdog"))?;
+        .map_err(io_error("starting the harness watchdog"))?;
     Ok(())
 }
 
 fn free_port() -> Result<u16, HarnessError> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("finding a free port"))?;
-    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_error("finding a free port"))?;
+    Ok(l.local_addr()
+        .map_err(io_error("finding a free port"))?
+        .port())
 }
 
 fn random_token() -> String {

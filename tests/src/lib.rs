@@ -11,7 +11,8 @@
 //! - [`admission`]: registering lumie-webhook with the apiserver;
 //! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
-//! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins.
+//! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins;
+//! - [`workspace_pods`]: running a workspace pod's `dev` entry for real, stand-in apps, the agent binary.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -19,6 +20,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod nodes;
 pub mod simulator;
+pub mod workspace_pods;
 
-pub use cluster::{Cluster, HarnessError, Identity};
+pub use cluster::{Cluster, HarnessError, Identity, io_error};
 pub use simulator::{PodAction, PodContext};

@@ -1,0 +1,153 @@
+//! `make demo`: the local demo stack. Starts a real local Kubernetes (etcd, kube-apiserver,
+//! kube-scheduler, fake nodes, the node simulator), the webhook registered with the apiserver,
+//! the control plane with SQLite, and one workspace; prints its status as it moves to running,
+//! then serves until Ctrl-C and cleans up.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lumie_server::api::WorkspaceJson;
+use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
+use lumie_tests::{Cluster, Identity, admission, bootstrap};
+use lumie_webhook::server::{PolicySource, ServeConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let say = |msg: &str| println!("[{:>5.1}s] {msg}", started.elapsed().as_secs_f64());
+
+    say(
+        "starting the local cluster (etcd, kube-apiserver, kube-scheduler, 1 control-plane + 3 worker nodes)",
+    );
+    let cluster = Cluster::start()
+        .await
+        .context("starting the local cluster")?;
+    let admin = cluster.client().await;
+    let work = tempfile::tempdir().context("creating the demo temp dir")?;
+
+    say("starting lumie-webhook and registering it for lumie-dev");
+    bootstrap::install_policy_crd(&admin).await?;
+    let pair =
+        cluster
+            .ca()
+            .issue_server(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)?;
+    let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+    std::fs::write(&cert, &pair.cert_pem)?;
+    std::fs::write(&key, &pair.key_pem)?;
+    let mut webhook_config =
+        ServeConfig::new("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?, cert, key);
+    webhook_config.policy = PolicySource::Watch(admin.clone());
+    let webhook = lumie_webhook::server::start(webhook_config).await?;
+    admission::register_webhooks(
+        &admin,
+        &format!("https://127.0.0.1:{}", webhook.addr.port()),
+        cluster.ca().cert_pem(),
+        &[],
+    )
+    .await?;
+    workspace_pods::install_stable_service(&admin).await?;
+
+    say("starting lumie-server (SQLite) as system:serviceaccount:coder:coder");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut config = lumie_server::config::Config::for_tests(work.path().join("server"));
+    std::fs::create_dir_all(&config.data_dir)?;
+    config.listen = format!("127.0.0.1:{port}").parse()?;
+    config.access_url = url.clone();
+    config.agent_url = url.clone();
+    config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path())?;
+    config.agent_report_interval = Duration::from_secs(5);
+    let server =
+        lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await).await?;
+    let token = server
+        .first_admin_token
+        .clone()
+        .context("the server did not create its first admin")?;
+
+    let _apps = StandInApps::start(IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+    let runner = DevContainerRunner::new(work.path().join("pods"));
+    std::fs::create_dir_all(&runner.work_dir)?;
+    cluster.set_pod_action(Arc::new(runner));
+
+    let http = reqwest::Client::new();
+    let created: WorkspaceJson = http
+        .post(format!("{url}/api/v2/users/admin/workspaces"))
+        .header("Coder-Session-Token", &token)
+        .json(&serde_json::json!({"name": "demo"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    say(&format!(
+        "created workspace admin/demo ({}); pod {} in lumie-dev",
+        created.id, created.pod_name
+    ));
+
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let ws: WorkspaceJson = http
+            .get(format!("{url}/api/v2/workspaces/{}", created.id))
+            .header("Coder-Session-Token", &token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let agent = ws
+            .agent
+            .as_ref()
+            .map(|a| format!(" agent={:?}/{:?}", a.lifecycle_state, a.status))
+            .unwrap_or_default();
+        let line = format!("status={:?} {}{agent}", ws.status, ws.status_reason);
+        if line != last {
+            say(&line);
+            last = line;
+        }
+        if format!("{:?}", ws.status).eq_ignore_ascii_case("running") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the workspace did not reach running within 3 minutes: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    for app in lumie_contract::apps::ALL {
+        let app_url = format!("{url}/@admin/demo/apps/{}/", app.slug);
+        let body = http
+            .get(&app_url)
+            .header("Coder-Session-Token", &token)
+            .send()
+            .await?
+            .text()
+            .await?;
+        say(&format!(
+            "{} through the app proxy: {app_url} → {body:?}",
+            app.display_name
+        ));
+    }
+    say(&format!(
+        "running. API: {url} (Coder-Session-Token: {token}); kubeconfig: {}. Ctrl-C to stop.",
+        cluster.kubeconfig(Identity::Admin).display()
+    ));
+    tokio::signal::ctrl_c().await?;
+
+    say("deleting the workspace and stopping everything");
+    let _ = http
+        .post(format!("{url}/api/v2/workspaces/{}/builds", created.id))
+        .header("Coder-Session-Token", &token)
+        .json(&serde_json::json!({"transition": "delete"}))
+        .send()
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.shutdown().await;
+    webhook.shutdown().await;
+    drop(cluster);
+    Ok(())
+}

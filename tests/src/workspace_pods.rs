@@ -1,0 +1,236 @@
+//! Running workspace pods for real on the simulated nodes: the `dev` container's entry (the
+//! agent init script) as a local process with the pod's environment, so the script downloads the
+//! agent from the control plane and the agent reports in, as in a real pod.
+//!
+//! Also the pieces around it: where the built `lumie-agent` binary is, the stand-in apps the
+//! agent checks and forwards to, and the overlay's `dev-workspace` Service.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use lumie_contract::{apps, labels, workspace};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::simulator::{PodAction, PodContext};
+use crate::{HarnessError, io_error};
+
+/// Runs the `dev` container's command of each workspace pod, with its resolved env.
+pub struct DevContainerRunner {
+    /// Per-pod folders (agent download dir, home dir, log) go here.
+    pub work_dir: PathBuf,
+    /// Extra environment for every pod (e.g. a short health interval for tests).
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl DevContainerRunner {
+    /// A runner keeping per-pod folders under `work_dir`.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        DevContainerRunner {
+            work_dir: work_dir.into(),
+            extra_env: BTreeMap::new(),
+        }
+    }
+
+    /// The log file of a pod's `dev` process.
+    pub fn log_path(&self, pod_name: &str) -> PathBuf {
+        self.work_dir.join(format!("{pod_name}.log"))
+    }
+}
+
+impl PodAction for DevContainerRunner {
+    fn command(&self, ctx: &PodContext) -> Option<Command> {
+        let is_workspace = ctx.pod.labels().get(labels::APP_NAME).map(String::as_str)
+            == Some(labels::APP_NAME_WORKSPACE);
+        if !is_workspace {
+            return None;
+        }
+        let spec = ctx.pod.spec.as_ref()?;
+        let dev = spec
+            .containers
+            .iter()
+            .find(|c| c.name == workspace::CONTAINER_DEV)?;
+        let argv: Vec<String> = dev
+            .command
+            .iter()
+            .flatten()
+            .chain(dev.args.iter().flatten())
+            .cloned()
+            .collect();
+        let (program, args) = argv.split_first()?;
+        let pod_dir = self.work_dir.join(ctx.pod.name_any());
+        let home = pod_dir.join("home");
+        std::fs::create_dir_all(&home).ok()?;
+        let log = std::fs::File::create(self.log_path(&ctx.pod.name_any())).ok()?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .envs(ctx.env.get(workspace::CONTAINER_DEV).into_iter().flatten())
+            .env("LUMIE_AGENT_BIN_DIR", pod_dir.join("bin"))
+            .env("LUMIE_AGENT_HOME_DIR", &home)
+            .env("LUMIE_INIT_RETRY_DELAY", "1")
+            .envs(&self.extra_env)
+            .stdout(log.try_clone().ok()?)
+            .stderr(log);
+        Some(cmd)
+    }
+}
+
+/// The built `lumie-agent` binary next to the running test or demo executable, built with
+/// cargo (same profile) when it is not there yet.
+pub fn agent_binary() -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe().map_err(io_error("locating the current executable"))?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut profile_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
+    let bin = profile_dir.join("lumie-agent");
+    if !bin.exists() {
+        let release = profile_dir.ends_with("release");
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo
+            .args(["build", "-p", "lumie-agent", "--bin", "lumie-agent"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .stdout(Stdio::null());
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo
+            .status()
+            .map_err(io_error("running cargo build -p lumie-agent"))?;
+        if !status.success() || !bin.exists() {
+            return Err(HarnessError::Binaries(format!(
+                "cargo build -p lumie-agent: {status}, expected {}",
+                bin.display()
+            )));
+        }
+    }
+    Ok(bin)
+}
+
+/// A folder laid out like the server's `LUMIE_AGENT_BINARY_DIR`: `lumie-agent-linux-amd64`.
+pub fn agent_binary_dir(under: &Path) -> Result<PathBuf, HarnessError> {
+    let dir = under.join("agent-bin");
+    std::fs::create_dir_all(&dir).map_err(io_error("creating the agent binary dir"))?;
+    std::fs::copy(agent_binary()?, dir.join("lumie-agent-linux-amd64"))
+        .map_err(io_error("copying lumie-agent"))?;
+    Ok(dir)
+}
+
+/// Creates the overlay's singleton `dev-workspace` Service with the contract's ports, as the
+/// `lumie-dev` chart does (the control plane checks it, never creates it).
+pub async fn install_stable_service(client: &Client) -> Result<(), HarnessError> {
+    let ports: Vec<_> = apps::ALL
+        .iter()
+        .map(|a| json!({"name": a.slug, "port": a.port, "targetPort": a.port, "protocol": "TCP"}))
+        .collect();
+    Api::<Service>::namespaced(client.clone(), workspace::NAMESPACE)
+        .patch(
+            workspace::STABLE_SERVICE,
+            &PatchParams::apply("lumie-harness").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": workspace::STABLE_SERVICE, "namespace": workspace::NAMESPACE},
+                "spec": {"type": "ClusterIP", "ports": ports,
+                         "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE}}
+            })),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| HarnessError::Kube("creating the dev-workspace Service".into(), e))
+}
+
+/// Small HTTP + WebSocket servers standing in for Tilt, code-server and the agents UI, each on
+/// its contract port on `host`. Plain requests answer `<slug> stand-in: <path>`; a WebSocket
+/// upgrade echoes every message back.
+pub struct StandInApps {
+    servers: Mutex<BTreeMap<&'static str, JoinHandle<()>>>,
+    host: IpAddr,
+}
+
+impl StandInApps {
+    /// Starts all three on `host` (ports from the contract).
+    pub async fn start(host: IpAddr) -> Result<StandInApps, HarnessError> {
+        let apps = StandInApps {
+            servers: Mutex::new(BTreeMap::new()),
+            host,
+        };
+        for app in apps::ALL {
+            apps.start_one(app.slug).await?;
+        }
+        Ok(apps)
+    }
+
+    /// (Re)starts one app by slug.
+    pub async fn start_one(&self, slug: &'static str) -> Result<(), HarnessError> {
+        let app = apps::by_slug(slug).expect("contract app slug");
+        let addr = SocketAddr::new(self.host, app.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io_error(format!("binding stand-in {slug} on {addr}")))?;
+        let router = Router::new().fallback(move |req: Request| stand_in(slug, req));
+        let handle = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        if let Some(old) = self
+            .servers
+            .lock()
+            .expect("stand-in lock")
+            .insert(slug, handle)
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops one app (its port then refuses connections).
+    pub fn stop_one(&self, slug: &str) {
+        if let Some(h) = self.servers.lock().expect("stand-in lock").remove(slug) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for StandInApps {
+    fn drop(&mut self) {
+        for (_, h) in self.servers.lock().expect("stand-in lock").iter() {
+            h.abort();
+        }
+    }
+}
+
+async fn stand_in(slug: &'static str, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let (mut parts, _body) = req.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws
+            .on_upgrade(|mut socket| async move {
+                while let Some(Ok(msg)) = socket.recv().await {
+                    let reply = match msg {
+                        Message::Text(t) => Message::Text(t),
+                        Message::Binary(b) => Message::Binary(b),
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if socket.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .into_response(),
+        Err(_) => format!("{slug} stand-in: {path}").into_response(),
+    }
+}

@@ -1,0 +1,317 @@
+//! The agent end to end (issue 5): the server creates a workspace; the node simulator runs the
+//! `dev` container's init script as a local process with the pod's environment; the script
+//! downloads the agent from the server; the agent reports `ready` once three stand-in apps
+//! answer and the workspace turns `running`; HTTP and WebSocket through the app proxy reach the
+//! stand-ins; a killed stand-in turns its app unhealthy within its threshold; a restarted server
+//! is reconnected to; stopping the workspace stops the agent, which reports `off`.
+//!
+//! One test, in order: the stand-in apps listen on the contract's fixed ports on 127.0.0.1, so
+//! only one workspace with a live agent runs at a time in this binary.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use lumie_contract::agent_api::AppHealth;
+use lumie_server::api::WorkspaceJson;
+use lumie_server::config::Config;
+use lumie_server::serve::Running;
+use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
+use lumie_tests::{Cluster, Identity, admission, bootstrap};
+use lumie_webhook::server::{PolicySource, ServeConfig};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+struct Stack {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    async fn workspace(&self, id: &str) -> WorkspaceJson {
+        self.http
+            .get(format!("{}/api/v2/workspaces/{id}", self.url))
+            .header("Coder-Session-Token", &self.token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the workspace until `check` holds; panics with the last state and the pod log.
+    async fn wait_for(
+        &self,
+        what: &str,
+        id: &str,
+        secs: u64,
+        log: &std::path::Path,
+        check: impl Fn(&WorkspaceJson) -> bool,
+    ) -> WorkspaceJson {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let ws = self.workspace(id).await;
+            if check(&ws) {
+                return ws;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("timed out waiting for {what}: {ws:#?}\n--- dev container log ---\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn build(&self, id: &str, transition: &str) {
+        self.http
+            .post(format!("{}/api/v2/workspaces/{id}/builds", self.url))
+            .header("Coder-Session-Token", &self.token)
+            .json(&serde_json::json!({ "transition": transition }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+}
+
+fn is(status: &WorkspaceJson, want: &str) -> bool {
+    serde_json::to_value(status.status).unwrap() == want
+}
+
+fn app_health(ws: &WorkspaceJson, slug: &str) -> Option<AppHealth> {
+    ws.agent.as_ref()?.apps.get(slug).copied()
+}
+
+async fn start_server(cluster: &Cluster, config: Config) -> Running {
+    lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await)
+        .await
+        .expect("lumie-server starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
+    let cluster = Cluster::shared();
+    let admin = cluster.client().await;
+    let work = tempfile::tempdir().unwrap();
+
+    // The real webhook, registered with the real apiserver.
+    bootstrap::install_policy_crd(&admin).await.unwrap();
+    let pair = cluster
+        .ca()
+        .issue_server(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)
+        .unwrap();
+    let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+    std::fs::write(&cert, &pair.cert_pem).unwrap();
+    std::fs::write(&key, &pair.key_pem).unwrap();
+    let mut webhook_config = ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        cert,
+        key,
+    );
+    webhook_config.policy = PolicySource::Watch(admin.clone());
+    let webhook = lumie_webhook::server::start(webhook_config).await.unwrap();
+    admission::register_webhooks(
+        &admin,
+        &format!("https://127.0.0.1:{}", webhook.addr.port()),
+        cluster.ca().cert_pem(),
+        &[],
+    )
+    .await
+    .unwrap();
+    workspace_pods::install_stable_service(&admin)
+        .await
+        .unwrap();
+
+    // The server, with a short report interval so connection changes show quickly.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data_dir: PathBuf = work.path().join("server");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let mut config = Config::for_tests(data_dir);
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.access_url = url.clone();
+    config.agent_url = url.clone();
+    config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path()).unwrap();
+    config.agent_report_interval = Duration::from_secs(1);
+    let server = start_server(cluster, config.clone()).await;
+    let token = server.first_admin_token.clone().unwrap();
+
+    let apps = StandInApps::start(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .await
+        .unwrap();
+    let mut runner = DevContainerRunner::new(work.path().join("pods"));
+    std::fs::create_dir_all(&runner.work_dir).unwrap();
+    runner.extra_env.extend([
+        (
+            "LUMIE_AGENT_HEALTH_INTERVAL".to_string(),
+            "200ms".to_string(),
+        ),
+        ("LUMIE_AGENT_HEALTH_THRESHOLD".to_string(), "2".to_string()),
+        ("LUMIE_AGENT_LOG".to_string(), "debug".to_string()),
+    ]);
+    cluster.set_pod_action(Arc::new(runner));
+
+    let stack = Stack {
+        url: url.clone(),
+        token: token.clone(),
+        http: reqwest::Client::new(),
+    };
+    let created: WorkspaceJson = stack
+        .http
+        .post(format!("{url}/api/v2/users/admin/workspaces"))
+        .header("Coder-Session-Token", &token)
+        .json(&serde_json::json!({"name": "agent-e2e"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created.id.clone();
+    let log = work
+        .path()
+        .join("pods")
+        .join(format!("{}.log", created.pod_name));
+
+    // Download, heartbeat, ready → running.
+    let ws = stack
+        .wait_for("the workspace to run", &id, 120, &log, |w| is(w, "running"))
+        .await;
+    let agent = ws.agent.clone().expect("agent shown");
+    assert_eq!(agent.lifecycle_state, "ready");
+    assert_eq!(agent.status, "connected");
+    for app in lumie_contract::apps::ALL {
+        assert_eq!(
+            app_health(&ws, app.slug),
+            Some(AppHealth::Healthy),
+            "{}",
+            app.slug
+        );
+    }
+    let script_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        script_log.contains("lumie-init"),
+        "the init script ran: {script_log}"
+    );
+
+    // HTTP through the app proxy reaches the stand-in (prefix stripped, as the contract says).
+    let body = stack
+        .http
+        .get(format!("{url}/@admin/agent-e2e/apps/tilt/some/path"))
+        .header("Coder-Session-Token", &token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "tilt stand-in: /some/path");
+    // Without a token the proxy refuses.
+    let anon = stack
+        .http
+        .get(format!("{url}/@admin/agent-e2e/apps/tilt/"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        anon.status() == 401 || anon.status() == 403 || anon.status().is_redirection(),
+        "{}",
+        anon.status()
+    );
+
+    // WebSocket through the app proxy, both ways.
+    let mut req = format!("ws://127.0.0.1:{port}/@admin/agent-e2e/apps/code-server/socket")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Coder-Session-Token", token.parse().unwrap());
+    req.headers_mut().insert("Origin", url.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket through the proxy");
+    for text in ["hello", "through the proxy"] {
+        socket.send(Message::Text(text.into())).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    socket.close(None).await.ok();
+
+    // A stand-in killed → its app unhealthy within the threshold (2 × 200 ms, reported at once).
+    apps.stop_one("agents");
+    let killed = Instant::now();
+    stack
+        .wait_for("the agents app to turn unhealthy", &id, 10, &log, |w| {
+            app_health(w, "agents") == Some(AppHealth::Unhealthy)
+        })
+        .await;
+    println!(
+        "agents app unhealthy {:?} after its stand-in stopped",
+        killed.elapsed()
+    );
+    apps.start_one("agents").await.unwrap();
+    stack
+        .wait_for("the agents app to recover", &id, 10, &log, |w| {
+            app_health(w, "agents") == Some(AppHealth::Healthy)
+        })
+        .await;
+
+    // Server restarted (killed, not drained) → the agent reconnects.
+    server.abort();
+    drop(server);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = Instant::now();
+    let server = start_server(cluster, config).await;
+    let ws = stack
+        .wait_for(
+            "the agent to reconnect after the restart",
+            &id,
+            60,
+            &log,
+            |w| {
+                w.agent.as_ref().is_some_and(|a| {
+                    a.status == "connected"
+                        && a.last_connected_at.as_deref().is_some_and(|t| {
+                            chrono::DateTime::parse_from_rfc3339(t).is_ok_and(|t| {
+                                t.timestamp_millis()
+                                    > chrono::Utc::now().timestamp_millis()
+                                        - restarted.elapsed().as_millis() as i64
+                            })
+                        })
+                })
+            },
+        )
+        .await;
+    assert!(is(&ws, "running"), "{ws:#?}");
+
+    // Stop → the pod is deleted, the simulator sends SIGTERM, the agent reports `off`.
+    stack.build(&id, "stop").await;
+    stack
+        .wait_for("the agent to report off", &id, 60, &log, |w| {
+            w.agent.as_ref().is_some_and(|a| a.lifecycle_state == "off")
+        })
+        .await;
+    stack
+        .wait_for("the workspace to stop", &id, 60, &log, |w| is(w, "stopped"))
+        .await;
+
+    cluster.clear_pod_action();
+    server.shutdown().await;
+    webhook.shutdown().await;
+}

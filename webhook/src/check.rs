@@ -5,10 +5,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::podview::PodView;
 use crate::policy::PolicySet;
 use crate::policy_file::documents;
 use crate::review::{Requester, evaluate_pod, mutation};
@@ -68,30 +68,33 @@ pub fn check_text(
             skipped.push(format!("{kind} {name:?} (document {})", i + 1));
             continue;
         }
-        let pod: Pod = serde_json::from_value(doc.clone())
+        let text = doc.to_string();
+        let pod = PodView::parse(&text)
             .map_err(|e| parse_err(format!("document {}: not a Pod: {e}", i + 1)))?;
         let namespace = pod
             .metadata
             .namespace
-            .clone()
-            .unwrap_or_else(|| config.default_namespace.clone());
-        let name = pod
-            .metadata
-            .name
-            .clone()
-            .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
-            .unwrap_or_default();
+            .as_deref()
+            .unwrap_or(&config.default_namespace)
+            .to_string();
+        let name = match (&pod.metadata.name, &pod.metadata.generate_name) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(g)) => format!("{g}*"),
+            (None, None) => String::new(),
+        };
         let who = Requester {
             username: &config.user,
             groups: &config.groups,
         };
         let (ops, _) = mutation(policies, &namespace, &pod, who);
+        let mutated_text;
         let pod = if ops.is_empty() {
             pod
         } else {
             json_patch::patch(&mut doc, &ops)
                 .map_err(|e| parse_err(format!("document {}: applying mutation: {e}", i + 1)))?;
-            serde_json::from_value(doc)
+            mutated_text = doc.to_string();
+            PodView::parse(&mutated_text)
                 .map_err(|e| parse_err(format!("document {}: mutated pod: {e}", i + 1)))?
         };
         let ev = evaluate_pod(policies, &namespace, &pod, None, who);

@@ -11,6 +11,7 @@ pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod mutate;
+pub mod podview;
 pub mod policy;
 pub mod policy_file;
 pub mod review;

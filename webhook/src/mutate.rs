@@ -8,9 +8,9 @@
 
 use json_patch::{AddOperation, PatchOperation};
 use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use crate::podview::{AffinityView, PodView};
 use crate::policy::CompiledPolicy;
 use crate::validate::term_avoids;
 
@@ -20,7 +20,7 @@ const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
 /// Empty when the pod is not a workspace pod under any of them, or already complies.
 pub fn mutate_pod<'a>(
     policies: impl IntoIterator<Item = &'a CompiledPolicy>,
-    pod: &Pod,
+    pod: &PodView<'_>,
 ) -> Vec<PatchOperation> {
     let Some(spec) = pod.spec.as_ref() else {
         // Not a pod the apiserver would accept; validation names what is missing.
@@ -60,11 +60,7 @@ pub fn mutate_pod<'a>(
     ops
 }
 
-fn affinity_ops(
-    affinity: Option<&k8s_openapi::api::core::v1::Affinity>,
-    keys: &[&str],
-    ops: &mut Vec<PatchOperation>,
-) {
+fn affinity_ops(affinity: Option<&AffinityView<'_>>, keys: &[&str], ops: &mut Vec<PatchOperation>) {
     let exprs = |keys: &[&str]| -> Value {
         Value::Array(
             keys.iter()
@@ -83,15 +79,13 @@ fn affinity_ops(
         ops.push(add(&["spec", "affinity", "nodeAffinity"], value));
         return;
     };
-    let Some(required) = node
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()
-    else {
+    let Some(required) = node.required.as_ref() else {
         let value = json!({"nodeSelectorTerms": terms(keys)});
         ops.push(add(&["spec", "affinity", "nodeAffinity", REQUIRED], value));
         return;
     };
-    if required.node_selector_terms.is_empty() {
+    let node_terms = required.node_selector_terms.as_deref().unwrap_or(&[]);
+    if node_terms.is_empty() {
         ops.push(add(
             &[
                 "spec",
@@ -104,7 +98,7 @@ fn affinity_ops(
         ));
         return;
     }
-    for (i, term) in required.node_selector_terms.iter().enumerate() {
+    for (i, term) in node_terms.iter().enumerate() {
         let missing: Vec<&str> = keys
             .iter()
             .copied()

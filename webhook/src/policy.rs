@@ -245,6 +245,19 @@ impl PolicySet {
     pub fn ignored(&self) -> &[IgnoredPolicy] {
         &self.ignored
     }
+
+    /// Whether `other` puts exactly the same policies in force (generation aside), so a watch
+    /// event that changed nothing that matters (a status write) is not a new generation.
+    pub fn same_policies(&self, other: &PolicySet) -> bool {
+        self.builtin == other.builtin
+            && self.ignored == other.ignored
+            && self.policies.len() == other.policies.len()
+            && self
+                .policies
+                .iter()
+                .zip(&other.policies)
+                .all(|(a, b)| a.name == b.name && a.spec == b.spec)
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +302,18 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].spec, good, "the valid version stays in force");
         assert!(second.ignored()[0].kept_previous);
+    }
+
+    #[test]
+    fn an_unchanged_rebuild_is_recognised() {
+        let a = spec(|s| s.mode = PolicyMode::Warn);
+        let first = PolicySet::from_objects([("a", &a)], None);
+        let again = PolicySet::from_objects([("a", &a)], Some(&first));
+        assert!(again.same_policies(&first));
+        let b = spec(|s| s.mode = PolicyMode::Audit);
+        let changed = PolicySet::from_objects([("a", &b)], Some(&first));
+        assert!(!changed.same_policies(&first));
+        assert!(!PolicySet::builtin().same_policies(&first));
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{EphemeralContainer, Pod};
 use lumie_contract::policy::{GROUP as POLICY_GROUP, PolicyMode, WorkspacePolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -19,6 +18,7 @@ use serde_json::value::RawValue;
 use crate::error::Error;
 use crate::metrics::{Decision, ModeLabel};
 use crate::mutate::mutate_pod;
+use crate::podview::{ContainerView, PodView};
 use crate::policy::{CompiledPolicy, PolicySet};
 use crate::validate::{RequestContext, Violation, validate_ephemeral_containers, validate_pod};
 
@@ -293,15 +293,16 @@ fn parse<'a, T: Deserialize<'a>>(
     serde_json::from_str(raw.get()).map_err(|e| bad(format!("{field} is not {what}: {e}")))
 }
 
-fn parse_pod(raw: Option<&RawValue>, field: &str) -> Result<Pod, Error> {
-    parse(raw, field, "a Pod")
+fn parse_pod<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<PodView<'a>, Error> {
+    let raw = raw.ok_or_else(|| bad(format!("{field} is missing")))?;
+    PodView::parse(raw.get()).map_err(|e| bad(format!("{field} is not a Pod: {e}")))
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct EphemeralContainersObject {
-    #[serde(default)]
-    ephemeral_containers: Vec<EphemeralContainer>,
+struct EphemeralContainersObject<'a> {
+    #[serde(borrow, default)]
+    ephemeral_containers: Vec<ContainerView<'a>>,
 }
 
 /// Who is asking.
@@ -390,8 +391,8 @@ impl Evaluation {
 pub fn evaluate_pod(
     policies: &PolicySet,
     namespace: &str,
-    pod: &Pod,
-    old: Option<&Pod>,
+    pod: &PodView<'_>,
+    old: Option<&PodView<'_>>,
     who: Requester<'_>,
 ) -> Evaluation {
     let mut ev = Evaluation::default();
@@ -411,7 +412,7 @@ pub fn evaluate_pod(
 pub fn mutation(
     policies: &PolicySet,
     namespace: &str,
-    pod: &Pod,
+    pod: &PodView<'_>,
     who: Requester<'_>,
 ) -> (Vec<json_patch::PatchOperation>, Evaluation) {
     let mut ev = Evaluation::default();
@@ -494,7 +495,10 @@ impl<'a> Answer<'a> {
     }
 }
 
-fn namespace_of<'r>(req: &'r RequestIn<'_>, pod: Option<&'r Pod>) -> Result<&'r str, Error> {
+fn namespace_of<'r>(
+    req: &'r RequestIn<'_>,
+    pod: Option<&'r PodView<'_>>,
+) -> Result<&'r str, Error> {
     req.namespace
         .as_deref()
         .filter(|n| !n.is_empty())
@@ -512,7 +516,7 @@ fn requester<'r>(req: &'r RequestIn<'_>) -> Requester<'r> {
 fn mutate(
     policies: &PolicySet,
     req: &RequestIn<'_>,
-    pod: &Pod,
+    pod: &PodView<'_>,
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, Some(pod))?;
@@ -528,8 +532,8 @@ fn mutate(
 fn validate(
     policies: &PolicySet,
     req: &RequestIn<'_>,
-    pod: &Pod,
-    old: Option<&Pod>,
+    pod: &PodView<'_>,
+    old: Option<&PodView<'_>>,
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, Some(pod))?;
@@ -540,7 +544,7 @@ fn validate(
 fn validate_ephemeral(
     policies: &PolicySet,
     req: &RequestIn<'_>,
-    containers: &[EphemeralContainer],
+    containers: &[ContainerView<'_>],
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, None)?;

@@ -8,8 +8,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EphemeralContainer, Pod, PodSpec, SecurityContext,
+use crate::podview::{
+    AffinityView, ContainerView as PodContainer, PodView, PortView, SeLinuxView, SecurityView,
+    SpecView, Str, TermView,
 };
 
 use crate::policy::CompiledPolicy;
@@ -160,25 +161,25 @@ struct ContainerView<'a> {
     kind: ContainerKind,
     name: &'a str,
     image: &'a str,
-    security: Option<&'a SecurityContext>,
-    ports: &'a [ContainerPort],
+    security: Option<&'a SecurityView<'a>>,
+    ports: &'a [PortView],
 }
 
 impl<'a> ContainerView<'a> {
-    fn of(c: &'a Container, kind: ContainerKind) -> Self {
+    fn of(c: &'a PodContainer<'a>, kind: ContainerKind) -> Self {
         ContainerView {
             kind,
-            name: &c.name,
+            name: &c.name[..],
             image: c.image.as_deref().unwrap_or(""),
             security: c.security_context.as_ref(),
             ports: c.ports.as_deref().unwrap_or(&[]),
         }
     }
 
-    fn of_ephemeral(c: &'a EphemeralContainer) -> Self {
+    fn of_ephemeral(c: &'a PodContainer<'a>) -> Self {
         ContainerView {
             kind: ContainerKind::Ephemeral,
-            name: &c.name,
+            name: &c.name[..],
             image: c.image.as_deref().unwrap_or(""),
             security: c.security_context.as_ref(),
             ports: c.ports.as_deref().unwrap_or(&[]),
@@ -206,7 +207,7 @@ pub struct RequestContext<'a> {
     /// `userInfo.username` of the request.
     pub username: &'a str,
     /// The object before an UPDATE (`oldObject`).
-    pub old: Option<&'a Pod>,
+    pub old: Option<&'a PodView<'a>>,
 }
 
 /// Validates a pod (CREATE, UPDATE, or the ephemeral containers subresource in its Pod form)
@@ -215,7 +216,11 @@ pub struct RequestContext<'a> {
 /// An UPDATE that leaves the spec and the security annotations untouched (labels, finalizers,
 /// owner references) has nothing to check: the pod already runs as it is, and checking it would
 /// only wedge deletion of pods admitted under `Warn`/`Audit`.
-pub fn validate_pod(policy: &CompiledPolicy, pod: &Pod, ctx: RequestContext<'_>) -> Vec<Violation> {
+pub fn validate_pod(
+    policy: &CompiledPolicy,
+    pod: &PodView<'_>,
+    ctx: RequestContext<'_>,
+) -> Vec<Violation> {
     let mut f = Findings {
         policy,
         out: Vec::new(),
@@ -226,13 +231,14 @@ pub fn validate_pod(policy: &CompiledPolicy, pod: &Pod, ctx: RequestContext<'_>)
     {
         return f.out;
     }
-    static EMPTY_SPEC: std::sync::LazyLock<PodSpec> = std::sync::LazyLock::new(PodSpec::default);
+    static EMPTY_SPEC: std::sync::LazyLock<SpecView<'static>> =
+        std::sync::LazyLock::new(SpecView::default);
     let spec = pod.spec.as_ref().unwrap_or(&EMPTY_SPEC);
     let workspace = policy.is_workspace(pod.metadata.labels.as_ref());
 
     check_pod_level(&mut f, spec);
 
-    for c in &spec.containers {
+    for c in spec.containers() {
         let view = ContainerView::of(c, ContainerKind::Regular);
         let excepted = if view.privileged() {
             privileged_exception(&mut f, &view, workspace, ctx)
@@ -264,7 +270,7 @@ pub fn validate_pod(policy: &CompiledPolicy, pod: &Pod, ctx: RequestContext<'_>)
 /// `pods/ephemeralcontainers` subresource before Kubernetes 1.22): baseline, no exception.
 pub fn validate_ephemeral_containers(
     policy: &CompiledPolicy,
-    containers: &[EphemeralContainer],
+    containers: &[PodContainer<'_>],
 ) -> Vec<Violation> {
     let mut f = Findings {
         policy,
@@ -353,10 +359,10 @@ fn privileged_exception(
 
 /// An UPDATE by someone else (a developer adding a debug container, a controller editing the
 /// spec) keeps a privileged container that was already there, unchanged: it adds no privilege.
-fn unchanged_from_old(view: &ContainerView<'_>, old: Option<&Pod>) -> bool {
+fn unchanged_from_old(view: &ContainerView<'_>, old: Option<&PodView<'_>>) -> bool {
     old.and_then(|o| o.spec.as_ref())
         .map(|s| {
-            s.containers.iter().any(|c| {
+            s.containers().iter().any(|c| {
                 c.name == view.name
                     && c.image.as_deref().unwrap_or("") == view.image
                     && c.security_context.as_ref() == view.security
@@ -365,7 +371,7 @@ fn unchanged_from_old(view: &ContainerView<'_>, old: Option<&Pod>) -> bool {
         .unwrap_or(false)
 }
 
-fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
+fn check_pod_level(f: &mut Findings<'_>, spec: &SpecView<'_>) {
     let p = On::Pod;
     for (field, value) in [
         ("spec.hostNetwork", spec.host_network),
@@ -390,7 +396,7 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
         return;
     };
     for (i, s) in sc.sysctls.iter().flatten().enumerate() {
-        if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
+        if !SAFE_SYSCTLS.contains(&&*s.name) {
             f.baseline(
                 p,
                 &format!("spec.securityContext.sysctls[{i}].name"),
@@ -432,12 +438,7 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &PodSpec) {
     }
 }
 
-fn check_selinux(
-    f: &mut Findings<'_>,
-    subject: On<'_, '_>,
-    prefix: &str,
-    se: &k8s_openapi::api::core::v1::SELinuxOptions,
-) {
+fn check_selinux(f: &mut Findings<'_>, subject: On<'_, '_>, prefix: &str, se: &SeLinuxView<'_>) {
     if let Some(t) = se.type_.as_deref()
         && !t.is_empty()
         && !SELINUX_TYPES.contains(&t)
@@ -489,7 +490,7 @@ fn check_container(f: &mut Findings<'_>, view: &ContainerView<'_>, never_excepte
     if let Some(add) = sc.capabilities.as_ref().and_then(|c| c.add.as_ref()) {
         let extra: Vec<&str> = add
             .iter()
-            .map(String::as_str)
+            .map(|c| &**c)
             .filter(|cap| !baseline_capability(cap))
             .collect();
         if !extra.is_empty() {
@@ -573,19 +574,21 @@ fn baseline_capability(cap: &str) -> bool {
     BASELINE_CAPABILITIES.contains(&name)
 }
 
-fn security_annotations(pod: &Pod) -> impl Iterator<Item = (&String, &String)> {
+fn security_annotations<'p, 'a>(
+    pod: &'p PodView<'a>,
+) -> impl Iterator<Item = (&'p Str<'a>, &'p Str<'a>)> {
     pod.metadata.annotations.iter().flatten().filter(|(k, _)| {
         k.starts_with(APPARMOR_ANNOTATION_PREFIX)
             || k.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
-            || k.as_str() == SECCOMP_POD_ANNOTATION
+            || &***k == SECCOMP_POD_ANNOTATION
     })
 }
 
 /// The pre-field AppArmor and seccomp annotations (what Kubernetes 1.20 reads).
 fn check_annotations(
     f: &mut Findings<'_>,
-    pod: &Pod,
-    spec: &PodSpec,
+    pod: &PodView<'_>,
+    spec: &SpecView<'_>,
     workspace: bool,
     ctx: RequestContext<'_>,
 ) {
@@ -595,7 +598,7 @@ fn check_annotations(
                 continue;
             }
             // The privileged exception runs unconfined anyway; its annotation is not a new hole.
-            let excepted = spec.containers.iter().any(|c| {
+            let excepted = spec.containers().iter().any(|c| {
                 c.name == container
                     && exception_applies(
                         f.policy,
@@ -616,7 +619,7 @@ fn check_annotations(
         } else if value == "unconfined" {
             let container = key.strip_prefix(SECCOMP_CONTAINER_ANNOTATION_PREFIX);
             let excepted = container.is_some_and(|name| {
-                spec.containers.iter().any(|c| {
+                spec.containers().iter().any(|c| {
                     c.name == name
                         && exception_applies(
                             f.policy,
@@ -639,7 +642,7 @@ fn check_annotations(
     }
 }
 
-fn check_workspace_requirements(f: &mut Findings<'_>, spec: &PodSpec) {
+fn check_workspace_requirements(f: &mut Findings<'_>, spec: &SpecView<'_>) {
     let policy = f.policy;
     let p = On::Pod;
     let sa = spec.service_account_name.as_deref().unwrap_or("default");
@@ -665,7 +668,7 @@ fn check_workspace_requirements(f: &mut Findings<'_>, spec: &PodSpec) {
         }
     }
     for name in lumie_contract::workspace::REQUIRED_CONTAINERS {
-        if !spec.containers.iter().any(|c| c.name == name) {
+        if !spec.containers().iter().any(|c| c.name == name) {
             f.push(
                 p,
                 &format!("spec.containers[{name:?}]"),
@@ -677,20 +680,17 @@ fn check_workspace_requirements(f: &mut Findings<'_>, spec: &PodSpec) {
 }
 
 /// Whether every required node selector term keeps the pod off nodes carrying `key`.
-pub fn avoids_everywhere(affinity: Option<&Affinity>, key: &str) -> bool {
+pub fn avoids_everywhere(affinity: Option<&AffinityView<'_>>, key: &str) -> bool {
     let terms = affinity
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .map(|r| r.node_selector_terms.as_slice())
+        .and_then(|n| n.required.as_ref())
+        .and_then(|r| r.node_selector_terms.as_deref())
         .unwrap_or(&[]);
     !terms.is_empty() && terms.iter().all(|t| term_avoids(t, key))
 }
 
 /// Whether one node selector term requires `key` to be absent.
-pub fn term_avoids(term: &k8s_openapi::api::core::v1::NodeSelectorTerm, key: &str) -> bool {
+pub fn term_avoids(term: &TermView<'_>, key: &str) -> bool {
     term.match_expressions
         .iter()
         .flatten()

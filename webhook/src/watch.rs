@@ -36,26 +36,27 @@ pub async fn run(client: kube::Client, state: AppState) {
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_)) => {
-                let set = rebuild(&reader, &state);
-                if set.ignored() != last_ignored.as_slice() {
-                    for i in set.ignored() {
-                        tracing::warn!(
-                            policy = %i.name,
-                            problems = %i.problems.join("; "),
-                            kept_previous = i.kept_previous,
-                            "WorkspacePolicy ignored: it fails validation"
-                        );
+                if let Some(set) = rebuild(&reader, &state) {
+                    if set.ignored() != last_ignored.as_slice() {
+                        for i in set.ignored() {
+                            tracing::warn!(
+                                policy = %i.name,
+                                problems = %i.problems.join("; "),
+                                kept_previous = i.kept_previous,
+                                "WorkspacePolicy ignored: it fails validation"
+                            );
+                        }
+                        last_ignored = set.ignored().to_vec();
                     }
-                    last_ignored = set.ignored().to_vec();
+                    tracing::info!(
+                        generation = set.generation(),
+                        builtin = set.is_builtin(),
+                        policies = %set.policies().map(|p| &*p.name).collect::<Vec<_>>().join(","),
+                        "policies in force"
+                    );
                 }
-                tracing::info!(
-                    generation = set.generation(),
-                    builtin = set.is_builtin(),
-                    policies = %set.policies().map(|p| &*p.name).collect::<Vec<_>>().join(","),
-                    "policies in force"
-                );
                 state.mark_synced();
-                write_statuses(&api, &reader, &set).await;
+                write_statuses(&api, &reader, &state.policies()).await;
             }
             Ok(Event::Init | Event::InitApply(_)) => {}
             Err(e) => tracing::warn!(error = %e, "WorkspacePolicy watch error, retrying"),
@@ -63,7 +64,8 @@ pub async fn run(client: kube::Client, state: AppState) {
     }
 }
 
-fn rebuild(reader: &Store<WorkspacePolicy>, state: &AppState) -> Arc<PolicySet> {
+/// Puts the objects in the store in force; `None` when nothing changed (e.g. a status write).
+fn rebuild(reader: &Store<WorkspacePolicy>, state: &AppState) -> Option<Arc<PolicySet>> {
     let objects = reader.state();
     let previous = state.policies();
     let set = PolicySet::from_objects(
@@ -72,8 +74,11 @@ fn rebuild(reader: &Store<WorkspacePolicy>, state: &AppState) -> Arc<PolicySet> 
             .filter_map(|o| o.metadata.name.as_deref().map(|name| (name, &o.spec))),
         Some(&previous),
     );
+    if state.is_ready() && set.same_policies(&previous) {
+        return None;
+    }
     state.set_policies(set);
-    state.policies()
+    Some(state.policies())
 }
 
 /// Says in each object's status whether it is in force. Only writes when the status differs,

@@ -51,6 +51,7 @@ pub struct Simulator {
     pub(crate) action: ActionSlot,
     started: Mutex<HashMap<String, Started>>,
     next_ip: AtomicU32,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Started {
@@ -63,13 +64,19 @@ impl Simulator {
     pub(crate) fn run(self: Arc<Self>, client: Client, pid_dir: PathBuf) {
         let me = self.clone();
         let c = client.clone();
-        tokio::spawn(async move { me.kubelet_loop(c, pid_dir).await });
-        tokio::spawn(token_controller_loop(client.clone()));
-        tokio::spawn(pv_binder_loop(client));
+        let tasks = vec![
+            tokio::spawn(async move { me.kubelet_loop(c, pid_dir).await }),
+            tokio::spawn(token_controller_loop(client.clone())),
+            tokio::spawn(pv_binder_loop(client)),
+        ];
+        self.tasks.lock().expect("simulator lock").extend(tasks);
     }
 
     /// Stops every process the simulator started.
     pub(crate) fn stop_all(&self) {
+        for t in self.tasks.lock().expect("simulator lock").drain(..) {
+            t.abort();
+        }
         let mut started = self.started.lock().expect("simulator lock");
         for (_, s) in started.iter_mut() {
             if let Some(child) = s.child.as_mut() {

@@ -37,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (the default).
     Serve,
+    /// Check the installation through the kube API: one line per check, exit 1 on a failure.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Flags of `lumie-server serve`; each has an environment variable.

@@ -8,6 +8,7 @@ async fn main() -> std::process::ExitCode {
     init_logging(&cli.serve.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.serve).await,
+        Command::Doctor(args) => return lumie_server::doctor::run_cli(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

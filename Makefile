@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps test lint demo bench-webhook
+.PHONY: deps test lint demo bench-webhook bench-agent
 
 deps:
 	bash scripts/install-deps.sh
@@ -19,3 +19,10 @@ test: deps lint
 demo: deps
 	$(CARGO) build --release -p lumie-agent -p lumie-server -p lumie-webhook
 	$(CARGO) run --release -p lumie-tests --bin lumie-demo
+
+## Benchmarks: commands that print figures and ratios against a baseline measured in the same run.
+bench-webhook:
+	$(CARGO) run --release -p lumie-webhook --bin lumie-webhook-bench
+
+bench-agent:
+	$(CARGO) bench -p lumie-agent

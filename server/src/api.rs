@@ -19,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::agents::{AgentView, heartbeat_handler};
 use crate::auth::Principal;
+use crate::db::{AuditEvent, AuditFilter};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::state::AppState;
@@ -394,7 +395,14 @@ async fn create_user(
         .await?;
     state
         .db
-        .audit(Some(&p.user), "user.create", None, &u.username)
+        .record(&AuditEvent {
+            actor: Some(&p.user),
+            client_ip: p.client_ip,
+            action: "user.create",
+            detail: &u.username,
+            after: Some(if u.is_admin { "admin" } else { "member" }.into()),
+            ..AuditEvent::default()
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(UserJson::from(&u))))
 }
@@ -432,7 +440,13 @@ async fn create_key(
     let key = state.db.create_api_token(&u.id, "api").await?;
     state
         .db
-        .audit(Some(&p.user), "token.create", None, &u.username)
+        .record(&AuditEvent {
+            actor: Some(&p.user),
+            client_ip: p.client_ip,
+            action: "token.create",
+            detail: &u.username,
+            ..AuditEvent::default()
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(KeyJson { key })))
 }
@@ -460,7 +474,7 @@ async fn create_workspace(
         .map_err(|e| Error::BadRequest(e.to_string()))?;
     let created = state
         .db
-        .create_workspace(&owner, &req.name, &names.pod, Some(&p.user))
+        .create_workspace_from(&owner, &req.name, &names.pod, Some(&p.user), p.client_ip)
         .await?;
     state.build_wake.notify_one();
     Ok((
@@ -565,7 +579,7 @@ async fn create_build(
     let ws = visible_workspace(&state, &p, &id).await?;
     let b = state
         .db
-        .create_build(&ws.id, req.transition, Some(&p.user))
+        .create_build_from(&ws.id, req.transition, Some(&p.user), p.client_ip)
         .await?;
     state.build_wake.notify_one();
     state.dirty.mark(&ws.id);
@@ -623,8 +637,25 @@ async fn watch_workspace(
 pub struct AuditQuery {
     /// Only this workspace.
     pub workspace_id: Option<String>,
+    /// Only this actor (user name or id).
+    pub user: Option<String>,
+    /// Only this action (`build.stop`), or a prefix ending in `*` (`build.*`).
+    pub action: Option<String>,
+    /// From this time on (RFC 3339).
+    pub since: Option<String>,
+    /// Before this time (RFC 3339).
+    pub until: Option<String>,
     /// How many (default 100).
     pub limit: Option<i64>,
+}
+
+fn parse_time(name: &str, v: Option<&str>) -> Result<Option<i64>> {
+    v.map(|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|d| d.timestamp_millis())
+            .map_err(|e| Error::BadRequest(format!("{name} {t:?} is not an RFC 3339 time: {e}")))
+    })
+    .transpose()
 }
 
 async fn audit_log(
@@ -633,15 +664,15 @@ async fn audit_log(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>> {
     p.require_admin()?;
-    Ok(Json(
-        state
-            .db
-            .audit_log(
-                q.workspace_id.as_deref(),
-                q.limit.unwrap_or(100).clamp(1, 1000),
-            )
-            .await?,
-    ))
+    let filter = AuditFilter {
+        since: parse_time("since", q.since.as_deref())?,
+        until: parse_time("until", q.until.as_deref())?,
+        workspace_id: q.workspace_id,
+        user: q.user,
+        action: q.action,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    Ok(Json(state.db.audit_query(&filter).await?))
 }
 
 /// A small HTML page (for browser-facing errors such as a stopped workspace's apps).

@@ -1,11 +1,12 @@
 //! Who is calling: the [`Principal`] extractor and the chain of [`Authenticator`]s behind it.
 //!
-//! Today the chain holds [`ApiTokenAuthenticator`] (a token in `Coder-Session-Token`,
-//! `Authorization: Bearer`, or the `coder_session_token` cookie). OIDC (issue 6) plugs in as
-//! another authenticator in the chain: after the code flow it issues a session token with
-//! [`crate::db::Db::create_api_token`] and sets the same cookie, or validates its own session
-//! cookie — handlers only ever see a [`Principal`].
+//! The chain holds [`ApiTokenAuthenticator`] (a token in `Coder-Session-Token`,
+//! `Authorization: Bearer`, or the `coder_session_token` cookie). OIDC logins
+//! ([`crate::identity`]) store their browser sessions hashed in the same `api_tokens` table
+//! with an expiry and set the same cookie, so this one authenticator recognises both; handlers
+//! only ever see a [`Principal`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -13,8 +14,9 @@ use futures::future::BoxFuture;
 use http::request::Parts;
 use lumie_contract::agent_api::AGENT_TOKEN_HEADER;
 
-use crate::db::Db;
+use crate::db::{Db, OIDC_SESSION_TOKEN_NAME};
 use crate::error::{Error, Result};
+use crate::identity::ClientIp;
 use crate::model::User;
 use crate::state::AppState;
 
@@ -37,6 +39,8 @@ pub struct Principal {
     pub user: User,
     /// How they authenticated.
     pub method: AuthMethod,
+    /// The client address of the request (through the trusted proxy), for the audit log.
+    pub client_ip: Option<IpAddr>,
 }
 
 impl Principal {
@@ -118,10 +122,17 @@ impl Authenticator for ApiTokenAuthenticator {
             let Some(token) = session_token(parts) else {
                 return Ok(None);
             };
-            match self.db.user_for_token(&token).await? {
-                Some(user) => Ok(Some(Principal {
+            // Browser sessions of OIDC logins live in the same table, hashed the same way, and
+            // arrive in the same cookie; expired ones are not found.
+            match self.db.token_owner(&token).await? {
+                Some((user, name)) => Ok(Some(Principal {
                     user,
-                    method: AuthMethod::ApiToken,
+                    method: if name == OIDC_SESSION_TOKEN_NAME {
+                        AuthMethod::OidcSession
+                    } else {
+                        AuthMethod::ApiToken
+                    },
+                    client_ip: None,
                 })),
                 None => Err(Error::Unauthorized(
                     "invalid or expired session token".into(),
@@ -171,7 +182,8 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
-        let p = state.auth.authenticate(parts).await?;
+        let mut p = state.auth.authenticate(parts).await?;
+        p.client_ip = parts.extensions.get::<ClientIp>().map(|c| c.0);
         parts.extensions.insert(p.clone());
         Ok(p)
     }

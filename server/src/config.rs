@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 use lumie_contract::{agent_api, workspace};
 
 use crate::error::Error;
+use crate::identity::oidc::DEFAULT_ALLOWED_CLOCK_SKEW;
+use crate::identity::roles::{DEFAULT_ADMIN_GROUP, DEFAULT_ROLE_CLAIM};
+use crate::identity::{AccessUrl, IdentityError, OidcSettings, RoleMapping, TrustedProxy};
 
 /// Default folder of the agent binaries the server hands out.
 pub const DEFAULT_AGENT_BINARY_DIR: &str = "/usr/local/share/lumie-coder/bin";
@@ -65,6 +68,18 @@ pub struct ServeArgs {
     /// OIDC client secret.
     #[arg(long, env = "CODER_OIDC_CLIENT_SECRET", hide_env_values = true)]
     pub oidc_client_secret: Option<String>,
+    /// Claim the groups are read from (a dotted path reaches into nested claims).
+    #[arg(long, env = "CODER_OIDC_GROUP_FIELD", default_value = DEFAULT_ROLE_CLAIM)]
+    pub oidc_group_field: String,
+    /// Group whose members are admins; everyone else is a member.
+    #[arg(long, env = "LUMIE_OIDC_ADMIN_GROUP", default_value = DEFAULT_ADMIN_GROUP)]
+    pub oidc_admin_group: String,
+    /// Scopes asked for besides `openid` (comma separated; blank: `profile,email`).
+    #[arg(long, env = "CODER_OIDC_SCOPES", value_delimiter = ',')]
+    pub oidc_scopes: Vec<String>,
+    /// Allowed difference between this server's clock and the provider's, seconds.
+    #[arg(long, env = "LUMIE_OIDC_ALLOWED_CLOCK_SKEW_SECS", default_value_t = 60)]
+    pub oidc_allowed_clock_skew_secs: u64,
     /// Headers trusted to carry the client address from the proxy (comma separated).
     #[arg(long, env = "CODER_PROXY_TRUSTED_HEADERS", value_delimiter = ',')]
     pub proxy_trusted_headers: Vec<String>,
@@ -116,8 +131,8 @@ pub enum DatabaseConfig {
     Sqlite(PathBuf),
 }
 
-/// OIDC client settings (used by the OIDC authenticator; all three or none).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// OIDC login settings (enabled by `CODER_OIDC_ISSUER_URL`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct OidcConfig {
     /// Issuer URL.
     pub issuer_url: String,
@@ -125,6 +140,66 @@ pub struct OidcConfig {
     pub client_id: String,
     /// Client secret.
     pub client_secret: String,
+    /// Claim carrying the groups.
+    pub group_field: String,
+    /// Group mapped to admin.
+    pub admin_group: String,
+    /// Scopes besides `openid` (empty: the defaults).
+    pub scopes: Vec<String>,
+    /// Allowed clock skew with the provider.
+    pub allowed_clock_skew: Duration,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer_url", &self.issuer_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("group_field", &self.group_field)
+            .field("admin_group", &self.admin_group)
+            .field("scopes", &self.scopes)
+            .field("allowed_clock_skew", &self.allowed_clock_skew)
+            .finish()
+    }
+}
+
+impl OidcConfig {
+    /// Issuer, client id and secret with the default role mapping, scopes and clock skew.
+    pub fn new(issuer_url: &str, client_id: &str, client_secret: &str) -> Self {
+        OidcConfig {
+            issuer_url: issuer_url.into(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            group_field: DEFAULT_ROLE_CLAIM.into(),
+            admin_group: DEFAULT_ADMIN_GROUP.into(),
+            scopes: vec![],
+            allowed_clock_skew: DEFAULT_ALLOWED_CLOCK_SKEW,
+        }
+    }
+
+    /// The OIDC client settings for this access URL; a missing secret names `coder-oidc-secret`.
+    pub fn settings(&self, access: &AccessUrl) -> Result<OidcSettings, IdentityError> {
+        let mut s = OidcSettings::new(
+            &self.issuer_url,
+            &self.client_id,
+            Some(&self.client_secret),
+            access,
+        )?;
+        if !self.scopes.is_empty() {
+            s.scopes = self.scopes.clone();
+        }
+        s.allowed_clock_skew = self.allowed_clock_skew;
+        Ok(s)
+    }
+
+    /// Which claim and group make an admin.
+    pub fn roles(&self) -> RoleMapping {
+        RoleMapping {
+            claim: self.group_field.clone(),
+            admin_group: self.admin_group.clone(),
+        }
+    }
 }
 
 /// The server's settings, validated. Tests build this directly.
@@ -227,31 +302,38 @@ impl TryFrom<ServeArgs> for Config {
             }
             None => DatabaseConfig::Sqlite(a.data_dir.join("lumie-coder.db")),
         };
+        let access = AccessUrl::parse(&access_url)?;
+        TrustedProxy::new(&a.proxy_trusted_headers, &a.proxy_trusted_origins)?;
         let oidc = match (
             non_blank(a.oidc_issuer_url),
             non_blank(a.oidc_client_id),
             non_blank(a.oidc_client_secret),
         ) {
             (None, None, None) => None,
-            (Some(issuer_url), Some(client_id), Some(client_secret)) => {
-                check_url("CODER_OIDC_ISSUER_URL", &issuer_url)?;
-                Some(OidcConfig {
-                    issuer_url,
-                    client_id,
-                    client_secret,
-                })
+            (Some(issuer_url), client_id, client_secret) => {
+                let client_id = client_id.ok_or(Error::MissingSetting {
+                    setting: "CODER_OIDC_CLIENT_ID",
+                    hint: "OIDC login (CODER_OIDC_ISSUER_URL is set) needs the realm's client id, normally `coder`",
+                })?;
+                let mut oidc = OidcConfig::new(&issuer_url, &client_id, "");
+                oidc.client_secret = client_secret.unwrap_or_default();
+                oidc.group_field = a.oidc_group_field.trim().to_string();
+                oidc.admin_group = a.oidc_admin_group.trim().to_string();
+                oidc.scopes = a
+                    .oidc_scopes
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty() && s != "openid")
+                    .collect();
+                oidc.allowed_clock_skew = Duration::from_secs(a.oidc_allowed_clock_skew_secs);
+                // Refuse to start on what cannot work (a missing secret names its Secret).
+                oidc.settings(&access)?;
+                Some(oidc)
             }
-            (i, c, _) => {
-                let missing = if i.is_none() {
-                    "CODER_OIDC_ISSUER_URL"
-                } else if c.is_none() {
-                    "CODER_OIDC_CLIENT_ID"
-                } else {
-                    "CODER_OIDC_CLIENT_SECRET"
-                };
+            (None, _, _) => {
                 return Err(Error::MissingSetting {
-                    setting: missing,
-                    hint: "OIDC needs the issuer URL, client id and client secret together",
+                    setting: "CODER_OIDC_ISSUER_URL",
+                    hint: "OIDC client id or secret given without the issuer URL (the Keycloak realm)",
                 });
             }
         };
@@ -353,6 +435,43 @@ mod tests {
                 &[
                     "--access-url",
                     "http://x",
+                    "--oidc-issuer-url",
+                    "http://kc",
+                    "--oidc-client-id",
+                    "coder",
+                ],
+                "coder-oidc-secret",
+            ),
+            (
+                &[
+                    "--access-url",
+                    "http://x",
+                    "--oidc-issuer-url",
+                    "http://kc",
+                    "--oidc-client-id",
+                    "coder",
+                    "--oidc-client-secret",
+                    "  ",
+                ],
+                "CODER_OIDC_CLIENT_SECRET",
+            ),
+            (
+                &["--access-url", "http://x", "--oidc-client-id", "coder"],
+                "CODER_OIDC_ISSUER_URL",
+            ),
+            (
+                &[
+                    "--access-url",
+                    "http://x",
+                    "--proxy-trusted-origins",
+                    "10.0.0.0/33",
+                ],
+                "CODER_PROXY_TRUSTED_ORIGINS",
+            ),
+            (
+                &[
+                    "--access-url",
+                    "http://x",
                     "--agent-report-interval-secs",
                     "0",
                 ],
@@ -364,6 +483,57 @@ mod tests {
             assert!(e.contains(want), "{args:?}: {e}");
             assert!(!e.contains('\n'), "{args:?}: one line, got {e}");
         }
+    }
+
+    #[test]
+    fn oidc_settings_from_flags() {
+        let c = parse(&[
+            "--access-url",
+            "https://coder.example.com",
+            "--oidc-issuer-url",
+            "https://auth.example.com/realms/infra/",
+            "--oidc-client-id",
+            "coder",
+            "--oidc-client-secret",
+            "s",
+            "--oidc-group-field",
+            "realm_access.roles",
+            "--oidc-admin-group",
+            "coder-admin",
+            "--oidc-scopes",
+            "openid,profile,email,groups",
+            "--oidc-allowed-clock-skew-secs",
+            "5",
+        ])
+        .unwrap();
+        let oidc = c.oidc.expect("oidc configured");
+        assert_eq!(oidc.scopes, ["profile", "email", "groups"]);
+        assert_eq!(oidc.roles().claim, "realm_access.roles");
+        assert_eq!(oidc.roles().admin_group, "coder-admin");
+        let access = AccessUrl::parse(&c.access_url).unwrap();
+        let settings = oidc.settings(&access).unwrap();
+        assert_eq!(settings.issuer_url, "https://auth.example.com/realms/infra");
+        assert_eq!(
+            settings.redirect_url,
+            "https://coder.example.com/api/v2/users/oidc/callback"
+        );
+        assert_eq!(settings.allowed_clock_skew, Duration::from_secs(5));
+        assert!(!format!("{oidc:?}").contains("\"s\""), "secret redacted");
+        let d = parse(&[
+            "--access-url",
+            "http://x",
+            "--oidc-issuer-url",
+            "http://kc",
+            "--oidc-client-id",
+            "coder",
+            "--oidc-client-secret",
+            "s",
+        ])
+        .unwrap()
+        .oidc
+        .unwrap();
+        assert_eq!(d.roles(), RoleMapping::default());
+        assert!(d.scopes.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `UPDATE`), so the same repository test suite runs against both. Only the migrations differ.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use lumie_contract::agent_api::{ConnectionStatus, LifecycleState};
 use rand::Rng;
@@ -16,6 +17,7 @@ use sqlx::{AnyPool, Connection, Row};
 
 use crate::config::{DB_SECRET, DatabaseConfig};
 use crate::error::{Error, Result};
+use crate::identity::{Role, SessionRecord, UserProfile, UserRecord};
 use crate::model::*;
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -49,6 +51,13 @@ pub fn random_secret(len: usize) -> String {
     (0..len)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+/// `api_tokens.name` of browser sessions created by an OIDC login.
+pub const OIDC_SESSION_TOKEN_NAME: &str = "oidc-session";
+
+fn role_of(is_admin: bool) -> Role {
+    if is_admin { Role::Admin } else { Role::Member }
 }
 
 fn new_id() -> String {
@@ -211,6 +220,43 @@ pub struct HeartbeatWrite {
 
 /// Rows per batched heartbeat statement (8 parameters each, below both databases' limits).
 pub const HEARTBEAT_BATCH_ROWS: usize = 500;
+
+/// One audit log line to write: who (and from which client address) did what, with the value
+/// before and after when something changed.
+#[derive(Clone, Debug, Default)]
+pub struct AuditEvent<'a> {
+    /// Acting user (none for the system).
+    pub actor: Option<&'a User>,
+    /// Client address as honoured through the trusted proxy.
+    pub client_ip: Option<IpAddr>,
+    /// `workspace.create`, `build.stop`, `user.role`, `policy.update`, …
+    pub action: &'a str,
+    /// Which workspace, when one.
+    pub workspace_id: Option<&'a str>,
+    /// Free text.
+    pub detail: &'a str,
+    /// Value before the change.
+    pub before: Option<String>,
+    /// Value after the change.
+    pub after: Option<String>,
+}
+
+/// Which audit lines to return.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this workspace.
+    pub workspace_id: Option<String>,
+    /// Only this actor (name or id).
+    pub user: Option<String>,
+    /// Only this action; a trailing `*` matches a prefix (`build.*`).
+    pub action: Option<String>,
+    /// From this time on, ms since the epoch.
+    pub since: Option<i64>,
+    /// Before this time, ms since the epoch.
+    pub until: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
 
 /// What [`Db::create_workspace`] returns.
 #[derive(Clone, Debug)]
@@ -411,15 +457,23 @@ impl Db {
 
     /// The user an API token belongs to, when the token is known and not expired.
     pub async fn user_for_token(&self, token: &str) -> Result<Option<User>> {
+        Ok(self.token_owner(token).await?.map(|(u, _)| u))
+    }
+
+    /// The user a token (API token or browser session) belongs to and the token's name
+    /// ([`OIDC_SESSION_TOKEN_NAME`] for sessions), when it is known and not expired.
+    pub async fn token_owner(&self, token: &str) -> Result<Option<(User, String)>> {
         let row = sqlx::query(
-            "SELECT u.* FROM api_tokens t JOIN users u ON u.id = t.user_id \
+            "SELECT u.*, t.name AS token_name FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)",
         )
         .bind(hash_token(token))
         .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(user_from).transpose()
+        row.as_ref()
+            .map(|r| Ok((user_from(r)?, r.try_get("token_name")?)))
+            .transpose()
     }
 
     /// Creates the first admin and its token when no user exists yet; `None` otherwise.
@@ -448,6 +502,19 @@ impl Db {
         name: &str,
         pod_name: &str,
         initiator: Option<&User>,
+    ) -> Result<CreatedWorkspace> {
+        self.create_workspace_from(owner, name, pod_name, initiator, None)
+            .await
+    }
+
+    /// [`Db::create_workspace`], recording the initiator's client address in the audit log.
+    pub async fn create_workspace_from(
+        &self,
+        owner: &User,
+        name: &str,
+        pod_name: &str,
+        initiator: Option<&User>,
+        client_ip: Option<IpAddr>,
     ) -> Result<CreatedWorkspace> {
         let now = now_ms();
         let ws_id = new_id();
@@ -495,10 +562,15 @@ impl Db {
         .await?;
         Self::audit_in(
             &mut tx,
-            initiator,
-            "workspace.create",
-            Some(&ws_id),
-            &format!("{}/{name}", owner.username),
+            &AuditEvent {
+                actor: initiator,
+                client_ip,
+                action: "workspace.create",
+                workspace_id: Some(&ws_id),
+                detail: &format!("{}/{name}", owner.username),
+                before: None,
+                after: Some(DesiredState::Running.as_str().into()),
+            },
         )
         .await?;
         tx.commit().await?;
@@ -641,8 +713,21 @@ impl Db {
         transition: Transition,
         initiator: Option<&User>,
     ) -> Result<BuildRecord> {
+        self.create_build_from(workspace_id, transition, initiator, None)
+            .await
+    }
+
+    /// [`Db::create_build`], recording the initiator's client address in the audit log.
+    pub async fn create_build_from(
+        &self,
+        workspace_id: &str,
+        transition: Transition,
+        initiator: Option<&User>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<BuildRecord> {
         let now = now_ms();
         let id = new_id();
+        let before = self.workspace(workspace_id).await?.map(|w| w.desired_state);
         let mut tx = self.pool.begin().await?;
         // Write first: on SQLite this takes the write lock before any read.
         let updated = sqlx::query(
@@ -690,10 +775,15 @@ impl Db {
         }
         Self::audit_in(
             &mut tx,
-            initiator,
-            &format!("build.{}", transition.as_str()),
-            Some(workspace_id),
-            &format!("build #{number}"),
+            &AuditEvent {
+                actor: initiator,
+                client_ip,
+                action: &format!("build.{}", transition.as_str()),
+                workspace_id: Some(workspace_id),
+                detail: &format!("build #{number}"),
+                before: before.map(|d| d.as_str().to_string()),
+                after: Some(transition.desired_state().as_str().into()),
+            },
         )
         .await?;
         tx.commit().await?;
@@ -924,25 +1014,244 @@ impl Db {
         Ok(())
     }
 
+    // ----- OIDC users and browser sessions (identity::UserStore / SessionStore) -----
+
+    /// Creates the user an OIDC login names, or updates it (users are keyed by issuer and
+    /// subject): owner name, login, email, display name and role, re-evaluated at each login.
+    /// A role change is audited with the client address. An owner name that belongs to another
+    /// account is a [`Error::Conflict`].
+    pub async fn upsert_oidc_user(
+        &self,
+        profile: &UserProfile,
+        client_ip: Option<IpAddr>,
+    ) -> Result<UserRecord> {
+        // Two first logins of one account racing (PostgreSQL): the loser retries as an update.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.upsert_oidc_user_once(profile, client_ip).await {
+                Err(Error::Conflict(_))
+                    if attempt == 1 && self.oidc_user_exists(profile).await? =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn oidc_user_exists(&self, profile: &UserProfile) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT id FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2")
+                .bind(&profile.issuer)
+                .bind(&profile.subject)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn upsert_oidc_user_once(
+        &self,
+        profile: &UserProfile,
+        client_ip: Option<IpAddr>,
+    ) -> Result<UserRecord> {
+        let now = now_ms();
+        let is_admin = profile.role == Role::Admin;
+        let taken = || {
+            Error::Conflict(format!(
+                "owner name {:?} (from login {:?}) already belongs to another account",
+                profile.owner_name, profile.login
+            ))
+        };
+        let mut tx = self.pool.begin().await?;
+        let existing =
+            sqlx::query("SELECT * FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2")
+                .bind(&profile.issuer)
+                .bind(&profile.subject)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (id, before) = match existing {
+            Some(row) => {
+                let user = user_from(&row)?;
+                let r = sqlx::query(
+                    "UPDATE users SET username = $2, email = $3, display_name = $4, oidc_login = $5, \
+                     is_admin = $6, login_type = 'oidc', updated_at = $7 WHERE id = $1",
+                )
+                .bind(&user.id)
+                .bind(&profile.owner_name)
+                .bind(profile.email.as_deref().unwrap_or(""))
+                .bind(profile.name.as_deref().unwrap_or(""))
+                .bind(&profile.login)
+                .bind(i64::from(is_admin))
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+                match r {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => return Err(taken()),
+                    Err(e) => return Err(e.into()),
+                }
+                (user.id, Some(role_of(user.is_admin)))
+            }
+            None => {
+                let id = new_id();
+                let r = sqlx::query(
+                    "INSERT INTO users (id, username, email, is_admin, login_type, oidc_subject, oidc_issuer, \
+                     display_name, oidc_login, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, 'oidc', $5, $6, $7, $8, $9, $9)",
+                )
+                .bind(&id)
+                .bind(&profile.owner_name)
+                .bind(profile.email.as_deref().unwrap_or(""))
+                .bind(i64::from(is_admin))
+                .bind(&profile.subject)
+                .bind(&profile.issuer)
+                .bind(profile.name.as_deref().unwrap_or(""))
+                .bind(&profile.login)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+                match r {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => return Err(taken()),
+                    Err(e) => return Err(e.into()),
+                }
+                (id, None)
+            }
+        };
+        let actor = User {
+            id: id.clone(),
+            username: profile.owner_name.clone(),
+            email: profile.email.clone().unwrap_or_default(),
+            is_admin,
+            login_type: "oidc".into(),
+            created_at: now,
+        };
+        let after = profile.role;
+        if before != Some(after) {
+            Self::audit_in(
+                &mut tx,
+                &AuditEvent {
+                    actor: Some(&actor),
+                    client_ip,
+                    action: if before.is_none() {
+                        "user.create"
+                    } else {
+                        "user.role"
+                    },
+                    workspace_id: None,
+                    detail: &format!("OIDC login {:?}: role from the groups claim", profile.login),
+                    before: before.map(|r| r.as_str().to_string()),
+                    after: Some(after.as_str().to_string()),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(UserRecord {
+            id,
+            login: profile.login.clone(),
+            owner_name: profile.owner_name.clone(),
+            email: profile.email.clone(),
+            name: profile.name.clone(),
+            role: after,
+        })
+    }
+
+    /// A user as the identity module sees it.
+    pub async fn identity_user(&self, id: &str) -> Result<Option<UserRecord>> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = user_from(&row)?;
+        let login: String = row.try_get("oidc_login")?;
+        let name: String = row.try_get("display_name")?;
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        Ok(Some(UserRecord {
+            login: if login.is_empty() {
+                user.username.clone()
+            } else {
+                login
+            },
+            owner_name: user.username,
+            email: non_empty(user.email),
+            name: non_empty(name),
+            role: role_of(user.is_admin),
+            id: user.id,
+        }))
+    }
+
+    /// Stores a browser session in `api_tokens` (hash only, named [`OIDC_SESSION_TOKEN_NAME`]),
+    /// so the API-token authenticator recognises its cookie until it expires.
+    pub async fn create_session(&self, s: &SessionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, token_hash, name, created_at, expires_at, client_ip) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(random_secret(10))
+        .bind(&s.user_id)
+        .bind(&s.token_hash)
+        .bind(OIDC_SESSION_TOKEN_NAME)
+        .bind(s.created_at.timestamp_millis())
+        .bind(s.expires_at.timestamp_millis())
+        .bind(s.client_ip.map(|ip| ip.to_string()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The browser session with this token hash (expired ones included; revoked ones are gone).
+    pub async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT user_id, created_at, expires_at, client_ip FROM api_tokens \
+             WHERE token_hash = $1 AND name = $2",
+        )
+        .bind(token_hash)
+        .bind(OIDC_SESSION_TOKEN_NAME)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let time = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let expires: Option<i64> = row.try_get("expires_at")?;
+        let ip: Option<String> = row.try_get("client_ip")?;
+        Ok(Some(SessionRecord {
+            token_hash: token_hash.to_string(),
+            user_id: row.try_get("user_id")?,
+            created_at: time(row.try_get("created_at")?),
+            expires_at: time(expires.unwrap_or(0)),
+            client_ip: ip.and_then(|s| s.parse().ok()),
+        }))
+    }
+
+    /// Revokes (deletes) a browser session; `true` when there was one.
+    pub async fn revoke_session(&self, token_hash: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM api_tokens WHERE token_hash = $1 AND name = $2")
+            .bind(token_hash)
+            .bind(OIDC_SESSION_TOKEN_NAME)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     // ----- audit -----
 
-    async fn audit_in(
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        actor: Option<&User>,
-        action: &str,
-        workspace_id: Option<&str>,
-        detail: &str,
-    ) -> Result<()> {
+    async fn audit_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, e: &AuditEvent<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor_id, actor_name, action, workspace_id, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO audit_log (at, actor_id, actor_name, action, workspace_id, detail, \
+             client_ip, before_value, after_value) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(now_ms())
-        .bind(actor.map(|u| u.id.clone()))
-        .bind(actor.map(|u| u.username.as_str()).unwrap_or("system"))
-        .bind(action)
-        .bind(workspace_id)
-        .bind(detail)
+        .bind(e.actor.map(|u| u.id.clone()))
+        .bind(e.actor.map(|u| u.username.as_str()).unwrap_or("system"))
+        .bind(e.action)
+        .bind(e.workspace_id)
+        .bind(e.detail)
+        .bind(e.client_ip.map(|ip| ip.to_string()))
+        .bind(e.before.as_deref())
+        .bind(e.after.as_deref())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -956,8 +1265,20 @@ impl Db {
         workspace_id: Option<&str>,
         detail: &str,
     ) -> Result<()> {
+        self.record(&AuditEvent {
+            actor,
+            action,
+            workspace_id,
+            detail,
+            ..AuditEvent::default()
+        })
+        .await
+    }
+
+    /// Records an audit event (with client address and before/after).
+    pub async fn record(&self, event: &AuditEvent<'_>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        Self::audit_in(&mut tx, actor, action, workspace_id, detail).await?;
+        Self::audit_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -968,23 +1289,65 @@ impl Db {
         workspace_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>> {
-        let rows = match workspace_id {
-            Some(ws) => {
-                sqlx::query(
-                    "SELECT * FROM audit_log WHERE workspace_id = $1 ORDER BY id DESC LIMIT $2",
-                )
-                .bind(ws)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
+        self.audit_query(&AuditFilter {
+            workspace_id: workspace_id.map(String::from),
+            limit,
+            ..AuditFilter::default()
+        })
+        .await
+    }
+
+    /// The audit log, newest first, filtered.
+    pub async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        // Text parameters first, then integers: each clause takes the next `$n`.
+        let mut sql = String::from("SELECT * FROM audit_log WHERE 1 = 1");
+        let mut text: Vec<String> = vec![];
+        let mut ints: Vec<i64> = vec![];
+        let next = |text: &Vec<String>, ints: &Vec<i64>| text.len() + ints.len() + 1;
+        if let Some(ws) = &f.workspace_id {
+            sql.push_str(&format!(" AND workspace_id = ${}", next(&text, &ints)));
+            text.push(ws.clone());
+        }
+        if let Some(user) = &f.user {
+            let n = next(&text, &ints);
+            sql.push_str(&format!(
+                " AND (actor_name = ${n} OR actor_id = ${})",
+                n + 1
+            ));
+            text.push(user.clone());
+            text.push(user.clone());
+        }
+        if let Some(action) = &f.action {
+            let n = next(&text, &ints);
+            match action.strip_suffix('*') {
+                Some(prefix) => {
+                    sql.push_str(&format!(" AND action LIKE ${n}"));
+                    text.push(format!("{}%", prefix.replace('%', "")));
+                }
+                None => {
+                    sql.push_str(&format!(" AND action = ${n}"));
+                    text.push(action.clone());
+                }
             }
-            None => {
-                sqlx::query("SELECT * FROM audit_log ORDER BY id DESC LIMIT $1")
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+        }
+        if let Some(since) = f.since {
+            sql.push_str(&format!(" AND at >= ${}", next(&text, &ints)));
+            ints.push(since);
+        }
+        if let Some(until) = f.until {
+            sql.push_str(&format!(" AND at < ${}", next(&text, &ints)));
+            ints.push(until);
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next(&text, &ints)));
+        ints.push(f.limit);
+        let mut q = sqlx::query(&sql);
+        for t in &text {
+            q = q.bind(t.as_str());
+        }
+        for i in &ints {
+            q = q.bind(*i);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditEntry {
@@ -995,6 +1358,9 @@ impl Db {
                     action: r.try_get("action")?,
                     workspace_id: r.try_get("workspace_id")?,
                     detail: r.try_get("detail")?,
+                    client_ip: r.try_get("client_ip")?,
+                    before: r.try_get("before_value")?,
+                    after: r.try_get("after_value")?,
                 })
             })
             .collect()

@@ -9,10 +9,13 @@
 //! - [`spawner`]: kube actions (server-side apply, deletes); [`builds`]: the build executor;
 //! - [`reconcile`]: watchers, status writes, desired vs actual, orphans; [`drift`]: the
 //!   `dev-workspace` ServiceAccount/Service contract check;
+//! - [`identity`]: OIDC login, roles, sessions, trusted proxy and Host/Origin checks;
+//!   [`access`]: identity wired in (database stores, [`access::app`] with the edge middleware);
 //! - [`serve`]: start-up and the running server;
 //! - [`state`]: what handlers and tasks share; [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod agents;
 pub mod api;
 pub mod auth;

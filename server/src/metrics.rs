@@ -82,7 +82,14 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("lumie");
+        Self::new_with(|_| {})
+    }
+
+    /// Creates and registers every metric, plus those `extra` registers (full names, no prefix).
+    pub fn new_with(extra: impl FnOnce(&mut Registry)) -> Self {
+        let mut root = Registry::default();
+        extra(&mut root);
+        let registry = root.sub_registry_with_prefix("lumie");
         let m = Metrics {
             contract_drift: Family::default(),
             agents: Family::default(),
@@ -140,7 +147,10 @@ impl Metrics {
             "Objects with workspace labels but no workspace",
             m.orphans.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// The text exposition format.

@@ -235,6 +235,15 @@ pub struct AuditEntry {
     pub workspace_id: Option<String>,
     /// Free text.
     pub detail: String,
+    /// Client address (through the trusted proxy), when the change came from a request.
+    #[serde(default)]
+    pub client_ip: Option<String>,
+    /// Value before the change.
+    #[serde(default)]
+    pub before: Option<String>,
+    /// Value after the change.
+    #[serde(default)]
+    pub after: Option<String>,
 }
 
 /// Milliseconds since the epoch, now.

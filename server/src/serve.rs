@@ -79,9 +79,10 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running> {
         state.clone(),
         spawner,
     )));
-    let router = crate::router(state.clone());
+    crate::access::discover_at_start(&state.edge).await;
+    let app_state = state.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        if let Err(e) = crate::access::serve(listener, app_state).await {
             tracing::error!(error = %e, "listener failed");
         }
     }));

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, broadcast};
 
+use crate::access::Edge;
 use crate::agents::AgentHub;
 use crate::auth::AuthChain;
 use crate::config::Config;
@@ -90,6 +91,8 @@ pub struct AppState {
     pub kube: Option<kube::Client>,
     /// What the cluster shows per workspace id (kept by the reconciler).
     pub cluster: Arc<RwLock<HashMap<String, ClusterView>>>,
+    /// Access URL, trusted proxy, Host guard and OIDC login.
+    pub edge: Edge,
 }
 
 impl AppState {
@@ -100,7 +103,8 @@ impl AppState {
         template: Template,
         kube: Option<kube::Client>,
     ) -> crate::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
+        let edge = Edge::new(&config, &db)?;
+        let metrics = Arc::new(Metrics::new_with(|r| edge.register_metrics(r)));
         let dirty = Arc::new(Dirty::default());
         let agents = Arc::new(
             AgentHub::load(
@@ -126,6 +130,7 @@ impl AppState {
             template: Arc::new(template),
             kube,
             cluster: Arc::new(RwLock::new(HashMap::new())),
+            edge,
         })
     }
 

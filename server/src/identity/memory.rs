@@ -34,6 +34,7 @@ impl UserStore for MemoryUserStore {
     fn upsert_oidc_user<'a>(
         &'a self,
         profile: &'a UserProfile,
+        _client_ip: Option<std::net::IpAddr>,
     ) -> BoxFuture<'a, Result<UserRecord, IdentityError>> {
         Box::pin(async move {
             let mut users = lock(&self.users);
@@ -146,11 +147,11 @@ mod tests {
     async fn upsert_creates_then_updates_role_and_keeps_the_id() {
         let store = MemoryUserStore::default();
         let first = store
-            .upsert_oidc_user(&profile("s1", "alice", Role::Admin))
+            .upsert_oidc_user(&profile("s1", "alice", Role::Admin), None)
             .await
             .unwrap();
         let again = store
-            .upsert_oidc_user(&profile("s1", "alice", Role::Member))
+            .upsert_oidc_user(&profile("s1", "alice", Role::Member), None)
             .await
             .unwrap();
         assert_eq!(first.id, again.id);
@@ -160,7 +161,7 @@ mod tests {
         assert_eq!(found.role, Role::Member);
         assert!(store.user_by_id("nope").await.unwrap().is_none());
         let e = store
-            .upsert_oidc_user(&profile("s2", "alice", Role::Member))
+            .upsert_oidc_user(&profile("s2", "alice", Role::Member), None)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("another account"), "{e}");

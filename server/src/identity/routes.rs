@@ -71,10 +71,12 @@ pub struct UserRecord {
 pub trait UserStore: Send + Sync {
     /// Creates the user at first login, or updates login, owner name, email, name and role
     /// (users are keyed by `(issuer, subject)`, so a renamed account stays the same user).
-    /// An owner name already used by another account is an error.
+    /// An owner name already used by another account is an error. `client_ip` is the login's
+    /// client address, for the audit line of a role change.
     fn upsert_oidc_user<'a>(
         &'a self,
         profile: &'a UserProfile,
+        client_ip: Option<std::net::IpAddr>,
     ) -> BoxFuture<'a, Result<UserRecord, IdentityError>>;
     /// The user with this id.
     fn user_by_id<'a>(
@@ -296,7 +298,7 @@ async fn finish_login(
     inner.oidc.check_issuer_parameter(q.iss.as_deref())?;
     let claims = inner.oidc.complete_login(&pending, &code).await?;
     let profile = UserProfile::from_claims(&claims, &inner.options.roles)?;
-    let user = inner.users.upsert_oidc_user(&profile).await?;
+    let user = inner.users.upsert_oidc_user(&profile, client_ip).await?;
     let (token, record) = new_session(
         &user.id,
         inner.options.session_lifetime,

@@ -1,0 +1,174 @@
+//! Identity wired into the server: the database as the identity module's user and session
+//! store, the OIDC login state built from [`Config`], and the edge in front of every route
+//! (client address through the trusted proxy, `Host`/WebSocket `Origin` checks).
+//!
+//! [`app`] is what `serve` listens with: [`crate::router`] plus the login routes when OIDC is
+//! configured, wrapped in the edge middleware. Tests drive it like the real server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::identity::proxy::{client_ip_middleware, host_guard_middleware};
+use crate::identity::{
+    AccessUrl, BoxFuture, HostGuard, IdentityError, IdentityOptions, IdentityState, OidcClient,
+    SessionRecord, SessionStore, TrustedProxy, UserProfile, UserRecord, UserStore,
+};
+use crate::state::AppState;
+
+/// Paths reached by pods at the in-cluster URL (agent API, agent download, init script) and by
+/// probes and Prometheus: they are not browser-facing and arrive with another `Host`.
+pub const HOST_EXEMPT_PREFIXES: &[&str] =
+    &["/api/v2/workspaceagents/", "/bin/", "/api/v2/init-script/"];
+
+fn store_error(e: Error) -> IdentityError {
+    match e {
+        Error::Identity(e) => e,
+        other => IdentityError::Store(other.to_string()),
+    }
+}
+
+impl UserStore for Db {
+    fn upsert_oidc_user<'a>(
+        &'a self,
+        profile: &'a UserProfile,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> BoxFuture<'a, Result<UserRecord, IdentityError>> {
+        Box::pin(async move {
+            Db::upsert_oidc_user(self, profile, client_ip)
+                .await
+                .map_err(store_error)
+        })
+    }
+
+    fn user_by_id<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserRecord>, IdentityError>> {
+        Box::pin(async move { self.identity_user(id).await.map_err(store_error) })
+    }
+}
+
+impl SessionStore for Db {
+    fn create_session(&self, record: SessionRecord) -> BoxFuture<'_, Result<(), IdentityError>> {
+        Box::pin(async move { Db::create_session(self, &record).await.map_err(store_error) })
+    }
+
+    fn find_session<'a>(
+        &'a self,
+        token_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, IdentityError>> {
+        Box::pin(async move {
+            Db::find_session(self, token_hash)
+                .await
+                .map_err(store_error)
+        })
+    }
+
+    fn revoke_session<'a>(
+        &'a self,
+        token_hash: &'a str,
+    ) -> BoxFuture<'a, Result<bool, IdentityError>> {
+        Box::pin(async move {
+            Db::revoke_session(self, token_hash)
+                .await
+                .map_err(store_error)
+        })
+    }
+}
+
+/// The edge settings every request passes through.
+#[derive(Clone)]
+pub struct Edge {
+    /// The access URL.
+    pub access_url: AccessUrl,
+    /// Whose forwarding headers to believe.
+    pub proxy: Arc<TrustedProxy>,
+    /// `Host` / WebSocket `Origin` check for browser-facing routes.
+    pub host_guard: HostGuard,
+    /// OIDC login, when configured.
+    pub identity: Option<IdentityState>,
+}
+
+impl Edge {
+    /// Builds the edge from the config; errors name the setting. Nothing is fetched here.
+    pub fn new(config: &Config, db: &Db) -> Result<Edge> {
+        let access_url = AccessUrl::parse(&config.access_url)?;
+        let proxy =
+            TrustedProxy::new(&config.proxy_trusted_headers, &config.proxy_trusted_origins)?;
+        let host_guard = HostGuard::new(access_url.clone()).exempt(HOST_EXEMPT_PREFIXES);
+        let identity = match &config.oidc {
+            None => None,
+            Some(oidc) => {
+                let client = OidcClient::new(oidc.settings(&access_url)?)?;
+                let mut options = IdentityOptions::new(access_url.clone());
+                options.roles = oidc.roles();
+                options.proxy = proxy.clone();
+                Some(IdentityState::new(
+                    Arc::new(client),
+                    Arc::new(db.clone()),
+                    Arc::new(db.clone()),
+                    options,
+                ))
+            }
+        };
+        Ok(Edge {
+            access_url,
+            proxy: Arc::new(proxy),
+            host_guard,
+            identity,
+        })
+    }
+
+    /// Registers the login and Host-mismatch counters.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.host_guard.register_metrics(registry);
+        if let Some(identity) = &self.identity {
+            identity.register_metrics(registry);
+        }
+    }
+}
+
+/// The server's whole HTTP surface as it listens: the API router, the OIDC login routes when
+/// configured, the `Host`/`Origin` guard (probes, metrics and pod-facing paths exempt), and
+/// outermost the client address resolution. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn app(state: AppState) -> Router {
+    let edge = state.edge.clone();
+    let mut router = crate::router(state);
+    if let Some(identity) = &edge.identity {
+        router = router.merge(crate::identity::routes(identity.clone()));
+    }
+    router
+        .layer(from_fn_with_state(
+            edge.host_guard.clone(),
+            host_guard_middleware,
+        ))
+        .layer(from_fn_with_state(edge.proxy.clone(), client_ip_middleware))
+}
+
+/// Serves [`app`] on a bound listener until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+/// Fetches the provider's discovery document and keys once at start, so a misconfigured
+/// issuer shows in the log right away; logins retry on their own, so a failure only logs.
+pub async fn discover_at_start(edge: &Edge) {
+    let Some(identity) = &edge.identity else {
+        return;
+    };
+    if let Err(e) = identity.oidc().discover().await {
+        tracing::error!(kind = e.kind(), error = %e, "OIDC discovery at start failed; logins will retry it");
+    }
+}

@@ -71,6 +71,13 @@ impl Stores {
         .unwrap_or(false)
     }
 
+    /// Waits for every store's first complete list.
+    pub async fn wait_ready(&self) {
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.pvcs.wait_until_ready().await;
+        let _ = self.secrets.wait_until_ready().await;
+    }
+
     /// The cluster view of every workspace that has objects.
     pub fn views(&self) -> HashMap<String, ClusterView> {
         let mut out: HashMap<String, ClusterView> = HashMap::new();
@@ -510,6 +517,9 @@ impl Reconciler {
 
     /// Runs passes: on every marked change (debounced), and a full pass every [`RESYNC`].
     pub async fn run(self: Arc<Self>) {
+        // Judge nothing before the first complete list: a store still filling would read as
+        // "every pod is missing" and put a false reason on running workspaces after a restart.
+        self.stores.wait_ready().await;
         let mut last_full = Instant::now() - RESYNC;
         loop {
             if last_full.elapsed() >= RESYNC {

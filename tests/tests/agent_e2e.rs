@@ -298,7 +298,7 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
             },
         )
         .await;
-    assert!(is(&ws, "running"), "{ws:#?}");
+    assert_eq!(ws.status_reason, "", "{ws:#?}");
 
     // Stop → the pod is deleted, the simulator sends SIGTERM, the agent reports `off`.
     stack.build(&id, "stop").await;

@@ -62,18 +62,4 @@ pub enum Error {
     BadAnswer(String),
 }
 
-/// An error and its causes on one line: reqwest hides the useful part (connection refused, DNS,
-/// certificate) in the source chain.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+pub(crate) use lumie_contract::diagnostics::error_chain;

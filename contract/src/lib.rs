@@ -7,11 +7,13 @@
 //! - [`labels`]: the label keys every workspace object carries;
 //! - [`apps`]: the workspace apps (Tilt, code-server, agents UI) and their ports;
 //! - [`workspace`]: the fixed parts of the workspace pod (namespace, containers, home volume);
-//! - [`agent_api`]: the messages between the agent and the control plane.
+//! - [`agent_api`]: the messages between the agent and the control plane;
+//! - [`diagnostics`]: how errors are written for operators (the cause chain on one line).
 #![deny(missing_docs)]
 
 pub mod agent_api;
 pub mod apps;
+pub mod diagnostics;
 pub mod labels;
 pub mod naming;
 pub mod policy;

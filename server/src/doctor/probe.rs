@@ -25,20 +25,7 @@ async fn resolves(host: &str, port: u16, timeout: Duration) -> Result<(), String
     }
 }
 
-/// The error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+use lumie_contract::diagnostics::error_chain as chain;
 
 /// Connects to PostgreSQL with `url` and asks its version.
 pub async fn database(url: &str, timeout: Duration) -> Reach {

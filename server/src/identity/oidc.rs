@@ -576,20 +576,7 @@ fn key_ids(jwks: &JsonWebKeySet<CoreJsonWebKey>) -> Vec<String> {
         .collect()
 }
 
-/// An error and its sources on one line (`reqwest` hides "connection refused" in a source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+use lumie_contract::diagnostics::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v2/workspaces/{id}/watch", get(watch_workspace))
         .route("/api/v2/audit", get(audit_log))
+        .merge(crate::policy_api::routes())
         .route(HEARTBEAT_PATH, post(heartbeat_handler))
         .merge(crate::distribution::routes())
         .merge(crate::proxy::routes())

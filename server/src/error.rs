@@ -72,6 +72,9 @@ pub enum Error {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// A dependency the request needs is not available (for example no kube client).
+    #[error("{0}")]
+    Unavailable(String),
     /// Identity and access (OIDC settings and login, sessions, Host/Origin checks).
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
@@ -97,6 +100,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Identity(e) => e.status(),
             Error::Kube(kube::Error::Api(s)) if s.code == 409 => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,12 +124,14 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let message = if status.is_server_error() {
+        // Internal errors keep their cause in `detail`; a 503 names what is unavailable.
+        let hidden = status.is_server_error() && !matches!(self, Error::Unavailable(_));
+        let message = if hidden {
             "internal error".to_string()
         } else {
             self.to_string()
         };
-        let detail = if status.is_server_error() {
+        let detail = if hidden {
             self.to_string()
         } else {
             String::new()

@@ -11,6 +11,7 @@
 //!   `dev-workspace` ServiceAccount/Service contract check;
 //! - [`identity`]: OIDC login, roles, sessions, trusted proxy and Host/Origin checks;
 //!   [`access`]: identity wired in (database stores, [`access::app`] with the edge middleware);
+//! - [`policy_api`]: `GET`/`PUT /api/v2/policy`, the cluster `WorkspacePolicy` for admins;
 //! - [`serve`]: start-up and the running server;
 //! - [`state`]: what handlers and tasks share; [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod drift;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod policy_api;
 pub mod preflight;
 pub mod proxy;
 pub mod reconcile;

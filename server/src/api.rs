@@ -527,7 +527,7 @@ async fn list_workspaces(
         Some(p.user.id.clone())
     };
     let list = state.db.list_workspaces(owner_id.as_deref()).await?;
-    let builds = state.db.latest_builds().await?;
+    let builds = state.db.latest_builds(owner_id.as_deref()).await?;
     let workspaces: Vec<_> = list
         .iter()
         .map(|ws| workspace_json(&state, ws, builds.get(&ws.id)))

@@ -821,14 +821,19 @@ impl Db {
         row.as_ref().map(build_from).transpose()
     }
 
-    /// The newest build of every live workspace, by workspace id.
-    pub async fn latest_builds(&self) -> Result<BTreeMap<String, BuildRecord>> {
+    /// The newest build of every live workspace (of one owner, or all), by workspace id.
+    pub async fn latest_builds(
+        &self,
+        owner_id: Option<&str>,
+    ) -> Result<BTreeMap<String, BuildRecord>> {
         let rows = sqlx::query(
             "SELECT b.id, b.workspace_id, b.number, b.transition, b.status, b.error, b.initiator_id, \
              b.created_at, b.started_at, b.completed_at FROM builds b JOIN workspaces w ON w.id = b.workspace_id \
-             WHERE w.deleted_at IS NULL AND b.number = \
-             (SELECT MAX(number) FROM builds m WHERE m.workspace_id = b.workspace_id)",
+             JOIN (SELECT m.workspace_id, MAX(m.number) AS n FROM builds m GROUP BY m.workspace_id) latest \
+             ON latest.workspace_id = b.workspace_id AND latest.n = b.number \
+             WHERE w.deleted_at IS NULL AND ($1 = '' OR w.owner_id = $1)",
         )
+        .bind(owner_id.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

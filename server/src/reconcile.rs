@@ -295,7 +295,13 @@ impl Reconciler {
         {
             None => {
                 let list = self.state.db.list_workspaces(None).await?;
-                let builds = self.state.db.latest_builds().await?.into_iter().collect();
+                let builds = self
+                    .state
+                    .db
+                    .latest_builds(None)
+                    .await?
+                    .into_iter()
+                    .collect();
                 (list, builds)
             }
             Some(ids) => {

@@ -185,7 +185,14 @@ mod suite {
             .unwrap();
         let latest = db.latest_build(&ws.id).await.unwrap().unwrap();
         assert_eq!((latest.number, latest.error.as_deref()), (2, Some("boom")));
-        assert_eq!(db.latest_builds().await.unwrap()[&ws.id].number, 2);
+        assert_eq!(db.latest_builds(None).await.unwrap()[&ws.id].number, 2);
+        assert_eq!(db.latest_builds(Some(&u.id)).await.unwrap().len(), 1);
+        assert!(
+            db.latest_builds(Some("someone-else"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(db.list_builds(&ws.id).await.unwrap().len(), 2);
 
         let del = db

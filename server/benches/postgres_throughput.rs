@@ -1,0 +1,278 @@
+//! API and heartbeat throughput with a real PostgreSQL (`scripts/start-postgres.sh`):
+//! - list/get over HTTP with 1,000 workspaces (10 owners × 100);
+//! - heartbeat ingestion: simulated agents posting heartbeats over HTTP, sustained rate and p99.
+//!
+//! `cargo bench -p lumie-server --bench postgres_throughput` prints the figures.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lumie_contract::agent_api::{AppHealth, HeartbeatRequest, LifecycleState, ResourceStats};
+use lumie_server::config::Config;
+use lumie_server::db::hash_token;
+use lumie_server::state::AppState;
+use lumie_server::template::Template;
+
+const OWNERS: usize = 10;
+const PER_OWNER: usize = 100;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Load {
+    requests: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: u64,
+}
+
+impl Load {
+    fn print(&self, what: &str) {
+        let mut l = self.latencies.clone();
+        l.sort();
+        println!(
+            "{what}: {:.0} req/s over {:.1}s ({} requests, {} errors), p50 {:.2} ms, p99 {:.2} ms",
+            self.requests as f64 / self.elapsed.as_secs_f64(),
+            self.elapsed.as_secs_f64(),
+            self.requests,
+            self.errors,
+            percentile(&l, 0.50).as_secs_f64() * 1e3,
+            percentile(&l, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+}
+
+/// Runs `workers` loops of `one(i)` for `dur`; each returns whether the request succeeded.
+async fn load<F, Fut>(workers: usize, dur: Duration, one: F) -> Load
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let one = Arc::new(one);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..workers {
+        let (one, stop, counter, errors) =
+            (one.clone(), stop.clone(), counter.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                if !one(i).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = vec![];
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    Load {
+        requests: latencies.len() as u64,
+        elapsed: start.elapsed(),
+        latencies,
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let db = common::pg_db().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1,000 workspaces, each with an agent token.
+    let (_, admin_token) = db.bootstrap_admin("admin").await.unwrap().unwrap();
+    let t = Instant::now();
+    let mut owner_tokens = vec![];
+    let mut ids = vec![];
+    let mut agent_tokens = vec![];
+    for o in 0..OWNERS {
+        let owner = db
+            .create_user(&format!("user{o}"), "", false)
+            .await
+            .unwrap();
+        owner_tokens.push(db.create_api_token(&owner.id, "bench").await.unwrap());
+        for w in 0..PER_OWNER {
+            let c = db
+                .create_workspace(
+                    &owner,
+                    &format!("ws{w}"),
+                    &format!("coder-user{o}-ws{w}"),
+                    None,
+                )
+                .await
+                .unwrap();
+            let tok = format!(
+                "agent-token-{o}-{w}-{}",
+                lumie_server::db::random_secret(16)
+            );
+            db.reset_agent(&c.agent_id, Some(&hash_token(&tok)))
+                .await
+                .unwrap();
+            ids.push(c.workspace.id);
+            agent_tokens.push(tok);
+        }
+    }
+    println!(
+        "setup: {} workspaces in PostgreSQL in {:.1}s",
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let state = AppState::new(
+        Config::for_tests(dir.path().into()),
+        db.clone(),
+        Template::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, lumie_server::router(state.clone())).into_future());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let base = format!("http://{addr}");
+
+    // List: all 1,000 as admin; 100 as an owner.
+    for (what, token, expect) in [
+        (
+            "list 1,000 workspaces (admin)",
+            admin_token.clone(),
+            OWNERS * PER_OWNER,
+        ),
+        (
+            "list 100 workspaces (owner)",
+            owner_tokens[0].clone(),
+            PER_OWNER,
+        ),
+    ] {
+        let (http, url) = (http.clone(), format!("{base}/api/v2/workspaces"));
+        let r = load(4, Duration::from_secs(5), move |_| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            async move {
+                match http
+                    .get(&url)
+                    .header("Coder-Session-Token", &token)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<lumie_server::api::WorkspacesJson>()
+                        .await
+                        .is_ok_and(|l| l.count == expect),
+                    _ => false,
+                }
+            }
+        })
+        .await;
+        r.print(what);
+    }
+
+    // Get: random workspaces as admin.
+    let ids = Arc::new(ids);
+    {
+        let (http, base, token, ids) =
+            (http.clone(), base.clone(), admin_token.clone(), ids.clone());
+        let r = load(16, Duration::from_secs(5), move |i| {
+            let id = ids[(i as usize * 7919) % ids.len()].clone();
+            let (http, url, token) = (http.clone(), format!("{base}/api/v2/workspaces/{id}"), token.clone());
+            async move {
+                matches!(http.get(&url).header("Coder-Session-Token", &token).send().await, Ok(r) if r.status().is_success())
+            }
+        })
+        .await;
+        r.print("get one workspace");
+    }
+
+    // Heartbeats: 1,000 agents, 64 connections, flushed every 500 ms in batched statements.
+    let flushed_rows = Arc::new(AtomicU64::new(0));
+    let flushes = Arc::new(AtomicU64::new(0));
+    {
+        let (hub, rows, n) = (state.agents.clone(), flushed_rows.clone(), flushes.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lumie_server::agents::FLUSH_INTERVAL).await;
+                let t = Instant::now();
+                let k = hub.flush().await.unwrap() as u64;
+                if k > 0 {
+                    rows.fetch_add(k, Ordering::Relaxed);
+                    n.fetch_add(1, Ordering::Relaxed);
+                    let _ = t;
+                }
+            }
+        });
+    }
+    let body = serde_json::to_vec(&HeartbeatRequest {
+        lifecycle: LifecycleState::Ready,
+        lifecycle_reason: None,
+        apps: [
+            ("tilt", AppHealth::Healthy),
+            ("code-server", AppHealth::Healthy),
+            ("agents", AppHealth::Healthy),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        stats: Some(ResourceStats {
+            cpu_cores: 0.25,
+            memory_used_bytes: 1 << 30,
+            ..Default::default()
+        }),
+        version: "bench".into(),
+    })
+    .unwrap();
+    let tokens = Arc::new(agent_tokens);
+    let url = format!("{base}{}", lumie_contract::agent_api::HEARTBEAT_PATH);
+    let r = load(64, Duration::from_secs(10), move |i| {
+        let token = tokens[i as usize % tokens.len()].clone();
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            matches!(
+                http.post(&url)
+                    .header("Coder-Session-Token", token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await,
+                Ok(r) if r.status().is_success()
+            )
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.print("heartbeats (1,000 agents, 64 connections)");
+    let rows = flushed_rows.load(Ordering::Relaxed);
+    let n = flushes.load(Ordering::Relaxed);
+    println!(
+        "heartbeat writes: {n} batched flushes, {rows} agent rows written for {} heartbeats ({:.2} rows per heartbeat, {:.0} rows per flush)",
+        r.requests,
+        rows as f64 / r.requests.max(1) as f64,
+        rows as f64 / n.max(1) as f64
+    );
+    let sample = db.live_agents().await.unwrap();
+    let written = sample.iter().filter(|a| a.version == "bench").count();
+    println!(
+        "agents with a persisted heartbeat: {written}/{}",
+        sample.len()
+    );
+}

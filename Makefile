@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps test lint demo bench-webhook bench-agent
+.PHONY: deps test lint demo bench-webhook bench-agent bench-server
 
 deps:
 	bash scripts/install-deps.sh
@@ -26,3 +26,7 @@ bench-webhook:
 
 bench-agent:
 	$(CARGO) bench -p lumie-agent
+
+bench-server:
+	$(CARGO) bench -p lumie-server --bench harness_latency
+	$(CARGO) bench -p lumie-server --bench postgres_throughput

@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Client, CustomResourceExt};
+use kube::Client;
 use lumie_contract::policy::WorkspacePolicy;
 use lumie_tests::{Cluster, Identity, admission, bootstrap, nodes};
 use lumie_webhook::certs::write_private;
@@ -51,7 +50,9 @@ fn webhook() -> &'static Webhook {
                 .unwrap();
             rt.block_on(async move {
                 let client = cluster.client().await;
-                install_crd(&client).await;
+                lumie_tests::bootstrap::install_policy_crd(&client)
+                    .await
+                    .expect("WorkspacePolicy CRD established");
                 bootstrap::create_namespace(&client, LIVE_NS).await.unwrap();
                 bootstrap::create_namespace(&client, OTHER_NS)
                     .await
@@ -121,39 +122,6 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = WorkspacePolicy::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("webhook-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    for _ in 0..100 {
-        let established = crds
-            .get(&name)
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
-        if established {
-            // Discovery needs a moment after Established before watches and creates work.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("WorkspacePolicy CRD not established");
 }
 
 async fn apply_policy(client: &Client, name: &str, spec: Value) -> Result<(), kube::Error> {

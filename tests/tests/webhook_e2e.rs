@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use lumie_contract::policy::WorkspacePolicy;
 use lumie_tests::{Cluster, Identity, admission, bootstrap, nodes};
 use lumie_webhook::certs::write_private;

@@ -73,7 +73,15 @@ async fn main() {
 
     // The server.
     let mut config = Config::for_tests(dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    // A fixed port, so the access URL (the Host the edge accepts) is known before start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.access_url = format!("http://127.0.0.1:{port}");
+    config.agent_url = config.access_url.clone();
     let running =
         lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await)
             .await

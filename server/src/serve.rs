@@ -49,6 +49,16 @@ impl Running {
 pub async fn start(config: Config, client: kube::Client) -> Result<Running> {
     let template = Template::load(config.template_file.as_deref())?;
     let db = Db::connect(&config.database).await?;
+    start_with(config, template, db, client).await
+}
+
+/// [`start`] with the template and database already opened.
+pub async fn start_with(
+    config: Config,
+    template: Template,
+    db: Db,
+    client: kube::Client,
+) -> Result<Running> {
     crate::preflight::check_kube(&client, &config.namespace).await?;
     let first_admin_token = db.bootstrap_admin(FIRST_ADMIN).await?.map(|(_, t)| t);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -97,8 +107,11 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running> {
 
 /// `lumie-server serve`: start, print the first admin token once, run until SIGTERM/Ctrl-C.
 pub async fn run(config: Config) -> Result<()> {
+    // In the order an operator fixes things: settings, database, then the kube API.
+    let template = Template::load(config.template_file.as_deref())?;
+    let db = Db::connect(&config.database).await?;
     let client = crate::preflight::kube_client().await?;
-    let running = start(config, client).await?;
+    let running = start_with(config, template, db, client).await?;
     if let Some(token) = &running.first_admin_token {
         // Printed once, on the first start only: only its hash is stored.
         println!(

@@ -956,3 +956,62 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
     let (_, pvcs, secrets) = objects(&admin, ns, &id).await;
     assert_eq!((pvcs.len(), secrets.len()), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_a_namespace_it_may_not_use() {
+    let admin = Cluster::shared().client().await;
+    let ns = "lumie-e2e-norbac";
+    bootstrap::create_namespace(&admin, ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Cluster::shared().client_as(Identity::ControlPlane).await;
+    let err = match lumie_server::serve::start(server_config(dir.path().into(), ns), cp).await {
+        Ok(_) => panic!("started without RBAC in {ns}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("forbids listing pods in namespace lumie-e2e-norbac")
+            && err.contains("Role/RoleBinding of the coder ServiceAccount"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+    // With the Role, but without the name-scoped Service read: the review names what is missing.
+    let pp = PatchParams::apply("server-e2e").force();
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "partial", "namespace": ns},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), ns)
+        .patch("partial", &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "partial", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "partial"},
+        "subjects": [{"kind": "ServiceAccount", "name": "coder", "namespace": workspace::CONTROL_PLANE_NAMESPACE}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin, ns)
+        .patch("partial", &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    let cp = Cluster::shared().client_as(Identity::ControlPlane).await;
+    let err = eventually("RBAC to take effect", Duration::from_secs(20), || {
+        let (cp, dir) = (cp.clone(), dir.path().to_path_buf());
+        async move {
+            match lumie_server::serve::start(server_config(dir, ns), cp).await {
+                Ok(_) => panic!("started with a partial Role"),
+                Err(e) => Some(e.to_string()).filter(|e| e.contains("may not")),
+            }
+        }
+    })
+    .await;
+    assert!(
+        err.contains("create persistentvolumeclaims")
+            && err.contains("get services")
+            && !err.contains("create pods"),
+        "{err}"
+    );
+}

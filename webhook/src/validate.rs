@@ -9,8 +9,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::podview::{
-    AffinityView, ContainerView as PodContainer, PodView, PortView, SeLinuxView, SecurityView,
-    SpecView, Str, TermView,
+    AffinityView, ContainerView as PodContainer, PodView, PortView, ProfileView, SeLinuxView,
+    SecurityView, SpecView, Str, TermView,
 };
 
 use crate::policy::CompiledPolicy;
@@ -405,29 +405,14 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &SpecView<'_>) {
             );
         }
     }
-    if let Some(sp) = &sc.seccomp_profile
-        && sp.type_ == "Unconfined"
-    {
-        f.baseline(
-            p,
-            "spec.securityContext.seccompProfile.type",
-            "\"Unconfined\"".into(),
-            "seccomp may not be disabled",
-        );
-    }
-    if let Some(ap) = &sc.app_armor_profile
-        && ap.type_ == "Unconfined"
-    {
-        f.baseline(
-            p,
-            "spec.securityContext.appArmorProfile.type",
-            "\"Unconfined\"".into(),
-            "AppArmor may not be disabled",
-        );
-    }
-    if let Some(se) = &sc.se_linux_options {
-        check_selinux(f, p, "spec.securityContext.seLinuxOptions", se);
-    }
+    check_confinement(
+        f,
+        p,
+        "spec.securityContext",
+        sc.seccomp_profile.as_ref(),
+        sc.app_armor_profile.as_ref(),
+        sc.se_linux_options.as_ref(),
+    );
     if sc.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
         f.baseline(
             p,
@@ -435,6 +420,33 @@ fn check_pod_level(f: &mut Findings<'_>, spec: &SpecView<'_>) {
             "true".into(),
             "Windows HostProcess pods are not allowed",
         );
+    }
+}
+
+/// seccomp, AppArmor and SELinux at pod or container level (`prefix`): none may be switched off.
+fn check_confinement(
+    f: &mut Findings<'_>,
+    subject: On<'_, '_>,
+    prefix: &str,
+    seccomp: Option<&ProfileView<'_>>,
+    app_armor: Option<&ProfileView<'_>>,
+    selinux: Option<&SeLinuxView<'_>>,
+) {
+    for (profile, field, what) in [
+        (seccomp, "seccompProfile", "seccomp may not be disabled"),
+        (app_armor, "appArmorProfile", "AppArmor may not be disabled"),
+    ] {
+        if profile.is_some_and(|p| p.type_ == "Unconfined") {
+            f.baseline(
+                subject,
+                &format!("{prefix}.{field}.type"),
+                "\"Unconfined\"".into(),
+                what,
+            );
+        }
+    }
+    if let Some(se) = selinux {
+        check_selinux(f, subject, &format!("{prefix}.seLinuxOptions"), se);
     }
 }
 
@@ -512,29 +524,14 @@ fn check_container(f: &mut Findings<'_>, view: &ContainerView<'_>, never_excepte
             "procMount must be Default",
         );
     }
-    if let Some(sp) = &sc.seccomp_profile
-        && sp.type_ == "Unconfined"
-    {
-        f.baseline(
-            s,
-            "securityContext.seccompProfile.type",
-            "\"Unconfined\"".into(),
-            "seccomp may not be disabled",
-        );
-    }
-    if let Some(ap) = &sc.app_armor_profile
-        && ap.type_ == "Unconfined"
-    {
-        f.baseline(
-            s,
-            "securityContext.appArmorProfile.type",
-            "\"Unconfined\"".into(),
-            "AppArmor may not be disabled",
-        );
-    }
-    if let Some(se) = &sc.se_linux_options {
-        check_selinux(f, s, "securityContext.seLinuxOptions", se);
-    }
+    check_confinement(
+        f,
+        s,
+        "securityContext",
+        sc.seccomp_profile.as_ref(),
+        sc.app_armor_profile.as_ref(),
+        sc.se_linux_options.as_ref(),
+    );
 }
 
 /// The checks that hold even for the privileged exception: a host port or a Windows HostProcess

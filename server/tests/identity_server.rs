@@ -9,9 +9,6 @@
 //! `/readyz` answers as before, a cross-origin WebSocket refused, logout and expiry.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
 
 use lumie_server::api::{BuildJson, UserJson, WorkspaceJson, WorkspacesJson};
 use lumie_server::config::{Config, DatabaseConfig, OidcConfig};
@@ -24,56 +21,10 @@ use reqwest::header::LOCATION;
 use reqwest::redirect::Policy;
 use reqwest::{StatusCode, Url};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
 
-const SECRET: &str = "s3cret-from-coder-oidc-secret";
-
-fn oidc_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
-}
-
-/// The provider process (killed when dropped).
-struct Provider {
-    issuer: String,
-    _child: Child,
-    _stdin: ChildStdin,
-}
-
-async fn start_provider(redirect_uri: &str) -> Provider {
-    if !oidc_dir().join("node_modules/oidc-provider").is_dir() {
-        let ok = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(oidc_dir())
-            .status()
-            .expect("npm not found: run scripts/install-deps.sh");
-        assert!(ok.success(), "npm ci in tests/oidc failed");
-    }
-    let mut child = Command::new("node")
-        .arg("provider.js")
-        .current_dir(oidc_dir())
-        .env("OIDC_CLIENT_SECRET", SECRET)
-        .env("OIDC_REDIRECT_URIS", redirect_uri)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node not found: run scripts/install-deps.sh");
-    let stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("provider.js did not start within 30s")
-        .unwrap()
-        .expect("provider.js exited before printing its address");
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-    Provider {
-        issuer: ready["issuer"].as_str().unwrap().to_string(),
-        _child: child,
-        _stdin: stdin,
-    }
-}
+#[path = "common/oidc_provider.rs"]
+mod oidc_provider;
+use oidc_provider::{Provider, SECRET};
 
 struct Server {
     base: String,
@@ -86,7 +37,7 @@ struct Server {
 async fn start_server() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let provider = start_provider(&format!("{base}/api/v2/users/oidc/callback")).await;
+    let provider = Provider::start(&format!("{base}/api/v2/users/oidc/callback"), &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_tests(dir.path().to_path_buf());
     config.database = DatabaseConfig::Sqlite(dir.path().join("lumie.db"));

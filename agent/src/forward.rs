@@ -20,7 +20,7 @@ use std::time::Duration;
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 use std::os::fd::OwnedFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -104,6 +104,25 @@ pub struct PortForward {
     pub copy_mode: CopyMode,
 }
 
+/// Connections the kernel queues on a forwarded port before the agent accepts them. tokio's
+/// `bind` asks for 128; a browser loading a dev server's page (dozens of assets, several tabs)
+/// can open more at once, and an overflowing queue drops SYNs (a one-second stall each) and,
+/// once SYN cookies kick in, resets connections. The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Listens on `addr` with [`LISTEN_BACKLOG`]. SO_REUSEADDR as tokio's `bind` sets it: a restarted
+/// agent can take its port back from connections in TIME_WAIT, never from a live listener.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// What binding the pod IP port found.
 #[derive(Debug)]
 pub enum Bind {
@@ -118,7 +137,7 @@ pub enum Bind {
 /// says whether it answers. Other bind errors (the address is not on this host, permission) are
 /// returned. Binding comes first so nothing is ever sent to an address that is not local.
 pub async fn bind_or_detect(listen: SocketAddr, probe_timeout: Duration) -> io::Result<Bind> {
-    match TcpListener::bind(listen).await {
+    match self::listen(listen) {
         Ok(l) => Ok(Bind::Listening(l)),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             let answers = matches!(

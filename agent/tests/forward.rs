@@ -54,7 +54,8 @@ async fn wait_until_connects(addr: SocketAddr) {
 
 /// An app on 127.0.0.1 that echoes each connection back until EOF, then closes.
 async fn echo_app() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The apps' own accept queue must hold the test's burst as well as the agent's does.
+    let l = forward::listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {

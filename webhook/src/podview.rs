@@ -105,17 +105,23 @@ impl<'a> PodView<'a> {
     /// Parses a Pod, refusing objects of another kind.
     pub fn parse(json: &'a str) -> Result<Self, String> {
         let pod: PodView<'a> = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        if let Some(kind) = pod.kind.as_deref()
+        pod.check_kind()?;
+        Ok(pod)
+    }
+
+    /// Refuses an object whose `kind` or `apiVersion`, when present, is not a v1 Pod's.
+    pub fn check_kind(&self) -> Result<(), String> {
+        if let Some(kind) = self.kind.as_deref()
             && kind != "Pod"
         {
             return Err(format!("kind is {kind:?}"));
         }
-        if let Some(v) = pod.api_version.as_deref()
+        if let Some(v) = self.api_version.as_deref()
             && v != "v1"
         {
             return Err(format!("apiVersion is {v:?}"));
         }
-        Ok(pod)
+        Ok(())
     }
 }
 

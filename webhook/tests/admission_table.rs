@@ -1242,3 +1242,46 @@ fn unreadable_input_is_a_bad_request_never_an_allow() {
         }
     }
 }
+
+/// A review of a Pod is read in one pass with both objects parsed as pods; an object that pass
+/// cannot read but the review does not need (the old object of a CREATE) must not change the
+/// answer, whichever endpoint, whatever the decision.
+#[test]
+fn an_unreadable_object_the_review_does_not_need_changes_nothing() {
+    let mut privileged_dev = workspace_pod();
+    set_container(&mut privileged_dev, "dev", |c| {
+        c["securityContext"] = json!({"privileged": true});
+    });
+    for (name, req) in [
+        (
+            "validate, allowed",
+            Req::validate(CONTROL_PLANE, workspace_pod()),
+        ),
+        (
+            "validate, denied",
+            Req::validate(CONTROL_PLANE, privileged_dev),
+        ),
+        ("mutate", Req::mutate(CONTROL_PLANE, bare_workspace_pod())),
+    ] {
+        let want = review(&builtin(), req.endpoint, &req.body()).unwrap();
+        assert_eq!(
+            want.decision == Decision::Denied,
+            name.ends_with("denied"),
+            "{name}"
+        );
+        let mut body: Value = serde_json::from_slice(&req.body()).unwrap();
+        body["request"]["oldObject"] = json!({"spec": {"containers": "not a list"}});
+        let got = review(
+            &builtin(),
+            req.endpoint,
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&got.body),
+            String::from_utf8_lossy(&want.body),
+            "{name}"
+        );
+        assert_eq!(got.decision, want.decision, "{name}");
+    }
+}

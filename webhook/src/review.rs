@@ -104,6 +104,10 @@ fn none<O>() -> Option<O> {
 
 /// `request.object` or `request.oldObject` as read: a pod view when the review was read in one
 /// pass as a pod's, the raw JSON otherwise.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "two per review, on the stack; boxing would add an allocation per review"
+)]
 enum ObjectIn<'a> {
     Pod(PodView<'a>),
     Raw(&'a RawValue),

@@ -110,7 +110,9 @@ async fn starting_then_ready_then_health_changes_at_once_then_off() {
         })
         .await;
     let took = unhealthy.at - killed;
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Its threshold is a few 100 ms checks; 5 s leaves room for a loaded machine and is still
+    // far from the 60 s report interval a missed immediate report would wait for.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(unhealthy.body.lifecycle, S::Ready, "ready stays ready");
     let stats = unhealthy.body.stats.expect("stats with every heartbeat");
     assert!(stats.forwarded_connections_total >= 3, "{stats:?}");
@@ -139,7 +141,9 @@ async fn start_timeout_names_the_apps_still_down_and_ready_follows_later() {
     let code = App::start("code-server").await;
     let agents_port = free_port();
     let mut c = config(cp.url(), [tilt.port, code.port, agents_port], None);
-    c.start_timeout = Duration::from_millis(600);
+    // Long enough for tilt and code-server (up from the start) to pass their 100 ms checks on a
+    // loaded machine, so the reason names only the app that is really down.
+    c.start_timeout = Duration::from_millis(1500);
     c.report_interval = Some(Duration::from_secs(60));
     let (stop, agent) = spawn_agent(c);
 
@@ -301,5 +305,6 @@ async fn shutdown_is_bounded_when_the_control_plane_is_gone() {
     let last = tokio::time::timeout(WAIT, agent).await.unwrap().unwrap();
     let took = asked.elapsed();
     assert_eq!(last, S::Off);
-    assert!(took <= Duration::from_millis(1700), "took {took:?}");
+    // The 1.5 s shutdown timeout plus room for a loaded machine.
+    assert!(took <= Duration::from_millis(2500), "took {took:?}");
 }

@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::spawner::Spawner;
 use crate::state::{AppState, WorkspaceEvent};
-use crate::status::{ClusterView, derive, observe_pod};
+use crate::status::{ClusterView, derive, observe_pod, pod_just_created};
 use crate::template::WorkspaceRef;
 
 /// How often every workspace is re-derived even without a change.
@@ -334,6 +334,7 @@ impl Reconciler {
                 agent.as_ref(),
                 self.state.config.agent_connection_timeout.as_secs(),
                 &ws.pod_name,
+                now_ms(),
             );
             *counts.entry(status).or_default() += 1;
             if self
@@ -381,7 +382,8 @@ impl Reconciler {
                 if view.pod.as_ref().is_some_and(|p| p.phase == "Running") {
                     self.recreate.lock().await.remove(&ws.id);
                 }
-                if started && view.pod.is_none() {
+                // Right after the start build the pod watch may not have reported the new pod.
+                if started && view.pod.is_none() && !pod_just_created(build, now_ms()) {
                     self.recreate_pod(ws).await;
                 }
             }

@@ -132,7 +132,22 @@ fn pending_apps(agent: &AgentView) -> String {
     }
 }
 
-/// The status and reason of a workspace.
+/// How long after a start build created the pod its absence from the pod watch is lag, not a
+/// deletion (the watch reports a new pod within milliseconds; seconds under load).
+pub const POD_REPORT_GRACE_MS: i64 = 5_000;
+
+/// Whether the latest build is a start that created the pod so recently (at `now_ms`) that the
+/// pod watch may not have reported it yet: the pod is on its way, not missing.
+pub fn pod_just_created(build: Option<&BuildRecord>, now_ms: i64) -> bool {
+    build.is_some_and(|b| {
+        b.transition == Transition::Start
+            && b.status == BuildStatus::Succeeded
+            && b.completed_at
+                .is_some_and(|t| now_ms.saturating_sub(t) < POD_REPORT_GRACE_MS)
+    })
+}
+
+/// The status and reason of a workspace at `now_ms`.
 pub fn derive(
     desired: DesiredState,
     build: Option<&BuildRecord>,
@@ -140,6 +155,7 @@ pub fn derive(
     agent: Option<&AgentView>,
     connection_timeout_secs: u64,
     pod_name: &str,
+    now_ms: i64,
 ) -> (WorkspaceStatus, String) {
     use WorkspaceStatus as S;
     if let Some(b) = build {
@@ -198,6 +214,12 @@ pub fn derive(
         },
         DesiredState::Running => {
             let Some(pod) = &cluster.pod else {
+                if pod_just_created(build, now_ms) {
+                    return (
+                        S::Starting,
+                        format!("pod {pod_name} created; waiting for the cluster to report it"),
+                    );
+                }
                 return (
                     S::Starting,
                     format!("pod {pod_name} is missing; recreating it"),
@@ -284,6 +306,9 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// "Now" for the table: a fixed instant, so build ages are exact.
+    const NOW: i64 = 1_700_000_000_000;
+
     fn build(status: BuildStatus, transition: Transition) -> BuildRecord {
         BuildRecord {
             id: "b".into(),
@@ -330,6 +355,11 @@ mod tests {
         use DesiredState as D;
         use WorkspaceStatus as S;
         let ok_start = build(BuildStatus::Succeeded, Transition::Start);
+        let completed = |ago_ms: i64| BuildRecord {
+            completed_at: Some(NOW - ago_ms),
+            ..ok_start.clone()
+        };
+        let (fresh_start, old_start) = (completed(500), completed(60_000));
         let unsched = ClusterView {
             pod: Some(PodObservation {
                 phase: "Pending".into(),
@@ -478,6 +508,24 @@ mod tests {
                 "missing; recreating",
             ),
             (
+                "pod gone a minute after the start",
+                D::Running,
+                Some(&old_start),
+                &pvc_only,
+                None,
+                S::Starting,
+                "missing; recreating",
+            ),
+            (
+                "pod created, not reported by the watch yet",
+                D::Running,
+                Some(&fresh_start),
+                &pvc_only,
+                None,
+                S::Starting,
+                "pod coder-alice-dev created; waiting for the cluster to report it",
+            ),
+            (
                 "stopping",
                 D::Stopped,
                 Some(&stop_ok),
@@ -507,7 +555,7 @@ mod tests {
             ("deleted", D::Deleted, None, &none, None, S::Deleted, ""),
         ];
         for (name, desired, b, cluster, a, want, reason) in cases {
-            let (got, why) = derive(desired, b, cluster, a, 120, "coder-alice-dev");
+            let (got, why) = derive(desired, b, cluster, a, 120, "coder-alice-dev", NOW);
             assert_eq!(got, want, "{name}: {why}");
             assert!(why.contains(reason), "{name}: {why:?} lacks {reason:?}");
             assert_eq!(

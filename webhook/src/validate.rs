@@ -589,23 +589,26 @@ fn check_annotations(
     workspace: bool,
     ctx: RequestContext<'_>,
 ) {
+    let policy = f.policy;
+    // The privileged exception runs unconfined anyway; its annotation is not a new hole.
+    let excepted = |name: &str| {
+        spec.containers().iter().any(|c| {
+            c.name == name
+                && exception_applies(
+                    policy,
+                    &ContainerView::of(c, ContainerKind::Regular),
+                    workspace,
+                    ctx,
+                )
+                .is_ok()
+        })
+    };
     for (key, value) in security_annotations(pod) {
         if let Some(container) = key.strip_prefix(APPARMOR_ANNOTATION_PREFIX) {
             if value == "runtime/default" || value.starts_with("localhost/") {
                 continue;
             }
-            // The privileged exception runs unconfined anyway; its annotation is not a new hole.
-            let excepted = spec.containers().iter().any(|c| {
-                c.name == container
-                    && exception_applies(
-                        f.policy,
-                        &ContainerView::of(c, ContainerKind::Regular),
-                        workspace,
-                        ctx,
-                    )
-                    .is_ok()
-            });
-            if !excepted {
+            if !excepted(container) {
                 f.baseline(
                     On::Pod,
                     &format!("metadata.annotations[{key:?}]"),
@@ -615,19 +618,7 @@ fn check_annotations(
             }
         } else if value == "unconfined" {
             let container = key.strip_prefix(SECCOMP_CONTAINER_ANNOTATION_PREFIX);
-            let excepted = container.is_some_and(|name| {
-                spec.containers().iter().any(|c| {
-                    c.name == name
-                        && exception_applies(
-                            f.policy,
-                            &ContainerView::of(c, ContainerKind::Regular),
-                            workspace,
-                            ctx,
-                        )
-                        .is_ok()
-                })
-            });
-            if !excepted {
+            if !container.is_some_and(excepted) {
                 f.baseline(
                     On::Pod,
                     &format!("metadata.annotations[{key:?}]"),

@@ -12,6 +12,7 @@
 //! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
 //! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins;
+//! - [`tools`]: the repository root and the helm/kubectl the project installs;
 //! - [`workspace_pods`]: running a workspace pod's `dev` entry for real, stand-in apps, the agent binary.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod nodes;
 pub mod simulator;
+pub mod tools;
 pub mod workspace_pods;
 
 pub use cluster::{Cluster, HarnessError, Identity, io_error};

@@ -5,7 +5,6 @@
 //! workspace namespace, and SubjectAccessReviews proving each ServiceAccount's reach.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,6 +17,7 @@ use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParam
 use kube::discovery::Scope;
 use kube::{Api, Client};
 use lumie_contract::{apps, labels, workspace};
+use lumie_tests::tools::{helm_tools, repo_root};
 use lumie_tests::{Cluster, Identity};
 use serde_json::{Value, json};
 
@@ -32,39 +32,9 @@ const MANAGER: &str = "lumie-charts-test";
 // helm, rendering and looking into the output
 // ---------------------------------------------------------------------------------------------
 
-fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-}
-
-/// The folder holding `helm` and `kubectl`, installed once per test process.
-fn tools() -> &'static Path {
-    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/install-helm.sh"))
-            .output()
-            .expect("running scripts/install-helm.sh");
-        assert!(
-            out.status.success(),
-            "scripts/install-helm.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(dir.join("helm").is_file(), "no helm in {}", dir.display());
-        assert!(
-            dir.join("kubectl").is_file(),
-            "no kubectl in {}",
-            dir.display()
-        );
-        dir
-    })
-}
-
 /// Runs helm; Ok(stdout) or Err(stderr).
 fn helm(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(tools().join("helm"))
+    let out = Command::new(helm_tools().join("helm"))
         .args(args)
         .current_dir(repo_root())
         // Keep helm's caches and config away from the user's.

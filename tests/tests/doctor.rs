@@ -21,7 +21,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -39,6 +38,7 @@ use lumie_contract::policy::{WorkspacePolicy, WorkspacePolicySpec};
 use lumie_contract::workspace;
 use lumie_server::doctor::checks::id;
 use lumie_server::doctor::{DoctorOptions, Report, Status};
+use lumie_tests::tools::{helm_tools, repo_root};
 use lumie_tests::{Cluster, Identity, bootstrap, nodes};
 use lumie_webhook::certs::{CertificateAuthority, write_private};
 use lumie_webhook::server::{PolicySource, ServeConfig, start};
@@ -62,30 +62,12 @@ struct Env {
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
-fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-}
-
 // ---------------------------------------------------------------------------------------------
 // setup
 // ---------------------------------------------------------------------------------------------
 
 fn helm(args: &[&str]) -> String {
-    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
-    let tools = TOOLS.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/install-helm.sh"))
-            .output()
-            .expect("running scripts/install-helm.sh");
-        assert!(
-            out.status.success(),
-            "scripts/install-helm.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    });
+    let tools = helm_tools();
     let home = std::env::temp_dir().join("lumie-helm-doctor");
     let out = Command::new(tools.join("helm"))
         .args(args)

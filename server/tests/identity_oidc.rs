@@ -27,7 +27,7 @@ use reqwest::redirect::Policy;
 
 #[path = "common/oidc_provider.rs"]
 mod oidc_provider;
-use oidc_provider::{Provider, SECRET};
+use oidc_provider::{Provider, SECRET, submit_login_form};
 
 /// How a test wants the server set up.
 struct Setup {
@@ -196,19 +196,7 @@ impl Browser {
         let r = self.get(&form_page).await;
         assert_eq!(r.status(), StatusCode::OK);
         let html = r.text().await.unwrap();
-        let action = html
-            .split("action=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_else(|| panic!("no login form in {html}"));
-        let action = form_page.join(action).unwrap();
-        let r = self
-            .http
-            .post(action.clone())
-            .form(&[("username", user), ("password", password)])
-            .send()
-            .await
-            .unwrap();
+        let (action, r) = submit_login_form(&self.http, &form_page, &html, user, password).await;
         assert_eq!(
             r.status(),
             StatusCode::SEE_OTHER,
@@ -421,23 +409,7 @@ async fn admin_and_member_login_with_session_cookie_and_logout() {
     let form_page = location(&authorize, &page);
     let html = stranger.get(&form_page).await.text().await.unwrap();
     assert!(html.contains("<form"), "{html}");
-    let action = form_page
-        .join(
-            html.split("action=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap(),
-        )
-        .unwrap();
-    let r = stranger
-        .http
-        .post(action)
-        .form(&[("username", "alice"), ("password", "guess")])
-        .send()
-        .await
-        .unwrap();
+    let (_, r) = submit_login_form(&stranger.http, &form_page, &html, "alice", "guess").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(
         r.text()

@@ -24,7 +24,7 @@ use serde_json::json;
 
 #[path = "common/oidc_provider.rs"]
 mod oidc_provider;
-use oidc_provider::{Provider, SECRET};
+use oidc_provider::{Provider, SECRET, submit_login_form};
 
 struct Server {
     base: String,
@@ -112,19 +112,7 @@ impl Browser {
             .text()
             .await
             .unwrap();
-        let action = html
-            .split("action=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_else(|| panic!("no login form in {html}"));
-        let action = form_page.join(action).unwrap();
-        let r = self
-            .http
-            .post(action.clone())
-            .form(&[("username", user), ("password", password)])
-            .send()
-            .await
-            .unwrap();
+        let (action, r) = submit_login_form(&self.http, &form_page, &html, user, password).await;
         let resume = action
             .join(r.headers()[LOCATION].to_str().unwrap())
             .unwrap();

@@ -99,3 +99,27 @@ impl Provider {
         r.json().await.expect("admin JSON")
     }
 }
+
+/// Fills in and submits the provider's login form, whose page `form_page` served `html`;
+/// returns the form's action URL and the provider's answer (a redirect to resume the login).
+pub async fn submit_login_form(
+    http: &reqwest::Client,
+    form_page: &reqwest::Url,
+    html: &str,
+    user: &str,
+    password: &str,
+) -> (reqwest::Url, reqwest::Response) {
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no login form in {html}"));
+    let action = form_page.join(action).unwrap();
+    let r = http
+        .post(action.clone())
+        .form(&[("username", user), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    (action, r)
+}

@@ -278,23 +278,26 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restarted = Instant::now();
     let server = start_server(cluster, config).await;
+    // The agent shows as connected as soon as its heartbeat lands; the workspace status follows
+    // once the restarted reconciler has listed the cluster and recomputed it, so wait for both.
     let ws = stack
         .wait_for(
-            "the agent to reconnect after the restart",
+            "the agent to reconnect after the restart and the workspace to run again",
             &id,
             60,
             &log,
             |w| {
-                w.agent.as_ref().is_some_and(|a| {
-                    a.status == "connected"
-                        && a.last_connected_at.as_deref().is_some_and(|t| {
-                            chrono::DateTime::parse_from_rfc3339(t).is_ok_and(|t| {
-                                t.timestamp_millis()
-                                    > chrono::Utc::now().timestamp_millis()
-                                        - restarted.elapsed().as_millis() as i64
+                w.status_reason.is_empty()
+                    && w.agent.as_ref().is_some_and(|a| {
+                        a.status == "connected"
+                            && a.last_connected_at.as_deref().is_some_and(|t| {
+                                chrono::DateTime::parse_from_rfc3339(t).is_ok_and(|t| {
+                                    t.timestamp_millis()
+                                        > chrono::Utc::now().timestamp_millis()
+                                            - restarted.elapsed().as_millis() as i64
+                                })
                             })
-                        })
-                })
+                    })
             },
         )
         .await;

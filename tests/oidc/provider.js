@@ -80,9 +80,16 @@ const users = new Map([
 ]);
 const usersBySub = new Map([...users].map(([login, u]) => [u.sub, { login, ...u }]));
 
+// The key is asked for as a JWK from generateKeyPairSync itself, never as a KeyObject exported
+// afterwards: Node 20 can deadlock in `keyObject.export()` when a garbage collection during the
+// export finalizes the key generation job (the main thread waits on a mutex it holds; seen as a
+// provider that never prints its ready line, about one start in 200 on a busy machine).
 function newSigningKey() {
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwk = privateKey.export({ format: 'jwk' });
+  const { privateKey: jwk } = crypto.generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { format: 'jwk' },
+    privateKeyEncoding: { format: 'jwk' },
+  });
   return {
     ...jwk, use: 'sig', alg: 'RS256', kid: `infra-${crypto.randomBytes(6).toString('hex')}`,
   };

@@ -74,9 +74,17 @@ impl Provider {
             }
         });
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let pid = child.id();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
-            .expect("provider.js did not start within 30s")
+            .unwrap_or_else(|_| {
+                // Say where it is stuck: a stall inside node (like the old key export deadlock)
+                // looks different from one that never got the CPU.
+                let wchan = pid
+                    .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok())
+                    .unwrap_or_else(|| "unknown".into());
+                panic!("provider.js (pid {pid:?}) did not start within 30s; it waits in {wchan}")
+            })
             .expect("reading provider.js stdout")
             .expect("provider.js exited before printing its address");
         let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");

@@ -26,17 +26,32 @@ fn pod(name: &str) -> Pod {
     .unwrap()
 }
 
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+/// Polls `f` for up to 30 s; on timeout the panic carries the scheduler's last log lines and the
+/// pods in `default`, since a stuck pod is usually explained there.
+async fn wait_for<T>(cluster: &Cluster, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     for _ in 0..150 {
         if let Some(v) = f().await {
             return v;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("timed out waiting for {what}");
+    let client = cluster.client().await;
+    let pods = Api::<Pod>::namespaced(client, "default")
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|p| format!("{:?} {:?}\n", p.metadata.name, p.status))
+                .collect::<String>()
+        });
+    panic!(
+        "timed out waiting for {what}\npods: {pods:?}\nkube-scheduler log:\n{}",
+        cluster.log_tail("kube-scheduler", 40)
+    );
 }
 
-async fn scheduled_on_a_worker_and_running(client: &Client) {
+async fn scheduled_on_a_worker_and_running(cluster: &Cluster, client: &Client) {
     let pods = Api::<Pod>::namespaced(client.clone(), "default");
     let mut ips = Vec::new();
     for i in 0..4 {
@@ -44,7 +59,7 @@ async fn scheduled_on_a_worker_and_running(client: &Client) {
         pods.create(&PostParams::default(), &pod(&name))
             .await
             .unwrap();
-        let running = wait_for("the pod to run", async || {
+        let running = wait_for(cluster, "the pod to run", async || {
             let p = pods.get(&name).await.ok()?;
             (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
         })
@@ -63,7 +78,7 @@ async fn scheduled_on_a_worker_and_running(client: &Client) {
             .await
             .unwrap();
     }
-    wait_for("the pods to be gone", async || {
+    wait_for(cluster, "the pods to be gone", async || {
         pods.list(&ListParams::default().labels(""))
             .await
             .ok()
@@ -80,32 +95,68 @@ async fn scheduled_on_a_worker_and_running(client: &Client) {
     .await;
 }
 
-async fn pending_with_the_schedulers_reason_when_workers_are_cordoned(client: &Client) {
+async fn pending_with_the_schedulers_reason_when_workers_are_cordoned(
+    cluster: &Cluster,
+    client: &Client,
+) {
     nodes::cordon_workers(client, true).await.unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &pod("stuck"))
-        .await
-        .unwrap();
     let events = Api::<Event>::namespaced(client.clone(), "default");
-    let message = wait_for("a FailedScheduling event", async || {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("FailedScheduling")
-                    && e.involved_object.name.as_deref() == Some("stuck")
-            })
-            .and_then(|e| e.message)
-    })
-    .await;
+    // The scheduler learns of the cordon through its watch, a moment after the API accepted it;
+    // on a busy machine a pod created in that moment is still bound to a worker. Such a pod is
+    // deleted and created again (each attempt printed); a scheduler that ignores cordons binds
+    // every attempt and the test fails.
+    let mut message = None;
+    for attempt in 1..=5 {
+        let created = pods
+            .create(&PostParams::default(), &pod("stuck"))
+            .await
+            .unwrap();
+        let uid = created.metadata.uid.unwrap();
+        let outcome = wait_for(
+            cluster,
+            "a FailedScheduling event or a binding",
+            async || {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                let failed = list.items.into_iter().find(|e| {
+                    e.reason.as_deref() == Some("FailedScheduling")
+                        && e.involved_object.uid.as_deref() == Some(uid.as_str())
+                });
+                if let Some(e) = failed {
+                    return Some(Err(e.message.unwrap_or_default()));
+                }
+                pods.get("stuck").await.ok()?.spec?.node_name.map(Ok)
+            },
+        )
+        .await;
+        match outcome {
+            Err(failed) => {
+                message = Some(failed);
+                break;
+            }
+            Ok(node) => {
+                eprintln!("attempt {attempt}: bound to {node} before the scheduler saw the cordon");
+                pods.delete("stuck", &DeleteParams::default().grace_period(0))
+                    .await
+                    .unwrap();
+                wait_for(cluster, "the bound pod to be gone", async || {
+                    pods.get_opt("stuck").await.ok()?.is_none().then_some(())
+                })
+                .await;
+            }
+        }
+    }
+    let message = message.expect("every attempt was bound to a cordoned worker");
     assert!(message.starts_with("0/4 nodes are available"), "{message}");
     assert!(message.contains("unschedulable"), "{message}");
     let p = pods.get("stuck").await.unwrap();
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
     nodes::cordon_workers(client, false).await.unwrap();
-    let node = wait_for("the pod to be bound after uncordoning", async || {
-        pods.get("stuck").await.ok()?.spec?.node_name
-    })
+    let node = wait_for(
+        cluster,
+        "the pod to be bound after uncordoning",
+        async || pods.get("stuck").await.ok()?.spec?.node_name,
+    )
     .await;
     assert!(nodes::WORKERS.contains(&node.as_str()));
     pods.delete("stuck", &DeleteParams::default())
@@ -118,8 +169,8 @@ async fn pending_with_the_schedulers_reason_when_workers_are_cordoned(client: &C
 async fn scheduler_and_simulator_behave_like_a_cluster() {
     let cluster = Cluster::shared();
     let client = cluster.client().await;
-    scheduled_on_a_worker_and_running(&client).await;
-    pending_with_the_schedulers_reason_when_workers_are_cordoned(&client).await;
+    scheduled_on_a_worker_and_running(cluster, &client).await;
+    pending_with_the_schedulers_reason_when_workers_are_cordoned(cluster, &client).await;
 }
 
 #[tokio::test]

@@ -103,6 +103,9 @@ pub enum HarnessError {
     /// A kube API call while bootstrapping.
     #[error("{0}: {1}")]
     Kube(String, kube::Error),
+    /// The cluster did not do something in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 /// Wraps an I/O error with what was being done.

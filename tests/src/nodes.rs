@@ -1,8 +1,10 @@
 //! Fake nodes: one control-plane node and three workers, Ready with capacity, plus helpers to
 //! cordon or fill a worker for "workers under pressure" tests.
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams, PostParams};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -99,12 +101,82 @@ pub async fn cordon(client: &Client, name: &str, unschedulable: bool) -> Result<
         .map_err(|e| HarnessError::Kube(format!("cordoning node {name}"), e))
 }
 
-/// Cordons or uncordons every worker.
+/// Cordons or uncordons every worker. Cordoning returns once the scheduler acts on it, so a pod
+/// created next is refused rather than bound (see [`wait_until_the_scheduler_sees_the_cordon`]).
 pub async fn cordon_workers(client: &Client, unschedulable: bool) -> Result<(), HarnessError> {
     for w in WORKERS {
         cordon(client, w, unschedulable).await?;
     }
+    if unschedulable {
+        wait_until_the_scheduler_sees_the_cordon(client).await?;
+    }
     Ok(())
+}
+
+/// The scheduler learns of a cordon through its node watch, which on a busy machine can lag
+/// behind the API's answer and behind the watch that brings it a new pod: a pod created in that
+/// moment is still bound to a worker. A probe pod only a worker could take shows when the
+/// scheduler has seen every cordon: once a probe is refused, so is every later pod. A probe bound
+/// in the meantime is deleted and another one tried.
+async fn wait_until_the_scheduler_sees_the_cordon(client: &Client) -> Result<(), HarnessError> {
+    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "cordon-probe-"},
+        "spec": {
+            "containers": [{"name": "main", "image": "busybox:1.36"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "node-role.kubernetes.io/worker", "operator": "Exists"}
+                ]}]
+            }}}
+        }
+    }))
+    .expect("static probe pod");
+    let kube_err = |what: &'static str| move |e| HarnessError::Kube(what.to_string(), e);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let created = pods
+            .create(&PostParams::default(), &probe)
+            .await
+            .map_err(kube_err("creating the cordon probe pod"))?;
+        let name = created.metadata.name.expect("generated name");
+        let refused = loop {
+            let pod = pods
+                .get(&name)
+                .await
+                .map_err(kube_err("reading the cordon probe pod"))?;
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+            {
+                break false;
+            }
+            let unschedulable = pod
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"));
+            if unschedulable {
+                break true;
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(format!(
+                    "the scheduler neither refused nor bound pod default/{name} within 60 s of \
+                     every worker being cordoned"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        pods.delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+            .map_err(kube_err("deleting the cordon probe pod"))?;
+        if refused {
+            return Ok(());
+        }
+    }
 }
 
 /// Now, as RFC 3339 (what Kubernetes timestamps look like).

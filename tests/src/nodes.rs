@@ -145,12 +145,10 @@ async fn wait_until_the_scheduler_sees_the_cordon(client: &Client) -> Result<(),
                 .get(&name)
                 .await
                 .map_err(kube_err("reading the cordon probe pod"))?;
-            if pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_ref())
-                .is_some()
-            {
+            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+                eprintln!(
+                    "cordon probe {name} bound to {node} before the scheduler saw the cordon"
+                );
                 break false;
             }
             let unschedulable = pod

@@ -1,5 +1,5 @@
-//! The repository's own tool installs that tests share: where the repository is, and the `helm`
-//! and `kubectl` that `scripts/install-helm.sh` installs (cached across runs).
+//! The repository's own tool installs that tests share: where the repository is, the `helm`
+//! and `kubectl` that `scripts/install-helm.sh` installs (cached across runs), and running helm.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,4 +34,23 @@ pub fn helm_tools() -> &'static Path {
         );
         dir
     })
+}
+
+/// Runs helm from the repository root with its caches and config kept away from the user's;
+/// Ok(stdout) or Err(stderr).
+pub fn helm(args: &[&str]) -> Result<String, String> {
+    let home = std::env::temp_dir().join("lumie-helm");
+    let out = Command::new(helm_tools().join("helm"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("running helm");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

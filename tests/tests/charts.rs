@@ -5,7 +5,6 @@
 //! workspace namespace, and SubjectAccessReviews proving each ServiceAccount's reach.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParam
 use kube::discovery::Scope;
 use kube::{Api, Client};
 use lumie_contract::{apps, labels, workspace};
-use lumie_tests::tools::{helm_tools, repo_root};
+use lumie_tests::tools::helm;
 use lumie_tests::{Cluster, Identity};
 use serde_json::{Value, json};
 
@@ -31,33 +30,6 @@ const MANAGER: &str = "lumie-charts-test";
 // ---------------------------------------------------------------------------------------------
 // helm, rendering and looking into the output
 // ---------------------------------------------------------------------------------------------
-
-/// Runs helm; Ok(stdout) or Err(stderr).
-fn helm(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(helm_tools().join("helm"))
-        .args(args)
-        .current_dir(repo_root())
-        // Keep helm's caches and config away from the user's.
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("lumie-helm/cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("lumie-helm/config"),
-        )
-        .env(
-            "HELM_DATA_HOME",
-            std::env::temp_dir().join("lumie-helm/data"),
-        )
-        .output()
-        .expect("running helm");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn set_args<'a>(sets: &[&'a str]) -> Vec<&'a str> {
     sets.iter().flat_map(|s| ["--set", *s]).collect()

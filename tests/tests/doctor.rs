@@ -38,7 +38,7 @@ use lumie_contract::policy::{WorkspacePolicy, WorkspacePolicySpec};
 use lumie_contract::workspace;
 use lumie_server::doctor::checks::id;
 use lumie_server::doctor::{DoctorOptions, Report, Status};
-use lumie_tests::tools::{helm_tools, repo_root};
+use lumie_tests::tools::{self, repo_root};
 use lumie_tests::{Cluster, Identity, bootstrap, nodes};
 use lumie_webhook::certs::{CertificateAuthority, write_private};
 use lumie_webhook::server::{PolicySource, ServeConfig, start};
@@ -67,22 +67,7 @@ static ENV: OnceLock<Env> = OnceLock::new();
 // ---------------------------------------------------------------------------------------------
 
 fn helm(args: &[&str]) -> String {
-    let tools = helm_tools();
-    let home = std::env::temp_dir().join("lumie-helm-doctor");
-    let out = Command::new(tools.join("helm"))
-        .args(args)
-        .current_dir(repo_root())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("running helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tools::helm(args).unwrap_or_else(|stderr| panic!("helm {args:?} failed:\n{stderr}"))
 }
 
 fn start_postgres() -> String {

@@ -1,4 +1,5 @@
-//! The agent API: heartbeats, the in-memory agent table, connection status and agent metrics.
+//! The agent table: heartbeats, connection status and agent metrics, in memory and batched to
+//! the database. The HTTP handler for heartbeats is in [`crate::api`].
 //!
 //! Heartbeats are cheap by construction: the token is checked against an in-memory table
 //! (loaded at start, kept current by builds), the heartbeat updates memory, and a flusher writes
@@ -6,24 +7,20 @@
 //! write per heartbeat, no database read at all. A restarted server answers every reconnecting
 //! agent from memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::State;
-use http::HeaderMap;
 use lumie_contract::agent_api::{
-    AGENT_TOKEN_HEADER, AppHealth, ConnectionStatus, HeartbeatRequest, HeartbeatResponse,
-    LifecycleState, ResourceStats,
+    AppHealth, ConnectionStatus, HeartbeatRequest, HeartbeatResponse, LifecycleState,
 };
 use tokio::sync::Notify;
 
 use crate::db::{Db, HeartbeatWrite, hash_token};
 use crate::error::{Error, Result};
+use crate::events::Dirty;
 use crate::metrics::{AgentLabels, AppHealthLabels, Metrics};
-use crate::model::{AgentRecord, now_ms};
-use crate::state::{AppState, Dirty};
+use crate::model::{AgentRecord, AgentView, now_ms};
 
 /// How often pending heartbeats are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -43,45 +40,6 @@ pub fn connection_status(
         None => ConnectionStatus::Connecting,
         Some(t) if now_ms - t > 2 * interval.as_millis() as i64 => ConnectionStatus::Disconnected,
         Some(_) => ConnectionStatus::Connected,
-    }
-}
-
-/// What the status derivation and the API need to know about an agent.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AgentView {
-    /// Agent id.
-    pub id: String,
-    /// Lifecycle.
-    pub lifecycle: LifecycleState,
-    /// Why, for failure states.
-    pub lifecycle_reason: String,
-    /// Connection.
-    pub connection: ConnectionStatus,
-    /// Last contact, ms.
-    pub last_contact_at: Option<i64>,
-    /// First contact, ms.
-    pub first_connected_at: Option<i64>,
-    /// App health.
-    pub apps: BTreeMap<String, AppHealth>,
-    /// Stats.
-    pub stats: Option<ResourceStats>,
-    /// Agent version.
-    pub version: String,
-}
-
-impl From<&AgentRecord> for AgentView {
-    fn from(r: &AgentRecord) -> Self {
-        AgentView {
-            id: r.id.clone(),
-            lifecycle: r.lifecycle,
-            lifecycle_reason: r.lifecycle_reason.clone(),
-            connection: r.connection,
-            last_contact_at: r.last_contact_at,
-            first_connected_at: r.first_connected_at,
-            apps: r.apps.clone(),
-            stats: r.stats.clone(),
-            version: r.version.clone(),
-        }
     }
 }
 
@@ -148,9 +106,8 @@ impl AgentHub {
         g.agents.get(id).map(AgentView::from)
     }
 
-    /// Records a new pod's agent: new token hash (when rotated), state reset. The database row
-    /// must already be reset ([`Db::reset_agent`]).
-    pub fn reset(&self, record: AgentRecord) {
+    /// Records a reset row in memory (see [`AgentHub::restart`]).
+    fn reset(&self, record: AgentRecord) {
         let mut g = self.lock();
         if let Some(old) = g.agents.get(&record.id).map(|a| a.token_hash.clone()) {
             g.by_token.remove(&old);
@@ -161,6 +118,31 @@ impl AgentHub {
         g.by_workspace
             .insert(record.workspace_id.clone(), record.id.clone());
         g.agents.insert(record.id.clone(), record);
+    }
+
+    /// A new pod means a fresh agent: resets its database row (lifecycle `created`, connection
+    /// timeout counted from now, and the new token hash when one was issued), then memory.
+    /// The one way to do it, so the two can never disagree about which pod an agent belongs to.
+    pub async fn restart(&self, workspace_id: &str, new_token_hash: Option<&str>) -> Result<()> {
+        let known = self.lock().by_workspace.get(workspace_id).cloned();
+        let agent_id = match known {
+            Some(id) => id,
+            None => {
+                self.db
+                    .agent_for_workspace(workspace_id)
+                    .await?
+                    .ok_or_else(|| missing_agent(workspace_id))?
+                    .id
+            }
+        };
+        self.db.reset_agent(&agent_id, new_token_hash).await?;
+        let fresh = self
+            .db
+            .agent_for_workspace(workspace_id)
+            .await?
+            .ok_or_else(|| missing_agent(workspace_id))?;
+        self.reset(fresh);
+        Ok(())
     }
 
     /// Forgets a deleted workspace's agent: its token stops working at once.
@@ -325,33 +307,9 @@ impl AgentHub {
     }
 }
 
-/// `POST /api/v2/workspaceagents/me/heartbeat`.
-pub async fn heartbeat_handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(hb): Json<HeartbeatRequest>,
-) -> Result<Json<HeartbeatResponse>> {
-    let start = Instant::now();
-    let token = headers
-        .get(AGENT_TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        })
-        .ok_or_else(|| {
-            Error::Unauthorized(format!(
-                "agent token missing: send the {AGENT_TOKEN_HEADER} header"
-            ))
-        })?;
-    let r = state.agents.heartbeat(token.trim(), hb);
-    state
-        .metrics
-        .heartbeat_latency
-        .observe(start.elapsed().as_secs_f64());
-    r.map(Json)
+/// Every live workspace has an agent row (created with it); its absence is a broken invariant.
+fn missing_agent(workspace_id: &str) -> Error {
+    Error::Internal(format!("no agent row for workspace {workspace_id}"))
 }
 
 #[cfg(test)]

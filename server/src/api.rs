@@ -11,13 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt, stream};
-use lumie_contract::agent_api::{AppHealth, HEARTBEAT_PATH, ResourceStats};
+use lumie_contract::agent_api::{AppHealth, ResourceStats};
 use lumie_contract::apps;
 use lumie_contract::naming::WorkspaceNames;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::agents::{AgentView, heartbeat_handler};
 use crate::auth::Principal;
 use crate::db::{AuditEvent, AuditFilter};
 use crate::error::{Error, Result};
@@ -48,7 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/workspaces/{id}/watch", get(watch_workspace))
         .route("/api/v2/audit", get(audit_log))
         .merge(crate::policy_api::routes())
-        .route(HEARTBEAT_PATH, post(heartbeat_handler))
+        .merge(crate::agent_api::routes())
         .merge(crate::distribution::routes())
         .merge(crate::proxy::routes())
         .with_state(state)

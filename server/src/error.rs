@@ -75,6 +75,10 @@ pub enum Error {
     /// A dependency the request needs is not available (for example no kube client).
     #[error("{0}")]
     Unavailable(String),
+    /// A broken invariant in the server's own data (a stored row that cannot be what it is):
+    /// never the caller's fault, so never a 4xx.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Identity and access (OIDC settings and login, sessions, Host/Origin checks).
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),

@@ -218,6 +218,45 @@ pub struct AgentRecord {
     pub updated_at: i64,
 }
 
+/// What the status derivation and the API need to know about an agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentView {
+    /// Agent id.
+    pub id: String,
+    /// Lifecycle.
+    pub lifecycle: LifecycleState,
+    /// Why, for failure states.
+    pub lifecycle_reason: String,
+    /// Connection.
+    pub connection: ConnectionStatus,
+    /// Last contact, ms.
+    pub last_contact_at: Option<i64>,
+    /// First contact, ms.
+    pub first_connected_at: Option<i64>,
+    /// App health.
+    pub apps: BTreeMap<String, AppHealth>,
+    /// Stats.
+    pub stats: Option<ResourceStats>,
+    /// Agent version.
+    pub version: String,
+}
+
+impl From<&AgentRecord> for AgentView {
+    fn from(r: &AgentRecord) -> Self {
+        AgentView {
+            id: r.id.clone(),
+            lifecycle: r.lifecycle,
+            lifecycle_reason: r.lifecycle_reason.clone(),
+            connection: r.connection,
+            last_contact_at: r.last_contact_at,
+            first_connected_at: r.first_connected_at,
+            apps: r.apps.clone(),
+            stats: r.stats.clone(),
+            version: r.version.clone(),
+        }
+    }
+}
+
 /// One line of the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

@@ -209,7 +209,7 @@ async fn proxy(State(state): State<AppState>, req: Request) -> Response {
             &format!("Only the owner of {title} (or an admin) may open its apps."),
         );
     }
-    let pod_ip = state.pod_ip(&ws.id);
+    let pod_ip = state.cluster.pod_ip(&ws.id);
     let not_running = ws.desired_state != DesiredState::Running
         || matches!(
             ws.status,

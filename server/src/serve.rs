@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+use crate::builds::Executor;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::reconcile::{Reconciler, start_watchers};
+use crate::reconcile::{Parts, Reconciler, start_watchers};
 use crate::spawner::Spawner;
 use crate::state::AppState;
 use crate::template::Template;
@@ -72,7 +73,14 @@ pub async fn start_with(
         .map_err(|e| Error::io("listener address", e))?;
     let namespace = config.namespace.clone();
     let state = AppState::new(config, db, template, Some(client.clone())).await?;
-    let spawner = Spawner::new(client.clone(), &namespace);
+    let spawner = Spawner::new(
+        client.clone(),
+        &namespace,
+        state.template.clone(),
+        &state.config.agent_url,
+        state.db.clone(),
+        state.agents.clone(),
+    );
 
     // Readiness and drift first, so /readyz is truthful from the start.
     crate::drift::check_and_record(&state, &client).await;
@@ -82,13 +90,30 @@ pub async fn start_with(
         client.clone(),
     )));
     tasks.push(tokio::spawn(state.agents.clone().run()));
-    let stores = start_watchers(&state, &client);
-    let reconciler = Arc::new(Reconciler::new(state.clone(), spawner.clone(), stores));
+    let stores = start_watchers(&client, &namespace, &state.dirty);
+    let reconciler = Arc::new(Reconciler::new(
+        Parts {
+            db: state.db.clone(),
+            agents: state.agents.clone(),
+            spawner: spawner.clone(),
+            views: state.cluster.clone(),
+            events: state.events.clone(),
+            dirty: state.dirty.clone(),
+            metrics: state.metrics.clone(),
+            agent_connection_timeout: state.config.agent_connection_timeout,
+            orphan_grace: state.config.orphan_grace,
+        },
+        stores,
+    ));
     tasks.push(tokio::spawn(reconciler.run()));
-    tasks.push(tokio::spawn(crate::builds::run_executor(
-        state.clone(),
+    let executor = Executor {
+        db: state.db.clone(),
         spawner,
-    )));
+        dirty: state.dirty.clone(),
+        metrics: state.metrics.clone(),
+        wake: state.build_wake.clone(),
+    };
+    tasks.push(tokio::spawn(executor.run()));
     crate::access::discover_at_start(&state.edge).await;
     let app_state = state.clone();
     tasks.push(tokio::spawn(async move {

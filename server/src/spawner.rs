@@ -5,6 +5,7 @@
 //! The control plane never creates, patches or deletes the `dev-workspace` ServiceAccount or
 //! Service; it only reads them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, ServiceAccount};
@@ -13,10 +14,10 @@ use kube::{Api, Client};
 use lumie_contract::naming::WorkspaceNames;
 use lumie_contract::workspace;
 
-use crate::db::{hash_token, random_secret};
+use crate::agents::AgentHub;
+use crate::db::{Db, hash_token, random_secret};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceRecord;
-use crate::state::AppState;
 use crate::template::{Template, WorkspaceRef};
 
 /// The field manager of every server-side apply.
@@ -44,11 +45,15 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Kube actions in the workspace namespace.
+/// Kube actions in the workspace namespace, and the agent resets a new pod implies.
 #[derive(Clone)]
 pub struct Spawner {
     client: Client,
     namespace: String,
+    template: Arc<Template>,
+    agent_url: String,
+    db: Db,
+    agents: Arc<AgentHub>,
 }
 
 /// What [`Spawner::ensure_started`] did.
@@ -61,11 +66,23 @@ pub struct StartOutcome {
 }
 
 impl Spawner {
-    /// Over this client and namespace.
-    pub fn new(client: Client, namespace: &str) -> Self {
+    /// Over this client and namespace; pods from `template`, their agents told to reach the
+    /// control plane at `agent_url`.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        template: Arc<Template>,
+        agent_url: &str,
+        db: Db,
+        agents: Arc<AgentHub>,
+    ) -> Self {
         Spawner {
             client,
             namespace: namespace.into(),
+            template,
+            agent_url: agent_url.into(),
+            db,
+            agents,
         }
     }
 
@@ -100,22 +117,17 @@ impl Spawner {
     /// - a pod that exists (not terminating) is left alone; a terminating one is waited out.
     pub async fn ensure_started(
         &self,
-        state: &AppState,
         ws: &WorkspaceRecord,
+        names: &WorkspaceNames,
     ) -> Result<StartOutcome> {
-        let names = WorkspaceNames::new(&ws.owner_name, &ws.name)
-            .map_err(|e| Error::BadRequest(e.to_string()))?;
-        let wref = WorkspaceRef {
-            id: &ws.id,
-            names: &names,
-        };
-        let template = &state.template;
+        let wref = WorkspaceRef { id: &ws.id, names };
+        let template = &*self.template;
         self.check_service_account(&template.service_account_name)
             .await?;
         let mut outcome = StartOutcome::default();
 
         // Secret.
-        let agent = state
+        let agent = self
             .db
             .agent_for_workspace(&ws.id)
             .await?
@@ -131,9 +143,9 @@ impl Spawner {
             .is_some_and(|t| hash_token(t) == agent.token_hash);
         if !token_ok {
             let token = random_secret(40);
-            state
-                .db
-                .reset_agent(&agent.id, Some(&hash_token(&token)))
+            // Database and memory first: the Secret never holds a token the server rejects.
+            self.agents
+                .restart(&ws.id, Some(&hash_token(&token)))
                 .await?;
             secrets
                 .patch(
@@ -157,33 +169,25 @@ impl Spawner {
         }
 
         // Pod.
-        outcome.pod_created = self
-            .ensure_pod(template, &wref, &state.config.agent_url, || async {
-                // A new pod: the agent starts over (connection timeout counts from now).
-                state.db.reset_agent(&agent.id, None).await
-            })
-            .await?;
-        if (outcome.token_rotated || outcome.pod_created)
-            && let Some(a) = state.db.agent_for_workspace(&ws.id).await?
-        {
-            state.agents.reset(a);
-        }
+        outcome.pod_created = self.ensure_pod(&wref).await?;
         Ok(outcome)
     }
 
+    /// Creates a workspace's pod again after it was deleted behind the control plane's back
+    /// (Secret and PVC are left as they are). Returns whether a pod was created.
+    pub async fn recreate_pod(&self, workspace_id: &str, names: &WorkspaceNames) -> Result<bool> {
+        self.ensure_pod(&WorkspaceRef {
+            id: workspace_id,
+            names,
+        })
+        .await
+    }
+
     /// Creates the pod unless a live one exists; waits out a terminating one (up to its grace
-    /// period plus a margin). Returns whether a pod was created.
-    pub async fn ensure_pod<F, Fut>(
-        &self,
-        template: &Template,
-        wref: &WorkspaceRef<'_>,
-        agent_url: &str,
-        before_create: F,
-    ) -> Result<bool>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<()>>,
-    {
+    /// period plus a margin). A new pod means a fresh agent (connection timeout counted from
+    /// now), reset before the pod exists. Returns whether a pod was created.
+    async fn ensure_pod(&self, wref: &WorkspaceRef<'_>) -> Result<bool> {
+        let template = &*self.template;
         let pods: Api<Pod> = self.api();
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(template.termination_grace_period_seconds.max(0) as u64 + 30);
@@ -202,11 +206,11 @@ impl Spawner {
                 None => break,
             }
         }
-        before_create().await?;
+        self.agents.restart(wref.id, None).await?;
         pods.patch(
             &wref.names.pod,
             &Self::apply_params(),
-            &Patch::Apply(&template.pod(wref, &self.namespace, agent_url)),
+            &Patch::Apply(&template.pod(wref, &self.namespace, &self.agent_url)),
         )
         .await?;
         Ok(true)
@@ -247,7 +251,11 @@ impl Spawner {
                 .await
                 .map(|_| ()),
             "Secret" => self.api::<Secret>().delete(name, &dp).await.map(|_| ()),
-            other => return Err(Error::BadRequest(format!("unknown kind {other}"))),
+            other => {
+                return Err(Error::Internal(format!(
+                    "cannot delete unknown kind {other}"
+                )));
+            }
         };
         Self::ignore_missing(r)
     }

@@ -6,8 +6,9 @@ use k8s_openapi::api::core::v1::Pod;
 use lumie_contract::agent_api::{AppHealth, ConnectionStatus, LifecycleState};
 use lumie_contract::workspace;
 
-use crate::agents::AgentView;
-use crate::model::{BuildRecord, BuildStatus, DesiredState, Transition, WorkspaceStatus};
+use crate::model::{
+    AgentView, BuildRecord, BuildStatus, DesiredState, Transition, WorkspaceStatus,
+};
 
 /// Container waiting reasons that mean the workspace cannot start without help.
 const FATAL_WAITING: &[&str] = &[
@@ -147,6 +148,18 @@ pub fn pod_just_created(build: Option<&BuildRecord>, now_ms: i64) -> bool {
     })
 }
 
+/// What besides the pod a running workspace lacks (its home volume, its agent Secret), when a
+/// recreated pod alone could not start: the reconciler does not recreate it then, and the
+/// status says so. One rule for both.
+pub fn missing_home_parts(cluster: &ClusterView) -> Option<&'static str> {
+    match (cluster.pvc_exists, cluster.secret_exists) {
+        (true, true) => None,
+        (false, true) => Some("its home volume"),
+        (true, false) => Some("its agent Secret"),
+        (false, false) => Some("its home volume and agent Secret"),
+    }
+}
+
 /// The status and reason of a workspace at `now_ms`.
 pub fn derive(
     desired: DesiredState,
@@ -218,6 +231,14 @@ pub fn derive(
                     return (
                         S::Starting,
                         format!("pod {pod_name} created; waiting for the cluster to report it"),
+                    );
+                }
+                if let Some(missing) = missing_home_parts(cluster) {
+                    return (
+                        S::Failed,
+                        format!(
+                            "pod {pod_name} is missing and so is {missing}; start the workspace again to apply them"
+                        ),
                     );
                 }
                 return (
@@ -398,6 +419,15 @@ mod tests {
             pvc_exists: true,
             ..Default::default()
         };
+        let pvc_and_secret = ClusterView {
+            pvc_exists: true,
+            secret_exists: true,
+            ..Default::default()
+        };
+        let secret_only = ClusterView {
+            secret_exists: true,
+            ..Default::default()
+        };
         type Case<'a> = (
             &'a str,
             D,
@@ -502,7 +532,7 @@ mod tests {
                 "pod gone",
                 D::Running,
                 Some(&ok_start),
-                &pvc_only,
+                &pvc_and_secret,
                 None,
                 S::Starting,
                 "missing; recreating",
@@ -511,10 +541,28 @@ mod tests {
                 "pod gone a minute after the start",
                 D::Running,
                 Some(&old_start),
-                &pvc_only,
+                &pvc_and_secret,
                 None,
                 S::Starting,
                 "missing; recreating",
+            ),
+            (
+                "pod gone with its home volume",
+                D::Running,
+                Some(&old_start),
+                &secret_only,
+                None,
+                S::Failed,
+                "is missing and so is its home volume; start the workspace again",
+            ),
+            (
+                "pod gone with its agent Secret",
+                D::Running,
+                Some(&old_start),
+                &pvc_only,
+                None,
+                S::Failed,
+                "is missing and so is its agent Secret",
             ),
             (
                 "pod created, not reported by the watch yet",

@@ -396,11 +396,13 @@ async fn watch_streams_status_changes_as_sse() {
                 .await
                 .unwrap()
         );
-        api.state.publish(lumie_server::state::WorkspaceEvent {
-            workspace_id: ws.id.clone(),
-            status,
-            reason: reason.into(),
-        });
+        api.state
+            .events
+            .publish(lumie_server::events::WorkspaceEvent {
+                workspace_id: ws.id.clone(),
+                status,
+                reason: reason.into(),
+            });
         let ev = next_event().await;
         assert_eq!((ev.status, ev.status_reason.as_str()), (status, reason));
     }
@@ -438,19 +440,22 @@ async fn give_agent_token(api: &Api, workspace_id: &str, token: &str) -> AgentRe
         .unwrap()
         .unwrap();
     api.state
-        .db
-        .reset_agent(&agent.id, Some(&hash_token(token)))
+        .agents
+        .restart(workspace_id, Some(&hash_token(token)))
         .await
         .unwrap();
-    let agent = api
+    let fresh = api
         .state
         .db
         .agent_for_workspace(workspace_id)
         .await
         .unwrap()
         .unwrap();
-    api.state.agents.reset(agent.clone());
-    agent
+    assert_eq!(
+        fresh.id, agent.id,
+        "restart keeps the agent, resets its pod"
+    );
+    fresh
 }
 
 #[tokio::test]
@@ -708,7 +713,7 @@ async fn app_proxy_http_websocket_permissions_and_stopped_page() {
         .set_workspace_status(&ws.id, WorkspaceStatus::Running, "")
         .await
         .unwrap();
-    api.state.cluster.write().unwrap().insert(
+    api.state.cluster.replace(std::collections::HashMap::from([(
         ws.id.clone(),
         ClusterView {
             pod: Some(PodObservation {
@@ -719,7 +724,7 @@ async fn app_proxy_http_websocket_permissions_and_stopped_page() {
             }),
             ..Default::default()
         },
-    );
+    )]));
     let (s, _, b) = api
         .call("GET", "/@alice/dev/apps/tilt/r/x?y=1", Some(&alice), None)
         .await;

@@ -1,0 +1,242 @@
+//! The reconciler's eyes: reflectors over the workspace namespace's pods, PVCs and Secrets (by
+//! the managed-by label) and its FailedScheduling events. Every change marks the workspace it
+//! belongs to as dirty; [`Stores::views`] turns the stores into one [`ClusterView`] per workspace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use lumie_contract::labels;
+
+use crate::events::Dirty;
+use crate::model::now_ms;
+use crate::status::{ClusterView, observe_pod};
+
+/// The reflector stores.
+#[derive(Clone)]
+pub struct Stores {
+    pods: Store<Pod>,
+    pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+    secrets: Store<PartialObjectMeta<Secret>>,
+    scheduling: Arc<std::sync::Mutex<HashMap<String, String>>>,
+}
+
+fn ws_label(meta: &kube::api::ObjectMeta) -> Option<String> {
+    meta.labels.as_ref()?.get(labels::WORKSPACE_ID).cloned()
+}
+
+/// A labelled object, for the orphan check.
+#[derive(Clone, Debug)]
+pub struct Labelled {
+    /// `Pod`, `PersistentVolumeClaim` or `Secret`.
+    pub kind: &'static str,
+    /// Object name.
+    pub name: String,
+    /// Its `workspace-id` label.
+    pub workspace_id: String,
+    /// Its creation time, ms.
+    pub created_ms: i64,
+}
+
+impl Stores {
+    /// Whether every store has had its initial list.
+    pub fn ready(&self) -> bool {
+        // A store is ready after its first complete list.
+        futures::FutureExt::now_or_never(async {
+            self.pods.wait_until_ready().await.is_ok()
+                && self.pvcs.wait_until_ready().await.is_ok()
+                && self.secrets.wait_until_ready().await.is_ok()
+        })
+        .unwrap_or(false)
+    }
+
+    /// Waits for every store's first complete list.
+    pub async fn wait_ready(&self) {
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.pvcs.wait_until_ready().await;
+        let _ = self.secrets.wait_until_ready().await;
+    }
+
+    /// The cluster view of every workspace that has objects.
+    pub fn views(&self) -> HashMap<String, ClusterView> {
+        let mut out: HashMap<String, ClusterView> = HashMap::new();
+        let sched = self.scheduling.lock().expect("scheduling lock").clone();
+        for p in self.pods.state() {
+            if let Some(id) = ws_label(&p.metadata) {
+                let v = out.entry(id).or_default();
+                v.scheduling_event = sched.get(&p.name_any()).cloned();
+                v.pod = Some(observe_pod(&p));
+            }
+        }
+        for p in self.pvcs.state() {
+            if let Some(id) = ws_label(&p.metadata) {
+                out.entry(id).or_default().pvc_exists = true;
+            }
+        }
+        for s in self.secrets.state() {
+            if let Some(id) = ws_label(&s.metadata) {
+                out.entry(id).or_default().secret_exists = true;
+            }
+        }
+        out
+    }
+
+    /// Every object carrying the workspace labels, for the orphan check.
+    pub fn labelled(&self) -> Vec<Labelled> {
+        let created = |m: &kube::api::ObjectMeta| {
+            m.creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_millisecond())
+                .unwrap_or_else(now_ms)
+        };
+        let mut v = vec![];
+        for p in self.pods.state() {
+            if let Some(id) = ws_label(&p.metadata) {
+                v.push(Labelled {
+                    kind: "Pod",
+                    name: p.name_any(),
+                    workspace_id: id,
+                    created_ms: created(&p.metadata),
+                });
+            }
+        }
+        for p in self.pvcs.state() {
+            if let Some(id) = ws_label(&p.metadata) {
+                v.push(Labelled {
+                    kind: "PersistentVolumeClaim",
+                    name: p.name_any(),
+                    workspace_id: id,
+                    created_ms: created(&p.metadata),
+                });
+            }
+        }
+        for s in self.secrets.state() {
+            if let Some(id) = ws_label(&s.metadata) {
+                v.push(Labelled {
+                    kind: "Secret",
+                    name: s.name_any(),
+                    workspace_id: id,
+                    created_ms: created(&s.metadata),
+                });
+            }
+        }
+        v
+    }
+}
+
+/// Drives one reflector; every touched object marks its workspace.
+fn spawn_watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    dirty: &Arc<Dirty>,
+    what: &'static str,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let dirty = dirty.clone();
+    let stream = watcher(api, cfg)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(obj)) => {
+                    if let Some(id) = ws_label(obj.meta()) {
+                        dirty.mark(&id);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => tracing::warn!(error = %e, "{what} watch error"),
+            }
+        }
+    });
+}
+
+/// Starts the watchers (tasks that run until the process ends) and returns their stores.
+/// Each change marks the workspace it belongs to.
+pub fn start_watchers(client: &Client, ns: &str, dirty: &Arc<Dirty>) -> Stores {
+    let cfg = watcher::Config::default().labels(&labels::managed_selector());
+
+    let (pods, writer) = reflector::store::<Pod>();
+    spawn_watch(
+        Api::namespaced(client.clone(), ns),
+        cfg.clone(),
+        writer,
+        dirty,
+        "pod",
+    );
+    let (pvcs, writer) = reflector::store::<PartialObjectMeta<PersistentVolumeClaim>>();
+    spawn_watch(
+        Api::namespaced(client.clone(), ns),
+        cfg.clone(),
+        writer,
+        dirty,
+        "PVC",
+    );
+    let (secrets, writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    spawn_watch(
+        Api::namespaced(client.clone(), ns),
+        cfg,
+        writer,
+        dirty,
+        "Secret",
+    );
+
+    // FailedScheduling events carry no workspace labels: keyed by pod name.
+    let scheduling: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let sched = scheduling.clone();
+    let pods_for_events = pods.clone();
+    let dirty = dirty.clone();
+    let stream = watcher(
+        api,
+        watcher::Config::default().fields("involvedObject.kind=Pod,reason=FailedScheduling"),
+    )
+    .default_backoff()
+    .applied_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            match stream.next().await {
+                Some(Ok(ev)) => {
+                    let pod = ev.involved_object.name.clone().unwrap_or_default();
+                    if let Some(msg) = ev.message.clone() {
+                        sched
+                            .lock()
+                            .expect("scheduling lock")
+                            .insert(pod.clone(), msg);
+                    }
+                    if let Some(p) = pods_for_events.state().iter().find(|p| p.name_any() == pod)
+                        && let Some(id) = ws_label(&p.metadata)
+                    {
+                        dirty.mark(&id);
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "event watch error"),
+                None => return,
+            }
+        }
+    });
+
+    Stores {
+        pods,
+        pvcs,
+        secrets,
+        scheduling,
+    }
+}

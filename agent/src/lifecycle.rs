@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn final_states() {
-        let finals: Vec<_> = S::ALL.into_iter().filter(|s| is_final(*s)).collect();
+        let finals: Vec<_> = S::ALL.iter().copied().filter(|s| is_final(*s)).collect();
         assert_eq!(finals, vec![S::ShutdownTimeout, S::ShutdownError, S::Off]);
     }
 }

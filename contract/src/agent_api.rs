@@ -13,120 +13,63 @@ pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 15;
 /// Header carrying the agent token (as in Coder).
 pub const AGENT_TOKEN_HEADER: &str = "Coder-Session-Token";
 
-/// Where the agent is in its life. Transitions are driven by the agent and reported to the server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LifecycleState {
-    /// Process started, nothing checked yet.
-    #[default]
-    Created,
-    /// Waiting for the required apps to become healthy.
-    Starting,
-    /// The apps did not become healthy within the start timeout.
-    StartTimeout,
-    /// Start-up failed (reason given).
-    StartError,
-    /// Every required app is healthy.
-    Ready,
-    /// SIGTERM received; shutting down.
-    ShuttingDown,
-    /// Shutdown did not finish in time.
-    ShutdownTimeout,
-    /// Shutdown failed.
-    ShutdownError,
-    /// The agent has stopped.
-    Off,
-}
-
-impl LifecycleState {
-    /// Every state, for metrics that export one series per state.
-    pub const ALL: [LifecycleState; 9] = [
-        Self::Created,
-        Self::Starting,
-        Self::StartTimeout,
-        Self::StartError,
-        Self::Ready,
-        Self::ShuttingDown,
-        Self::ShutdownTimeout,
-        Self::ShutdownError,
-        Self::Off,
-    ];
-
-    /// The wire name (`start_timeout`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Starting => "starting",
-            Self::StartTimeout => "start_timeout",
-            Self::StartError => "start_error",
-            Self::Ready => "ready",
-            Self::ShuttingDown => "shutting_down",
-            Self::ShutdownTimeout => "shutdown_timeout",
-            Self::ShutdownError => "shutdown_error",
-            Self::Off => "off",
-        }
+crate::wire_enum!(
+    /// Where the agent is in its life. Transitions are driven by the agent and reported to the server.
+    #[derive(Default)]
+    pub enum LifecycleState {
+        /// Process started, nothing checked yet.
+        #[default]
+        Created = "created",
+        /// Waiting for the required apps to become healthy.
+        Starting = "starting",
+        /// The apps did not become healthy within the start timeout.
+        StartTimeout = "start_timeout",
+        /// Start-up failed (reason given).
+        StartError = "start_error",
+        /// Every required app is healthy.
+        Ready = "ready",
+        /// SIGTERM received; shutting down.
+        ShuttingDown = "shutting_down",
+        /// Shutdown did not finish in time.
+        ShutdownTimeout = "shutdown_timeout",
+        /// Shutdown failed.
+        ShutdownError = "shutdown_error",
+        /// The agent has stopped.
+        Off = "off",
     }
+);
 
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|l| l.as_str() == s)
+crate::wire_enum!(
+    /// Whether the control plane hears from the agent. Computed by the server, never sent by the agent.
+    #[derive(Default)]
+    pub enum ConnectionStatus {
+        /// No contact yet, still within the connection timeout.
+        #[default]
+        Connecting = "connecting",
+        /// Heard from within 2 × the report interval.
+        Connected = "connected",
+        /// Was connected; silent for more than 2 × the report interval.
+        Disconnected = "disconnected",
+        /// Never connected within the connection timeout.
+        Timeout = "timeout",
     }
-}
+);
 
-/// Whether the control plane hears from the agent. Computed by the server, never sent by the agent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectionStatus {
-    /// No contact yet, still within the connection timeout.
-    #[default]
-    Connecting,
-    /// Heard from within 2 × the report interval.
-    Connected,
-    /// Was connected; silent for more than 2 × the report interval.
-    Disconnected,
-    /// Never connected within the connection timeout.
-    Timeout,
-}
-
-impl ConnectionStatus {
-    /// Every status, for metrics.
-    pub const ALL: [ConnectionStatus; 4] = [
-        Self::Connecting,
-        Self::Connected,
-        Self::Disconnected,
-        Self::Timeout,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connecting => "connecting",
-            Self::Connected => "connected",
-            Self::Disconnected => "disconnected",
-            Self::Timeout => "timeout",
-        }
+crate::wire_enum!(
+    /// Health of one workspace app as the agent sees it.
+    #[derive(Default)]
+    pub enum AppHealth {
+        /// Not checked yet.
+        #[default]
+        Initializing = "initializing",
+        /// Passing its check.
+        Healthy = "healthy",
+        /// Failed its check the threshold number of times in a row.
+        Unhealthy = "unhealthy",
+        /// Not checked (the app is not required).
+        Disabled = "disabled",
     }
-
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
-
-/// Health of one workspace app as the agent sees it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AppHealth {
-    /// Not checked yet.
-    #[default]
-    Initializing,
-    /// Passing its check.
-    Healthy,
-    /// Failed its check the threshold number of times in a row.
-    Unhealthy,
-    /// Not checked (the app is not required).
-    Disabled,
-}
+);
 
 /// Resource usage reported with each heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -185,12 +128,12 @@ mod tests {
 
     #[test]
     fn wire_names_round_trip() {
-        for l in LifecycleState::ALL {
+        for &l in LifecycleState::ALL {
             let json = serde_json::to_string(&l).unwrap();
             assert_eq!(json, format!("\"{}\"", l.as_str()));
             assert_eq!(LifecycleState::parse(l.as_str()), Some(l));
         }
-        for c in ConnectionStatus::ALL {
+        for &c in ConnectionStatus::ALL {
             assert_eq!(
                 serde_json::to_string(&c).unwrap(),
                 format!("\"{}\"", c.as_str())

@@ -8,7 +8,8 @@
 //! - [`apps`]: the workspace apps (Tilt, code-server, agents UI) and their ports;
 //! - [`workspace`]: the fixed parts of the workspace pod (namespace, containers, home volume);
 //! - [`agent_api`]: the messages between the agent and the control plane;
-//! - [`diagnostics`]: how errors are written for operators (the cause chain on one line).
+//! - [`diagnostics`]: how errors are written for operators (the cause chain on one line);
+//! - [`wire`]: enums that travel as strings, declared one way ([`wire_enum!`]).
 #![deny(missing_docs)]
 
 pub mod agent_api;
@@ -17,4 +18,5 @@ pub mod diagnostics;
 pub mod labels;
 pub mod naming;
 pub mod policy;
+pub mod wire;
 pub mod workspace;

@@ -267,10 +267,7 @@ impl AgentHub {
         }
         self.metrics.app_health.clear();
         for ((slug, h), n) in apps {
-            let health = serde_json::to_value(h)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
+            let health = h.as_str().to_string();
             self.metrics
                 .app_health
                 .get_or_create(&AppHealthLabels { app: slug, health })

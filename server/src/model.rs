@@ -6,39 +6,9 @@ use std::collections::BTreeMap;
 use lumie_contract::agent_api::{AppHealth, ConnectionStatus, LifecycleState, ResourceStats};
 use serde::{Deserialize, Serialize};
 
-macro_rules! wire_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vm])* $variant),+ }
-
-        impl $name {
-            /// Every value, for metrics and tables.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The wire (and database) name.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $wire),+ }
-            }
-
-            /// Parses a wire name.
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($wire => Some($name::$variant),)+ _ => None }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-wire_enum!(
+lumie_contract::wire_enum!(
     /// What the owner asked the workspace to be.
-    DesiredState {
+    pub enum DesiredState {
         /// Pod running.
         Running = "running",
         /// Pod gone, home volume and Secret kept.
@@ -48,9 +18,9 @@ wire_enum!(
     }
 );
 
-wire_enum!(
+lumie_contract::wire_enum!(
     /// What a build does.
-    Transition {
+    pub enum Transition {
         /// Apply Secret, PVC and pod.
         Start = "start",
         /// Delete the pod.
@@ -71,9 +41,9 @@ impl Transition {
     }
 }
 
-wire_enum!(
+lumie_contract::wire_enum!(
     /// Where a build is.
-    BuildStatus {
+    pub enum BuildStatus {
         /// Queued.
         Pending = "pending",
         /// Being carried out.
@@ -94,9 +64,9 @@ impl BuildStatus {
     }
 }
 
-wire_enum!(
+lumie_contract::wire_enum!(
     /// The workspace status shown to developers, derived from the build and the cluster.
-    WorkspaceStatus {
+    pub enum WorkspaceStatus {
         /// Build queued, or the pod waits for a node.
         Pending = "pending",
         /// Objects applied; pod or agent not ready yet.

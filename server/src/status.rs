@@ -116,15 +116,7 @@ fn pending_apps(agent: &AgentView) -> String {
         .apps
         .iter()
         .filter(|(_, h)| !matches!(h, AppHealth::Healthy | AppHealth::Disabled))
-        .map(|(slug, h)| {
-            format!(
-                "{slug} ({})",
-                serde_json::to_value(h)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
-            )
-        })
+        .map(|(slug, h)| format!("{slug} ({})", h.as_str().to_string()))
         .collect();
     if waiting.is_empty() {
         "agent starting".into()

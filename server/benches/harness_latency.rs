@@ -15,8 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use lumie_contract::{labels, workspace};
-use lumie_server::config::Config;
-use lumie_tests::{Cluster, Identity, admission};
+use lumie_tests::{Cluster, admission, control_plane};
 use serde_json::json;
 
 const WORKSPACES: usize = 50;
@@ -72,20 +71,8 @@ async fn main() {
         .unwrap();
 
     // The server.
-    let mut config = Config::for_tests(dir.path().join("data"));
-    // A fixed port, so the access URL (the Host the edge accepts) is known before start.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    config.access_url = format!("http://127.0.0.1:{port}");
-    config.agent_url = config.access_url.clone();
-    let running =
-        lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await)
-            .await
-            .unwrap();
+    let config = control_plane::server_config(&dir.path().join("data")).unwrap();
+    let running = control_plane::start_server(cluster, config).await.unwrap();
     let token = running.first_admin_token.clone().unwrap();
     let base = format!("http://{}", running.addr);
     let http = reqwest::Client::new();

@@ -116,7 +116,7 @@ fn pending_apps(agent: &AgentView) -> String {
         .apps
         .iter()
         .filter(|(_, h)| !matches!(h, AppHealth::Healthy | AppHealth::Disabled))
-        .map(|(slug, h)| format!("{slug} ({})", h.as_str().to_string()))
+        .map(|(slug, h)| format!("{slug} ({h})"))
         .collect();
     if waiting.is_empty() {
         "agent starting".into()

@@ -9,6 +9,7 @@
 //!
 //! - [`cluster`]: starting, stopping and reaching the control plane ([`Cluster`], [`Identity`]);
 //! - [`admission`]: registering lumie-webhook with the apiserver;
+//! - [`control_plane`]: running lumie-server against the harness;
 //! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
 //! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins;
@@ -19,6 +20,7 @@
 pub mod admission;
 pub mod bootstrap;
 pub mod cluster;
+pub mod control_plane;
 pub mod nodes;
 pub mod simulator;
 pub mod tools;

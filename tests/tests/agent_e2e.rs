@@ -9,7 +9,6 @@
 //! only one workspace with a live agent runs at a time in this binary.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use lumie_server::api::WorkspaceJson;
 use lumie_server::config::Config;
 use lumie_server::serve::Running;
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
-use lumie_tests::{Cluster, Identity, admission, bootstrap};
+use lumie_tests::{Cluster, admission, bootstrap, control_plane};
 use lumie_webhook::server::{PolicySource, ServeConfig};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
@@ -89,7 +88,7 @@ fn app_health(ws: &WorkspaceJson, slug: &str) -> Option<AppHealth> {
 }
 
 async fn start_server(cluster: &Cluster, config: Config) -> Running {
-    lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await)
+    control_plane::start_server(cluster, config)
         .await
         .expect("lumie-server starts")
 }
@@ -130,18 +129,8 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
         .unwrap();
 
     // The server, with a short report interval so connection changes show quickly.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let data_dir: PathBuf = work.path().join("server");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let mut config = Config::for_tests(data_dir);
-    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    config.access_url = url.clone();
-    config.agent_url = url.clone();
+    let mut config = control_plane::server_config(&work.path().join("server")).unwrap();
+    let url = config.access_url.clone();
     config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path()).unwrap();
     config.agent_report_interval = Duration::from_secs(1);
     let server = start_server(cluster, config.clone()).await;
@@ -233,9 +222,12 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     );
 
     // WebSocket through the app proxy, both ways.
-    let mut req = format!("ws://127.0.0.1:{port}/@admin/agent-e2e/apps/code-server/socket")
-        .into_client_request()
-        .unwrap();
+    let mut req = format!(
+        "{}/@admin/agent-e2e/apps/code-server/socket",
+        url.replacen("http://", "ws://", 1)
+    )
+    .into_client_request()
+    .unwrap();
     req.headers_mut()
         .insert("Coder-Session-Token", token.parse().unwrap());
     req.headers_mut().insert("Origin", url.parse().unwrap());

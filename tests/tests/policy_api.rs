@@ -8,7 +8,6 @@
 //! policies refused with `validate()`'s messages (400), members refused (403), and the audit
 //! log holding each change with before and after.
 
-use std::path::PathBuf;
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
@@ -16,10 +15,9 @@ use kube::api::{Patch, PatchParams};
 use lumie_contract::policy::{
     DEFAULT_POLICY_NAME, PolicyMode, WorkspacePolicy, WorkspacePolicySpec,
 };
-use lumie_server::config::Config;
 use lumie_server::model::AuditEntry;
 use lumie_server::policy_api::{PolicyJson, PolicySource};
-use lumie_tests::{Cluster, Identity, bootstrap};
+use lumie_tests::{Cluster, bootstrap, control_plane};
 use serde_json::{Value, json};
 
 /// The chart's `lumie-coder-server-policies` grant (with `rbac.policyWrite`), for the harness's
@@ -96,22 +94,11 @@ async fn admins_read_and_write_the_cluster_policy_with_conflicts_validation_and_
     let policies = Api::<WorkspacePolicy>::all(admin_kube.clone());
 
     let work = tempfile::tempdir().unwrap();
-    let data_dir: PathBuf = work.path().join("server");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let mut config = Config::for_tests(data_dir);
-    // The access URL must name the port (the Host guard), so pick it first.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    config.access_url = url.clone();
-    let server =
-        lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await)
-            .await
-            .expect("lumie-server starts");
+    let config = control_plane::server_config(&work.path().join("server")).unwrap();
+    let url = config.access_url.clone();
+    let server = control_plane::start_server(cluster, config)
+        .await
+        .expect("lumie-server starts");
     let admin = server.first_admin_token.clone().unwrap();
     let api = Caller {
         url,

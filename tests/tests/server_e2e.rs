@@ -24,7 +24,9 @@ use lumie_contract::{labels, workspace};
 use lumie_server::api::{WorkspaceJson, WorkspacesJson};
 use lumie_server::config::{Config, DatabaseConfig};
 use lumie_server::model::{BuildStatus, WorkspaceStatus};
-use lumie_tests::{Cluster, Identity, PodAction, PodContext, admission, bootstrap, nodes};
+use lumie_tests::{
+    Cluster, Identity, PodAction, PodContext, admission, bootstrap, control_plane, nodes,
+};
 use lumie_webhook::certs::write_private;
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
@@ -210,12 +212,8 @@ impl Server {
     /// Starts a server; `token` is the admin token to use (from a previous start of the same
     /// database), or `None` on a first start (the printed first-admin token is used).
     fn start(mut config: Config, token: Option<String>) -> Server {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        config.listen = addr;
-        config.agent_url = format!("http://{addr}");
-        config.access_url = format!("http://{addr}");
+        let addr = control_plane::free_loopback_addr().unwrap();
+        control_plane::listen_on(&mut config, addr);
         let (tx, rx) = std::sync::mpsc::channel();
         let (kill, kill_rx) = std::sync::mpsc::channel::<()>();
         let done = std::thread::spawn(move || {
@@ -224,10 +222,10 @@ impl Server {
                 .enable_all()
                 .build()
                 .unwrap();
-            let started = rt.block_on(async move {
-                let client = Cluster::shared().client_as(Identity::ControlPlane).await;
-                lumie_server::serve::start(config, client).await
-            });
+            let started =
+                rt.block_on(
+                    async move { control_plane::start_server(Cluster::shared(), config).await },
+                );
             match started {
                 Ok(running) => {
                     tx.send(Ok(running.first_admin_token.clone())).unwrap();

@@ -271,9 +271,19 @@ mod tests {
         let terminating = || Some(pod("Running", true));
         let all = |p| view(p, true, true);
 
-        // (name, desired, build, cluster, stores ready, acting, backoff until, want)
+        /// (name, desired, build, cluster, stores ready, acting, backoff until, want)
+        type Case<'a> = (
+            &'a str,
+            D,
+            Option<&'a BuildRecord>,
+            ClusterView,
+            bool,
+            bool,
+            Option<i64>,
+            Action,
+        );
         #[rustfmt::skip]
-        let cases: Vec<(&str, D, Option<&BuildRecord>, ClusterView, bool, bool, Option<i64>, Action)> = vec![
+        let cases: Vec<Case> = vec![
             ("stores not listed yet: absence proves nothing", D::Running, Some(&started), view(None, false, false), false, false, None, Wait),
             ("stores not listed yet, stopped with a pod", D::Stopped, Some(&stopped), all(running()), false, false, None, Wait),
             ("start build queued", D::Running, Some(&start_pending), view(None, false, false), true, false, None, Wait),

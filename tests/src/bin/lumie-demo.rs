@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use lumie_server::api::WorkspaceJson;
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
-use lumie_tests::{Cluster, Identity, admission, bootstrap};
+use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane};
 use lumie_webhook::server::{PolicySource, ServeConfig};
 
 #[tokio::main]
@@ -50,19 +50,11 @@ async fn main() -> anyhow::Result<()> {
     workspace_pods::install_stable_service(&admin).await?;
 
     say("starting lumie-server (SQLite) as system:serviceaccount:coder:coder");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut config = lumie_server::config::Config::for_tests(work.path().join("server"));
-    std::fs::create_dir_all(&config.data_dir)?;
-    config.listen = format!("127.0.0.1:{port}").parse()?;
-    config.access_url = url.clone();
-    config.agent_url = url.clone();
+    let mut config = control_plane::server_config(&work.path().join("server"))?;
+    let url = config.access_url.clone();
     config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path())?;
     config.agent_report_interval = Duration::from_secs(5);
-    let server =
-        lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await).await?;
+    let server = control_plane::start_server(&cluster, config).await?;
     let token = server
         .first_admin_token
         .clone()

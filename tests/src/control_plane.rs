@@ -1,0 +1,41 @@
+//! Running lumie-server against the harness, one way for every test, benchmark and the demo:
+//! a [`Config`] on a free loopback port whose access and agent URLs name that port (the Host
+//! guard accepts only the access URL's host, so the port must be known before start), and a
+//! start as the control plane's own identity (`system:serviceaccount:coder:coder`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use lumie_server::config::Config;
+use lumie_server::serve::Running;
+
+use crate::{Cluster, HarnessError, Identity, io_error};
+
+/// A loopback address with a port nobody listens on right now.
+pub fn free_loopback_addr() -> Result<SocketAddr, HarnessError> {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(io_error("picking a free loopback port"))
+}
+
+/// The server's test settings (`Config::for_tests`, SQLite in `data_dir`, which is created)
+/// listening on a free loopback port, with the access and agent URLs pointing at it.
+pub fn server_config(data_dir: &Path) -> Result<Config, HarnessError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(io_error(format!("creating {}", data_dir.display())))?;
+    let mut config = Config::for_tests(data_dir.to_path_buf());
+    listen_on(&mut config, free_loopback_addr()?);
+    Ok(config)
+}
+
+/// Points a config's listener, access URL and agent URL at `addr`.
+pub fn listen_on(config: &mut Config, addr: SocketAddr) {
+    config.listen = addr;
+    config.access_url = format!("http://{addr}");
+    config.agent_url = config.access_url.clone();
+}
+
+/// Starts lumie-server on `cluster` as the control plane.
+pub async fn start_server(cluster: &Cluster, config: Config) -> lumie_server::Result<Running> {
+    lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await).await
+}

@@ -123,7 +123,7 @@ async fn sessions(db: Db) {
             .await
             .unwrap()
     );
-    assert!(db.user_for_token(&api_token).await.unwrap().is_some());
+    assert!(db.token_owner(&api_token).await.unwrap().is_some());
 
     assert!(store.revoke_session(&token.hash()).await.unwrap());
     assert!(store.find_session(&token.hash()).await.unwrap().is_none());

@@ -74,27 +74,4 @@ impl Db {
             .await?;
         Ok(r.rows_affected() > 0)
     }
-
-    /// The browser session with this token hash (expired ones included; revoked ones are gone).
-    pub async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
-        let row = sqlx::query(
-            "SELECT user_id, created_at, expires_at, client_ip FROM api_tokens \
-             WHERE token_hash = $1 AND name = $2",
-        )
-        .bind(token_hash)
-        .bind(OIDC_SESSION_TOKEN_NAME)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let time = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-        let expires: Option<i64> = row.try_get("expires_at")?;
-        let ip: Option<String> = row.try_get("client_ip")?;
-        Ok(Some(SessionRecord {
-            token_hash: token_hash.to_string(),
-            user_id: row.try_get("user_id")?,
-            created_at: time(row.try_get("created_at")?),
-            expires_at: time(expires.unwrap_or(0)),
-            client_ip: ip.and_then(|s| s.parse().ok()),
-        }))
-    }
 }

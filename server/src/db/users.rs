@@ -250,29 +250,4 @@ impl Db {
             role: after,
         })
     }
-
-    /// A user as the identity module sees it.
-    pub async fn identity_user(&self, id: &str) -> Result<Option<UserRecord>> {
-        let row = sqlx::query("SELECT * FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let user = user_from(&row)?;
-        let login: String = row.try_get("oidc_login")?;
-        let name: String = row.try_get("display_name")?;
-        let non_empty = |s: String| (!s.is_empty()).then_some(s);
-        Ok(Some(UserRecord {
-            login: if login.is_empty() {
-                user.username.clone()
-            } else {
-                login
-            },
-            owner_name: user.username,
-            email: non_empty(user.email),
-            name: non_empty(name),
-            role: role_of(user.is_admin),
-            id: user.id,
-        }))
-    }
 }

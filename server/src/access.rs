@@ -1,6 +1,6 @@
-//! Identity wired into the server: the database as the identity module's user and session
-//! store, the OIDC login state built from [`Config`], and the edge in front of every route
-//! (client address through the trusted proxy, `Host`/WebSocket `Origin` checks).
+//! Identity wired into the server: the OIDC login state built from [`Config`] over the database,
+//! and the edge in front of every route (client address through the trusted proxy,
+//! `Host`/WebSocket `Origin` checks).
 //!
 //! [`app`] is what `serve` listens with: [`crate::router`] plus the login routes when OIDC is
 //! configured, wrapped in the edge middleware. Tests drive it like the real server.
@@ -14,11 +14,10 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::identity::proxy::{client_ip_middleware, host_guard_middleware};
 use crate::identity::{
-    AccessUrl, BoxFuture, HostGuard, IdentityError, IdentityOptions, IdentityState, OidcClient,
-    SessionRecord, SessionStore, TrustedProxy, UserProfile, UserRecord, UserStore,
+    AccessUrl, HostGuard, IdentityOptions, IdentityState, OidcClient, TrustedProxy,
 };
 use crate::state::AppState;
 
@@ -26,62 +25,6 @@ use crate::state::AppState;
 /// probes and Prometheus: they are not browser-facing and arrive with another `Host`.
 pub const HOST_EXEMPT_PREFIXES: &[&str] =
     &["/api/v2/workspaceagents/", "/bin/", "/api/v2/init-script/"];
-
-fn store_error(e: Error) -> IdentityError {
-    match e {
-        Error::Identity(e) => e,
-        other => IdentityError::Store(other.to_string()),
-    }
-}
-
-impl UserStore for Db {
-    fn upsert_oidc_user<'a>(
-        &'a self,
-        profile: &'a UserProfile,
-        client_ip: Option<std::net::IpAddr>,
-    ) -> BoxFuture<'a, Result<UserRecord, IdentityError>> {
-        Box::pin(async move {
-            Db::upsert_oidc_user(self, profile, client_ip)
-                .await
-                .map_err(store_error)
-        })
-    }
-
-    fn user_by_id<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserRecord>, IdentityError>> {
-        Box::pin(async move { self.identity_user(id).await.map_err(store_error) })
-    }
-}
-
-impl SessionStore for Db {
-    fn create_session(&self, record: SessionRecord) -> BoxFuture<'_, Result<(), IdentityError>> {
-        Box::pin(async move { Db::create_session(self, &record).await.map_err(store_error) })
-    }
-
-    fn find_session<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SessionRecord>, IdentityError>> {
-        Box::pin(async move {
-            Db::find_session(self, token_hash)
-                .await
-                .map_err(store_error)
-        })
-    }
-
-    fn revoke_session<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, Result<bool, IdentityError>> {
-        Box::pin(async move {
-            Db::revoke_session(self, token_hash)
-                .await
-                .map_err(store_error)
-        })
-    }
-}
 
 /// The edge settings every request passes through.
 #[derive(Clone)]
@@ -110,12 +53,7 @@ impl Edge {
                 let mut options = IdentityOptions::new(access_url.clone());
                 options.roles = oidc.roles();
                 options.proxy = proxy.clone();
-                Some(IdentityState::new(
-                    Arc::new(client),
-                    Arc::new(db.clone()),
-                    Arc::new(db.clone()),
-                    options,
-                ))
+                Some(IdentityState::new(Arc::new(client), db.clone(), options))
             }
         };
         Ok(Edge {

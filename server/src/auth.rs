@@ -1,7 +1,7 @@
 //! Who is calling: the [`Principal`] extractor and the chain of [`Authenticator`]s behind it.
 //!
 //! The chain holds [`ApiTokenAuthenticator`] (a token in `Coder-Session-Token`,
-//! `Authorization: Bearer`, or the `coder_session_token` cookie). OIDC logins
+//! `Authorization: Bearer`, or the [`SESSION_COOKIE`] cookie). OIDC logins
 //! ([`crate::identity`]) store their browser sessions hashed in the same `api_tokens` table
 //! with an expiry and set the same cookie, so this one authenticator recognises both; handlers
 //! only ever see a [`Principal`].
@@ -17,10 +17,12 @@ use lumie_contract::agent_api::AGENT_TOKEN_HEADER;
 use crate::db::{Db, OIDC_SESSION_TOKEN_NAME};
 use crate::error::{Error, Result};
 use crate::identity::ClientIp;
+use crate::identity::sessions::cookie_value;
 use crate::model::User;
 use crate::state::AppState;
 
-/// Cookie carrying a session token in browsers (Coder's name).
+/// The session cookie's name, Coder's (scripts that read it keep working): set by an OIDC login
+/// ([`crate::identity::sessions`]) and by the app proxy, read here.
 pub const SESSION_COOKIE: &str = "coder_session_token";
 
 /// How a principal proved who it is.
@@ -84,20 +86,7 @@ pub fn session_token(parts: &Parts) -> Option<String> {
     {
         return Some(t.trim().to_string());
     }
-    cookie(parts, SESSION_COOKIE)
-}
-
-/// The value of a cookie.
-pub fn cookie(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+    cookie_value(h, SESSION_COOKIE).map(str::to_string)
 }
 
 /// API tokens stored hashed in the database.

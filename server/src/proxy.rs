@@ -19,8 +19,9 @@ use crate::error::Error;
 use crate::model::{DesiredState, WorkspaceStatus};
 use crate::state::AppState;
 
-/// Query parameter a browser link may carry the session token in once; it becomes a cookie.
-pub const TOKEN_QUERY: &str = "coder_session_token";
+/// Query parameter a browser link may carry the session token in once; it becomes the session
+/// cookie. The same name as the cookie, as in Coder: one name for the token wherever it travels.
+pub const TOKEN_QUERY: &str = SESSION_COOKIE;
 
 /// The routes of this module (a fallback: app paths start with `/@`).
 pub fn routes() -> Router<AppState> {

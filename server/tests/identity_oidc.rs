@@ -3,30 +3,35 @@
 //! that keeps cookies and follows each redirect by hand, so a test can tamper with the request
 //! to the provider or with the response coming back.
 //!
-//! Each test starts its own provider process and serves `identity::routes` on 127.0.0.1:0 with
-//! the in-memory stores, plus `/whoami` (the session check the server's middleware uses).
+//! Each test starts its own provider process and serves `identity::routes` on 127.0.0.1:0 over
+//! a fresh SQLite database, plus `/whoami`: the server's authenticator ([`AuthChain`], what every
+//! API route asks) on the request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::HeaderMap;
+use axum::extract::Request;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use lumie_server::identity::memory::{MemorySessionStore, MemoryUserStore};
+use lumie_server::api::UserJson;
+use lumie_server::auth::AuthChain;
+use lumie_server::db::Db;
 use lumie_server::identity::proxy::{client_ip_middleware, host_guard_middleware};
 use lumie_server::identity::{
     AccessUrl, HostGuard, IdentityOptions, IdentityState, OidcClient, OidcSettings, Role,
-    SessionToken, TrustedProxy, UserRecord, routes,
+    SessionToken, TrustedProxy, routes,
 };
 use reqwest::StatusCode;
 use reqwest::Url;
 use reqwest::header::{LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 
+mod common;
 #[path = "common/oidc_provider.rs"]
 mod oidc_provider;
+use common::StoredSession;
 use oidc_provider::{Provider, SECRET, submit_login_form};
 
 /// How a test wants the server set up.
@@ -56,11 +61,26 @@ impl Default for Setup {
 struct Server {
     base: String,
     state: IdentityState,
-    users: Arc<MemoryUserStore>,
-    sessions: Arc<MemorySessionStore>,
+    db: Db,
+    db_url: String,
     guard: HostGuard,
     provider: Provider,
     _task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+/// A signed-in user: what the server's authenticator makes of the session cookie (`/whoami`),
+/// with the OIDC login and display name the login stored.
+#[derive(Debug)]
+struct Me {
+    id: String,
+    owner_name: String,
+    email: String,
+    role: Role,
+    /// How the authenticator says the caller proved who they are.
+    method: String,
+    login: String,
+    name: String,
 }
 
 impl Server {
@@ -83,25 +103,25 @@ impl Server {
             settings.allowed_clock_skew = skew;
         }
         let oidc = Arc::new(OidcClient::new(settings).unwrap());
-        let users = Arc::new(MemoryUserStore::default());
-        let sessions = Arc::new(MemorySessionStore::default());
+        let (db, dir) = common::sqlite_db().await;
         let mut options = IdentityOptions::new(access.clone());
         options.proxy = setup.proxy.clone();
-        let state = IdentityState::new(oidc, users.clone(), sessions.clone(), options);
+        let state = IdentityState::new(oidc, db.clone(), options);
         let guard = HostGuard::new(access);
 
-        let whoami_state = state.clone();
+        let auth = AuthChain::api_tokens(db.clone());
         let mut app = Router::new()
             .route("/", get(|| async { "home" }))
             .route(
                 "/whoami",
-                get(move |headers: HeaderMap| {
-                    let state = whoami_state.clone();
+                get(move |req: Request| {
+                    let auth = auth.clone();
                     async move {
-                        match state.authenticate(&headers).await {
-                            Ok(a) => axum::Json(serde_json::json!({
-                                "user": a.user,
-                                "client_ip": a.session.client_ip,
+                        let (parts, _) = req.into_parts();
+                        match auth.authenticate(&parts).await {
+                            Ok(p) => axum::Json(serde_json::json!({
+                                "user": UserJson::from(&p.user),
+                                "method": format!("{:?}", p.method),
                             }))
                             .into_response(),
                             Err(e) => e.into_response(),
@@ -131,11 +151,43 @@ impl Server {
         Server {
             base,
             state,
-            users,
-            sessions,
+            db_url: common::sqlite_url(&dir),
+            db,
             guard,
             provider,
             _task: task,
+            _dir: dir,
+        }
+    }
+
+    /// The browser sessions stored, oldest first.
+    async fn sessions(&self) -> Vec<StoredSession> {
+        common::stored_sessions(&self.db_url).await
+    }
+
+    /// How many users exist.
+    async fn user_count(&self) -> usize {
+        self.db.list_users().await.unwrap().len()
+    }
+
+    /// Who the browser is signed in as; panics unless it is.
+    async fn me(&self, browser: &Browser) -> Me {
+        let (status, me) = browser.whoami(self).await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        let user: UserJson = serde_json::from_value(me["user"].clone()).unwrap();
+        let (login, name) = common::stored_oidc_names(&self.db_url, &user.id).await;
+        Me {
+            role: if user.is_admin {
+                Role::Admin
+            } else {
+                Role::Member
+            },
+            method: me["method"].as_str().unwrap().to_string(),
+            id: user.id,
+            owner_name: user.username,
+            email: user.email,
+            login,
+            name,
         }
     }
 
@@ -293,8 +345,8 @@ async fn assert_refused(
     );
 }
 
-/// Signs a user in completely; returns the user record and the `Set-Cookie` of the session.
-async fn login(server: &Server, browser: &Browser, user: &str, password: &str) -> UserRecord {
+/// Signs a user in completely; returns who the server then takes the browser for.
+async fn login(server: &Server, browser: &Browser, user: &str, password: &str) -> Me {
     let callback = browser.login_until_callback(server, user, password).await;
     let r = browser.get(&callback).await;
     assert_eq!(
@@ -304,9 +356,7 @@ async fn login(server: &Server, browser: &Browser, user: &str, password: &str) -
         r.text().await.unwrap()
     );
     assert_eq!(location(&callback, &r).path(), "/");
-    let (status, me) = browser.whoami(server).await;
-    assert_eq!(status, StatusCode::OK, "{me}");
-    serde_json::from_value(me["user"].clone()).unwrap()
+    server.me(browser).await
 }
 
 #[tokio::test]
@@ -351,21 +401,21 @@ async fn admin_and_member_login_with_session_cookie_and_logout() {
         .next()
         .unwrap()
         .to_string();
-    // Only the hash is stored.
-    let stored = server.sessions.sessions();
+    // Only the hash is stored, with the client address of the login.
+    let stored = server.sessions().await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].token_hash, SessionToken::presented(&token).hash());
     assert_ne!(stored[0].token_hash, token);
+    assert_eq!(stored[0].client_ip.as_deref(), Some("127.0.0.1"));
 
-    let (status, me) = alice.whoami(&server).await;
-    assert_eq!(status, StatusCode::OK, "{me}");
-    let user: UserRecord = serde_json::from_value(me["user"].clone()).unwrap();
+    let user = server.me(&alice).await;
+    assert_eq!(user.method, "OidcSession");
     assert_eq!(user.login, "alice");
     assert_eq!(user.owner_name, "alice");
-    assert_eq!(user.email.as_deref(), Some("alice@lumie-edu.com"));
-    assert_eq!(user.name.as_deref(), Some("Alice Admin"));
+    assert_eq!(user.email, "alice@lumie-edu.com");
+    assert_eq!(user.name, "Alice Admin");
     assert_eq!(user.role, Role::Admin);
-    assert_eq!(me["client_ip"], "127.0.0.1");
+    assert_eq!(stored[0].user_id, user.id);
 
     // Everyone else, each in their own browser.
     let cases = [
@@ -392,12 +442,12 @@ async fn admin_and_member_login_with_session_cookie_and_logout() {
         "{}",
         jane.owner_name
     );
-    assert_eq!(server.users.users().len(), 5);
+    assert_eq!(server.user_count().await, 5);
 
     // A second login of the same account is the same user, with a second session.
     let again = login(&server, &Browser::new(), "alice", "alice-password").await;
     assert_eq!(again.id, user.id);
-    assert_eq!(server.users.users().len(), 5);
+    assert_eq!(server.user_count().await, 5);
     assert_eq!(server.state.login_results("ok"), 6);
 
     // A wrong password stays at the provider's form; nothing reaches the server.
@@ -447,14 +497,15 @@ async fn admin_and_member_login_with_session_cookie_and_logout() {
         .unwrap();
     assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
     let body: serde_json::Value = replay.json().await.unwrap();
-    assert!(
-        body["message"].as_str().unwrap().contains("revoked"),
+    assert_eq!(
+        body["message"], "invalid or expired session token",
         "{body}"
     );
+    // Revoked means gone.
     assert!(
         !server
-            .sessions
             .sessions()
+            .await
             .iter()
             .any(|s| s.token_hash == SessionToken::presented(&token).hash())
     );
@@ -546,7 +597,7 @@ async fn replayed_code_is_refused() {
         &["invalid_grant", "already used (replayed code)"],
     )
     .await;
-    assert_eq!(server.sessions.sessions().len(), 2);
+    assert_eq!(server.sessions().await.len(), 2);
 }
 
 #[tokio::test]
@@ -569,8 +620,8 @@ async fn wrong_nonce_is_refused() {
         &["wrong nonce"],
     )
     .await;
-    assert!(server.sessions.sessions().is_empty());
-    assert!(server.users.users().is_empty());
+    assert!(server.sessions().await.is_empty());
+    assert_eq!(server.user_count().await, 0);
 }
 
 #[tokio::test]
@@ -608,7 +659,7 @@ async fn clock_skew_makes_tokens_look_expired_or_not_yet_valid_and_says_so() {
         &["not yet valid", "allowed clock skew of 60s"],
     )
     .await;
-    assert!(server.sessions.sessions().is_empty());
+    assert!(server.sessions().await.is_empty());
 }
 
 #[tokio::test]
@@ -698,6 +749,15 @@ async fn unreachable_issuer_is_named() {
     assert!(page.contains(&issuer), "{page}");
 }
 
+/// The browser is signed in, and its one session was recorded with client address `ip`.
+async fn server_signed_in_from(server: &Server, b: &Browser, ip: &str) {
+    let me = server.me(b).await;
+    let sessions = server.sessions().await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].user_id, me.id);
+    assert_eq!(sessions[0].client_ip.as_deref(), Some(ip));
+}
+
 #[tokio::test]
 async fn forwarded_client_ip_only_from_trusted_proxy_and_wrong_host_explained() {
     // The peer (127.0.0.1) is not a trusted proxy: a forged X-Forwarded-For is ignored.
@@ -719,7 +779,7 @@ async fn forwarded_client_ip_only_from_trusted_proxy_and_wrong_host_explained() 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(b.whoami(&untrusted).await.1["client_ip"], "127.0.0.1");
+    server_signed_in_from(&untrusted, &b, "127.0.0.1").await;
 
     // A wrong Host is refused with both hosts named, counted, and probes are not affected.
     let expected = untrusted.base.trim_start_matches("http://").to_string();
@@ -755,7 +815,7 @@ async fn forwarded_client_ip_only_from_trusted_proxy_and_wrong_host_explained() 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(b.whoami(&trusted).await.1["client_ip"], "198.51.100.23");
+    server_signed_in_from(&trusted, &b, "198.51.100.23").await;
 }
 
 #[tokio::test]
@@ -778,8 +838,7 @@ async fn provider_login_hint_signs_in_without_the_form() {
     }
     let r = b.get(&url).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let (status, me) = b.whoami(&server).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(me["user"]["login"], "dave");
-    assert_eq!(me["user"]["role"], "admin");
+    let me = server.me(&b).await;
+    assert_eq!(me.login, "dave");
+    assert_eq!(me.role, Role::Admin);
 }

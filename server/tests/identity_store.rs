@@ -1,14 +1,17 @@
-//! The database as the identity module's `UserStore` and `SessionStore`, on SQLite and on a
-//! real PostgreSQL: users keyed by issuer and subject, roles re-evaluated and audited, owner
-//! names unique across accounts, sessions hashed in `api_tokens` with expiry and revocation.
+//! What an OIDC login writes to the database and how the server's one authenticator reads it
+//! back, on SQLite and on a real PostgreSQL: users keyed by issuer and subject, roles
+//! re-evaluated and audited, owner names unique across accounts, sessions hashed in
+//! `api_tokens` with expiry and revocation, recognised by [`AuthChain`] like API tokens.
 
 mod common;
 
 use std::time::Duration;
 
-use lumie_server::db::{AuditFilter, Db, OIDC_SESSION_TOKEN_NAME};
+use lumie_server::Error;
+use lumie_server::auth::{AuthChain, AuthMethod, SESSION_COOKIE};
+use lumie_server::db::{AuditFilter, Db, OIDC_SESSION_TOKEN_NAME, hash_token};
 use lumie_server::identity::sessions::new_session;
-use lumie_server::identity::{Role, SessionStore, UserProfile, UserStore};
+use lumie_server::identity::{IdentityError, Role, SessionToken, UserProfile};
 
 fn profile(subject: &str, login: &str, role: Role) -> UserProfile {
     UserProfile {
@@ -22,10 +25,31 @@ fn profile(subject: &str, login: &str, role: Role) -> UserProfile {
     }
 }
 
-async fn users_and_roles(db: Db) {
+/// A request head presenting `header: value`.
+fn request(header: &str, value: &str) -> http::request::Parts {
+    http::Request::builder()
+        .header(header, value)
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+fn with_cookie(token: &str) -> http::request::Parts {
+    request("cookie", &format!("a=1; {SESSION_COOKIE}={token}"))
+}
+
+/// What the authenticator answers for a refused token.
+fn assert_refused(r: Result<lumie_server::auth::Principal, Error>) {
+    match r {
+        Err(Error::Unauthorized(m)) => assert_eq!(m, "invalid or expired session token"),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+async fn users_and_roles(db: Db, url: String) {
     let ip = Some("203.0.113.9".parse().unwrap());
-    let users: &dyn UserStore = &db;
-    let first = users
+    let first = db
         .upsert_oidc_user(&profile("s1", "Jane.Doe", Role::Admin), ip)
         .await
         .unwrap();
@@ -37,13 +61,13 @@ async fn users_and_roles(db: Db) {
     assert_eq!(stored.username, first.owner_name);
 
     // Same login again, same role: same id, no new audit line.
-    let again = users
+    let again = db
         .upsert_oidc_user(&profile("s1", "Jane.Doe", Role::Admin), ip)
         .await
         .unwrap();
     assert_eq!(again, first);
     // Removed from the admin group: member at the next login, audited with before/after.
-    let demoted = users
+    let demoted = db
         .upsert_oidc_user(&profile("s1", "Jane.Doe", Role::Member), ip)
         .await
         .unwrap();
@@ -64,31 +88,40 @@ async fn users_and_roles(db: Db) {
     assert_eq!(log[0].after.as_deref(), Some("member"));
     assert_eq!(log[0].client_ip.as_deref(), Some("203.0.113.9"));
 
-    let found = users.user_by_id(&first.id).await.unwrap().unwrap();
-    assert_eq!(found, demoted);
-    assert_eq!(found.login, "Jane.Doe");
-    assert_eq!(found.name.as_deref(), Some("Jane.Doe Name"));
-    assert!(users.user_by_id("nope").await.unwrap().is_none());
+    // What is stored is what the login said.
+    let found = db.user_by_id(&first.id).await.unwrap().unwrap();
+    assert_eq!(found.username, demoted.owner_name);
+    assert_eq!(Some(found.email), demoted.email);
+    assert!(!found.is_admin);
+    assert_eq!(
+        common::stored_oidc_names(&url, &first.id).await,
+        ("Jane.Doe".to_string(), "Jane.Doe Name".to_string())
+    );
+    assert!(db.user_by_id("nope").await.unwrap().is_none());
 
-    // Another account whose login maps to a taken owner name: refused, nothing changed.
-    let e = users
+    // Another account whose login maps to a taken owner name: refused, nothing changed; the
+    // login page names it as a store failure.
+    let e = db
         .upsert_oidc_user(&profile("s2", "Jane.Doe", Role::Member), ip)
         .await
         .unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    let e = IdentityError::from(e);
     assert_eq!(e.kind(), "store");
     assert!(e.to_string().contains("another account"), "{e}");
+    assert_eq!(db.list_users().await.unwrap().len(), 1);
     // A token user (created by an admin) owns a name an OIDC login would take: refused too.
     db.create_user("bob", "", false).await.unwrap();
-    let e = users
+    let e = db
         .upsert_oidc_user(&profile("s3", "bob", Role::Member), None)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("\"bob\""), "{e}");
 }
 
-async fn sessions(db: Db) {
+async fn sessions(db: Db, url: String) {
+    let auth = AuthChain::api_tokens(db.clone());
     let user = db.create_user("sam", "", false).await.unwrap();
-    let store: &dyn SessionStore = &db;
     let now = chrono::Utc::now();
     let (token, record) = new_session(
         &user.id,
@@ -96,70 +129,92 @@ async fn sessions(db: Db) {
         now,
         Some("198.51.100.1".parse().unwrap()),
     );
-    store.create_session(record.clone()).await.unwrap();
-    let found = store.find_session(&token.hash()).await.unwrap().unwrap();
-    assert_eq!(found.user_id, user.id);
-    assert_eq!(found.client_ip, record.client_ip);
+    assert_eq!(record.token_hash, hash_token(token.expose()));
+    db.create_session(&record).await.unwrap();
+    // Only the hash is stored, with the user, the expiry and the client address.
+    let stored = common::stored_sessions(&url).await;
     assert_eq!(
-        found.expires_at.timestamp_millis(),
-        record.expires_at.timestamp_millis()
+        stored,
+        [common::StoredSession {
+            token_hash: token.hash(),
+            user_id: user.id.clone(),
+            expires_at: record.expires_at.timestamp_millis(),
+            client_ip: Some("198.51.100.1".into()),
+        }]
     );
-    // The API-token authenticator's lookup recognises it as a session.
+    // The session cookie is recognised by the server's authenticator, as a session.
+    let p = auth
+        .authenticate(&with_cookie(token.expose()))
+        .await
+        .unwrap();
+    assert_eq!(p.user.id, user.id);
+    assert_eq!(p.method, AuthMethod::OidcSession);
     let (owner, name) = db.token_owner(token.expose()).await.unwrap().unwrap();
     assert_eq!(owner.id, user.id);
     assert_eq!(name, OIDC_SESSION_TOKEN_NAME);
-    // API tokens are not sessions: logout cannot revoke them through the session store.
+    // The hash itself is no credential; neither is a token nobody issued.
+    assert_refused(auth.authenticate(&with_cookie(&token.hash())).await);
+    assert_refused(
+        auth.authenticate(&with_cookie(SessionToken::generate().expose()))
+            .await,
+    );
+
+    // API tokens are not sessions: logout cannot revoke them.
     let api_token = db.create_api_token(&user.id, "api").await.unwrap();
-    assert!(
-        store
-            .find_session(&lumie_server::db::hash_token(&api_token))
-            .await
-            .unwrap()
-            .is_none()
+    assert!(!db.revoke_session(&hash_token(&api_token)).await.unwrap());
+    let p = auth
+        .authenticate(&request("authorization", &format!("Bearer {api_token}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.user.id.as_str(), p.method),
+        (user.id.as_str(), AuthMethod::ApiToken)
     );
-    assert!(
-        !store
-            .revoke_session(&lumie_server::db::hash_token(&api_token))
-            .await
-            .unwrap()
-    );
-    assert!(db.user_for_token(&api_token).await.unwrap().is_some());
+    assert_eq!(common::stored_sessions(&url).await.len(), 1);
 
-    assert!(store.revoke_session(&token.hash()).await.unwrap());
-    assert!(store.find_session(&token.hash()).await.unwrap().is_none());
+    // Revoked: gone, refused, and revoking again finds nothing.
+    assert!(db.revoke_session(&token.hash()).await.unwrap());
+    assert!(common::stored_sessions(&url).await.is_empty());
     assert!(db.token_owner(token.expose()).await.unwrap().is_none());
-    assert!(!store.revoke_session(&token.hash()).await.unwrap());
+    assert_refused(auth.authenticate(&with_cookie(token.expose())).await);
+    assert!(!db.revoke_session(&token.hash()).await.unwrap());
+    assert!(db.token_owner(&api_token).await.unwrap().is_some());
 
-    // Expired: still found by the store (so it can say "expired"), refused by the authenticator.
+    // Expired: the row is still there, the authenticator refuses it.
     let (old, record) = new_session(
         &user.id,
         Duration::from_secs(60),
         now - chrono::Duration::hours(2),
         None,
     );
-    store.create_session(record).await.unwrap();
-    assert!(store.find_session(&old.hash()).await.unwrap().is_some());
+    db.create_session(&record).await.unwrap();
+    let stored = common::stored_sessions(&url).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].token_hash, old.hash());
     assert!(db.token_owner(old.expose()).await.unwrap().is_none());
+    assert_refused(auth.authenticate(&with_cookie(old.expose())).await);
 }
 
 #[tokio::test]
 async fn sqlite_users_and_roles() {
-    let (db, _dir) = common::sqlite_db().await;
-    users_and_roles(db).await;
+    let (db, dir) = common::sqlite_db().await;
+    users_and_roles(db, common::sqlite_url(&dir)).await;
 }
 
 #[tokio::test]
 async fn postgres_users_and_roles() {
-    users_and_roles(common::pg_db().await).await;
+    let (db, url) = common::pg_db_with_url().await;
+    users_and_roles(db, url).await;
 }
 
 #[tokio::test]
 async fn sqlite_sessions() {
-    let (db, _dir) = common::sqlite_db().await;
-    sessions(db).await;
+    let (db, dir) = common::sqlite_db().await;
+    sessions(db, common::sqlite_url(&dir)).await;
 }
 
 #[tokio::test]
 async fn postgres_sessions() {
-    sessions(common::pg_db().await).await;
+    let (db, url) = common::pg_db_with_url().await;
+    sessions(db, url).await;
 }

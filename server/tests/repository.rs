@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use lumie_contract::agent_api::{AppHealth, ConnectionStatus, LifecycleState};
 use lumie_server::Error;
 use lumie_server::config::DatabaseConfig;
-use lumie_server::db::{Db, HeartbeatWrite, hash_token};
+use lumie_server::db::{AuditFilter, Db, HeartbeatWrite, hash_token};
 use lumie_server::model::*;
 
 /// Every case of the suite: each takes a fresh database.
@@ -42,25 +42,19 @@ mod suite {
             "alice"
         );
         assert_eq!(db.list_users().await.unwrap().len(), 2);
-        assert_eq!(
-            db.user_for_token(&token).await.unwrap().unwrap().id,
-            admin.id
-        );
+        let (owner, name) = db.token_owner(&token).await.unwrap().unwrap();
+        assert_eq!((owner.id, name.as_str()), (admin.id, "first admin"));
     }
 
     pub async fn api_tokens_are_stored_hashed(db: Db) {
         let u = db.create_user("bob", "", false).await.unwrap();
         let token = db.create_api_token(&u.id, "cli").await.unwrap();
         assert!(token.len() > 30, "{token}");
-        assert_eq!(db.user_for_token(&token).await.unwrap().unwrap().id, u.id);
-        assert!(db.user_for_token("nope").await.unwrap().is_none());
+        let (owner, name) = db.token_owner(&token).await.unwrap().unwrap();
+        assert_eq!((owner.id, name.as_str()), (u.id, "cli"));
+        assert!(db.token_owner("nope").await.unwrap().is_none());
         // The hash is what is stored: presenting the hash itself must not authenticate.
-        assert!(
-            db.user_for_token(&hash_token(&token))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(db.token_owner(&hash_token(&token)).await.unwrap().is_none());
     }
 
     pub async fn workspaces_unique_by_owner_name_and_pod_name(db: Db) {
@@ -216,7 +210,14 @@ mod suite {
         db.create_workspace(&u, "dev", "coder-dave-dev", None)
             .await
             .expect("the name is free again");
-        let log = db.audit_log(Some(&ws.id), 10).await.unwrap();
+        let log = db
+            .audit_query(&AuditFilter {
+                workspace_id: Some(ws.id.clone()),
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
         let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, ["build.delete", "build.stop", "workspace.create"]);
         assert_eq!(log[0].actor_name, "system");
@@ -236,20 +237,12 @@ mod suite {
                 .unwrap();
             ids.push((c.workspace.id, c.agent_id));
         }
-        let a = db
-            .agent_by_token_hash(&hash_token("tok-one"))
-            .await
-            .unwrap()
-            .unwrap();
+        // The server looks agents up by token hash among the live agents it loads at start.
+        let a = live_agent_with_token(&db, "tok-one").await.unwrap();
         assert_eq!(a.workspace_id, ids[0].0);
         assert_eq!(a.lifecycle, LifecycleState::Created);
         assert_eq!(a.connection, ConnectionStatus::Connecting);
-        assert!(
-            db.agent_by_token_hash(&hash_token("tok-x"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(live_agent_with_token(&db, "tok-x").await.is_none());
         let apps = BTreeMap::from([("tilt".to_string(), AppHealth::Healthy)]);
         let writes: Vec<_> = ids
             .iter()
@@ -290,17 +283,23 @@ mod suite {
         db.reset_agent(&ids[0].1, Some(&hash_token("tok-one-b")))
             .await
             .unwrap();
-        assert!(
-            db.agent_by_token_hash(&hash_token("tok-one"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(live_agent_with_token(&db, "tok-one").await.is_none());
+        assert!(live_agent_with_token(&db, "tok-one-b").await.is_some());
         let one = db.agent_for_workspace(&ids[0].0).await.unwrap().unwrap();
         assert_eq!(
             (one.lifecycle, one.connection, one.last_contact_at),
             (LifecycleState::Created, ConnectionStatus::Connecting, None)
         );
+    }
+
+    /// The live agent whose token hash is that of `token`.
+    async fn live_agent_with_token(db: &Db, token: &str) -> Option<AgentRecord> {
+        let hash = hash_token(token);
+        db.live_agents()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| a.token_hash == hash)
     }
 
     pub async fn heartbeat_batches_larger_than_one_statement(db: Db) {

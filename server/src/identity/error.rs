@@ -161,9 +161,6 @@ pub enum IdentityError {
     /// Too many logins are in progress (unauthenticated memory use is bounded).
     #[error("too many logins in progress; try again in a minute")]
     TooManyLogins,
-    /// No session, or an unknown, expired or revoked one.
-    #[error("not signed in: {0}")]
-    Unauthenticated(&'static str),
     /// The request arrived with another `Host` than the access URL's (the proxy stopped rewriting it).
     #[error(
         "request arrived for host {received:?} but this server is reached at {expected:?} (CODER_ACCESS_URL): the proxy in front (Teleport) must pass the access URL's host"
@@ -184,9 +181,19 @@ pub enum IdentityError {
         /// `Origin` of the request.
         received: String,
     },
-    /// The user or session store failed.
+    /// Writing the user or the session to the database failed (or the owner name is taken).
     #[error("identity store: {0}")]
     Store(String),
+}
+
+/// A database error during a login or logout, as the login routes report it.
+impl From<crate::error::Error> for IdentityError {
+    fn from(e: crate::error::Error) -> Self {
+        match e {
+            crate::error::Error::Identity(e) => e,
+            other => IdentityError::Store(other.to_string()),
+        }
+    }
 }
 
 impl IdentityError {
@@ -215,7 +222,6 @@ impl IdentityError {
             IdentityError::ReplayedCallback => "replayed_callback",
             IdentityError::MissingParameter(_) => "missing_parameter",
             IdentityError::TooManyLogins => "too_many_logins",
-            IdentityError::Unauthenticated(_) => "unauthenticated",
             IdentityError::HostMismatch { .. } => "host_mismatch",
             IdentityError::OriginMismatch { .. } => "origin_mismatch",
             IdentityError::Store(_) => "store",
@@ -235,7 +241,6 @@ impl IdentityError {
             | IdentityError::IssuerMismatch { .. }
             | IdentityError::CodeRejected { .. } => StatusCode::BAD_REQUEST,
             IdentityError::ProviderError { .. } => StatusCode::FORBIDDEN,
-            IdentityError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             IdentityError::OriginMismatch { .. } => StatusCode::FORBIDDEN,
             IdentityError::HostMismatch { .. } => StatusCode::MISDIRECTED_REQUEST,
             IdentityError::TooManyLogins => StatusCode::SERVICE_UNAVAILABLE,
@@ -379,10 +384,6 @@ mod tests {
         );
         assert!(IdentityError::MissingClientSecret.is_operator_problem());
         assert!(!IdentityError::ReplayedCallback.is_operator_problem());
-        assert_eq!(
-            IdentityError::Unauthenticated("no session").status(),
-            StatusCode::UNAUTHORIZED
-        );
     }
 
     #[test]

@@ -1,20 +1,19 @@
 //! Identity and access at the edge: who the caller is and whether the request came the way it
 //! should (through Teleport, to the access URL).
 //!
-//! Self-contained: the rest of the server plugs it in through two small traits and one router.
+//! The rest of the server plugs it in through one router over the database ([`crate::db::Db`]
+//! keeps users and sessions); requests after the login are authenticated by [`crate::auth`].
 //! - [`oidc`]: the OpenID Connect client (discovery, JWKS cache with refresh on an unknown `kid`,
 //!   authorization-code flow with PKCE, `state` and `nonce`, ID token verification) on the
 //!   `openidconnect` crate;
 //! - [`roles`]: claims → [`roles::Role`] and the user's profile (pure);
-//! - [`sessions`]: opaque session tokens stored hashed, the session cookie, [`sessions::SessionStore`];
+//! - [`sessions`]: opaque session tokens stored hashed, the session cookie;
 //! - [`proxy`]: the access URL, trusted proxy headers → client IP, `Host` and WebSocket `Origin`
 //!   checks (pure), plus the axum middleware that applies them;
 //! - [`routes`]: `GET /api/v2/users/oidc/login`, `GET /api/v2/users/oidc/callback`,
-//!   `POST /api/v2/users/logout`, and [`routes::UserStore`];
-//! - [`memory`]: in-memory stores for tests and for running without a database;
+//!   `POST /api/v2/users/logout`;
 //! - [`IdentityError`]: every way identity can fail, each worded for the person who must act.
 
-pub mod memory;
 pub mod oidc;
 pub mod proxy;
 pub mod roles;
@@ -27,8 +26,5 @@ pub use error::IdentityError;
 pub use oidc::{OidcClient, OidcSettings};
 pub use proxy::{AccessUrl, ClientIp, HostGuard, TrustedProxy};
 pub use roles::{Role, RoleMapping, UserProfile};
-pub use routes::{IdentityOptions, IdentityState, UserRecord, UserStore, routes};
-pub use sessions::{CookieSettings, SessionRecord, SessionStore, SessionToken};
-
-/// A boxed future, so the store traits can be used as `Arc<dyn …>` by the router.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub use routes::{IdentityOptions, IdentityState, UserRecord, routes};
+pub use sessions::{CookieSettings, SessionRecord, SessionToken};

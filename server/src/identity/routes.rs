@@ -6,12 +6,12 @@
 //!   browser that started it (no login CSRF), and is sent to the provider.
 //! - `GET /api/v2/users/oidc/callback`: checks `state` against that cookie and the store (each
 //!   login response is usable once), the `iss` parameter, exchanges the code and verifies the ID
-//!   token ([`super::oidc`]), maps role and profile ([`super::roles`]), upserts the user
-//!   ([`UserStore`]), creates a session ([`SessionStore`]), sets the session cookie and sends the
-//!   browser on. A refusal is an HTML page and a log line naming which failure it is.
+//!   token ([`super::oidc`]), maps role and profile ([`super::roles`]), upserts the user and
+//!   stores a session in the database ([`Db`]), sets the session cookie and sends the browser
+//!   on. A refusal is an HTML page and a log line naming which failure it is.
 //! - `POST /api/v2/users/logout`: revokes the session and clears the cookie.
 //!
-//! [`IdentityState::authenticate`] is what the server's auth middleware calls for browser requests.
+//! Requests after the login are authenticated by [`crate::auth`], the same way as API tokens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,14 +30,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use super::IdentityError;
 use super::oidc::{OidcClient, PendingLogin};
 use super::proxy::{AccessUrl, TrustedProxy, client_ip_of};
 use super::roles::{Role, RoleMapping, UserProfile};
 use super::sessions::{
-    CookieSettings, DEFAULT_SESSION_LIFETIME, SessionRecord, SessionStore, cookie_value,
-    new_session, set_cookie,
+    CookieSettings, DEFAULT_SESSION_LIFETIME, cookie_value, new_session, set_cookie,
 };
-use super::{BoxFuture, IdentityError};
+use crate::db::Db;
 
 /// Login start route.
 pub const LOGIN_PATH: &str = "/api/v2/users/oidc/login";
@@ -50,10 +50,10 @@ pub const DEFAULT_LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Logins in progress kept at most (unauthenticated callers create them).
 pub const DEFAULT_MAX_PENDING_LOGINS: usize = 10_000;
 
-/// A user as the store keeps it.
+/// A user as an OIDC login leaves it ([`Db::upsert_oidc_user`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
-    /// Store id (sessions point at it).
+    /// User id (sessions point at it).
     pub id: String,
     /// `preferred_username`.
     pub login: String,
@@ -65,24 +65,6 @@ pub struct UserRecord {
     pub name: Option<String>,
     /// Role as of the last login.
     pub role: Role,
-}
-
-/// Where users live; implemented by the server's database.
-pub trait UserStore: Send + Sync {
-    /// Creates the user at first login, or updates login, owner name, email, name and role
-    /// (users are keyed by `(issuer, subject)`, so a renamed account stays the same user).
-    /// An owner name already used by another account is an error. `client_ip` is the login's
-    /// client address, for the audit line of a role change.
-    fn upsert_oidc_user<'a>(
-        &'a self,
-        profile: &'a UserProfile,
-        client_ip: Option<std::net::IpAddr>,
-    ) -> BoxFuture<'a, Result<UserRecord, IdentityError>>;
-    /// The user with this id.
-    fn user_by_id<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserRecord>, IdentityError>>;
 }
 
 /// Settings of the login routes besides the OIDC client's.
@@ -119,15 +101,6 @@ impl IdentityOptions {
     }
 }
 
-/// A signed-in caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Authenticated {
-    /// Their session.
-    pub session: SessionRecord,
-    /// Their user record.
-    pub user: UserRecord,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -139,26 +112,19 @@ pub struct IdentityState(Arc<Inner>);
 
 struct Inner {
     oidc: Arc<OidcClient>,
-    users: Arc<dyn UserStore>,
-    sessions: Arc<dyn SessionStore>,
+    db: Db,
     options: IdentityOptions,
     logins: LoginStore,
     results: Family<ResultLabel, Counter>,
 }
 
 impl IdentityState {
-    /// State over an OIDC client and the two stores.
-    pub fn new(
-        oidc: Arc<OidcClient>,
-        users: Arc<dyn UserStore>,
-        sessions: Arc<dyn SessionStore>,
-        options: IdentityOptions,
-    ) -> Self {
+    /// State over an OIDC client and the database that keeps users and sessions.
+    pub fn new(oidc: Arc<OidcClient>, db: Db, options: IdentityOptions) -> Self {
         let logins = LoginStore::new(options.login_ttl, options.max_pending_logins);
         IdentityState(Arc::new(Inner {
             oidc,
-            users,
-            sessions,
+            db,
             options,
             logins,
             results: Family::default(),
@@ -187,22 +153,6 @@ impl IdentityState {
     /// Logins so far with this result (`ok` or an [`IdentityError::kind`]).
     pub fn login_results(&self, result: &'static str) -> u64 {
         self.0.results.get_or_create(&ResultLabel { result }).get()
-    }
-
-    /// The signed-in caller of a browser request (session cookie → session → user).
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, IdentityError> {
-        let token = self
-            .0
-            .options
-            .cookie
-            .session_token(headers)
-            .ok_or(IdentityError::Unauthenticated("no session cookie"))?;
-        let session =
-            super::sessions::authenticate(self.0.sessions.as_ref(), &token, Utc::now()).await?;
-        let user = self.0.users.user_by_id(&session.user_id).await?.ok_or(
-            IdentityError::Unauthenticated("the session's user no longer exists"),
-        )?;
-        Ok(Authenticated { session, user })
     }
 }
 
@@ -298,14 +248,14 @@ async fn finish_login(
     inner.oidc.check_issuer_parameter(q.iss.as_deref())?;
     let claims = inner.oidc.complete_login(&pending, &code).await?;
     let profile = UserProfile::from_claims(&claims, &inner.options.roles)?;
-    let user = inner.users.upsert_oidc_user(&profile, client_ip).await?;
+    let user = inner.db.upsert_oidc_user(&profile, client_ip).await?;
     let (token, record) = new_session(
         &user.id,
         inner.options.session_lifetime,
         Utc::now(),
         client_ip,
     );
-    inner.sessions.create_session(record).await?;
+    inner.db.create_session(&record).await?;
     let cookie = inner
         .options
         .cookie
@@ -316,8 +266,9 @@ async fn finish_login(
 async fn logout(State(state): State<IdentityState>, headers: HeaderMap) -> Response {
     let inner = &state.0;
     if let Some(token) = inner.options.cookie.session_token(&headers)
-        && let Err(e) = inner.sessions.revoke_session(&token.hash()).await
+        && let Err(e) = inner.db.revoke_session(&token.hash()).await
     {
+        let e = IdentityError::from(e);
         tracing::error!(kind = e.kind(), error = %e, "logout: revoking the session failed");
         return e.into_response();
     }

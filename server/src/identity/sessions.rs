@@ -1,11 +1,11 @@
-//! Browser sessions: an opaque random token in a cookie, only its SHA-256 kept by the store
+//! Browser sessions: an opaque random token in a cookie, only its SHA-256 kept in the database
 //! (a leaked database row does not log anyone in), an expiry, and revocation at logout.
 //!
-//! Storage-agnostic: [`SessionStore`] is implemented by the server's database and by
-//! [`super::memory::MemorySessionStore`]. The cookie is built here: `HttpOnly`, `SameSite=Lax`
-//! (sent on the top-level redirect back from the provider, not on cross-site posts), `Secure`
-//! when the access URL is https, and host-only (no `Domain`), so it is never sent to workspace
-//! app subdomains.
+//! The database stores them ([`crate::db::Db::create_session`], hashed in `api_tokens`) and the
+//! server's one authenticator ([`crate::auth`]) recognises the cookie, expiry included. The
+//! cookie is built here: `HttpOnly`, `SameSite=Lax` (sent on the top-level redirect back from the
+//! provider, not on cross-site posts), `Secure` when the access URL is https, and host-only (no
+//! `Domain`), so it is never sent to workspace app subdomains.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,13 +13,10 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 use super::proxy::AccessUrl;
-use super::{BoxFuture, IdentityError};
+use crate::auth::SESSION_COOKIE;
 
-/// The session cookie's name (Coder's, so existing scripts reading it keep working).
-pub const DEFAULT_COOKIE_NAME: &str = "coder_session_token";
 /// How long a browser session lasts (Coder's default).
 pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Random bytes in a session token.
@@ -42,9 +39,10 @@ impl SessionToken {
         SessionToken(value.trim().to_string())
     }
 
-    /// Hex SHA-256 of the token: the store's key.
+    /// What the database keeps and looks the session up by: [`crate::db::hash_token`], as
+    /// for API tokens.
     pub fn hash(&self) -> String {
-        hex::encode(Sha256::digest(self.0.as_bytes()))
+        crate::db::hash_token(&self.0)
     }
 
     /// The token itself, for the `Set-Cookie` header only.
@@ -74,30 +72,6 @@ pub struct SessionRecord {
     pub client_ip: Option<IpAddr>,
 }
 
-impl SessionRecord {
-    /// Whether the session is still valid at `now`.
-    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        now < self.expires_at
-    }
-}
-
-/// Where sessions live. Implementations store the record as given (the hash, never the token)
-/// and forget or mark revoked sessions so [`SessionStore::find_session`] no longer returns them.
-pub trait SessionStore: Send + Sync {
-    /// Stores a new session.
-    fn create_session(&self, record: SessionRecord) -> BoxFuture<'_, Result<(), IdentityError>>;
-    /// The session with this token hash, unless revoked (expired ones may be returned).
-    fn find_session<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SessionRecord>, IdentityError>>;
-    /// Revokes the session; `true` when there was one.
-    fn revoke_session<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, Result<bool, IdentityError>>;
-}
-
 /// A fresh token and the record to store for it.
 pub fn new_session(
     user_id: &str,
@@ -116,24 +90,9 @@ pub fn new_session(
     (token, record)
 }
 
-/// The active session a presented token belongs to.
-pub async fn authenticate(
-    store: &dyn SessionStore,
-    token: &SessionToken,
-    now: DateTime<Utc>,
-) -> Result<SessionRecord, IdentityError> {
-    match store.find_session(&token.hash()).await? {
-        None => Err(IdentityError::Unauthenticated("unknown or revoked session")),
-        Some(s) if !s.is_active(now) => Err(IdentityError::Unauthenticated("session expired")),
-        Some(s) => Ok(s),
-    }
-}
-
-/// How the session cookie is written.
+/// How the session cookie ([`SESSION_COOKIE`]) is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CookieSettings {
-    /// Cookie name.
-    pub name: String,
     /// `Secure` attribute (access URL is https).
     pub secure: bool,
 }
@@ -142,24 +101,23 @@ impl CookieSettings {
     /// Settings for an access URL: `Secure` exactly when it is https.
     pub fn for_access_url(access: &AccessUrl) -> Self {
         CookieSettings {
-            name: DEFAULT_COOKIE_NAME.into(),
             secure: access.is_https(),
         }
     }
 
     /// `Set-Cookie` value carrying a session token for `max_age`.
     pub fn set_session(&self, token: &SessionToken, max_age: Duration) -> String {
-        set_cookie(&self.name, token.expose(), "/", max_age, self.secure)
+        set_cookie(SESSION_COOKIE, token.expose(), "/", max_age, self.secure)
     }
 
     /// `Set-Cookie` value removing the session cookie (logout).
     pub fn clear_session(&self) -> String {
-        set_cookie(&self.name, "", "/", Duration::ZERO, self.secure)
+        set_cookie(SESSION_COOKIE, "", "/", Duration::ZERO, self.secure)
     }
 
     /// The session token the request presents in its cookie, if any.
     pub fn session_token(&self, headers: &HeaderMap) -> Option<SessionToken> {
-        cookie_value(headers, &self.name)
+        cookie_value(headers, SESSION_COOKIE)
             .filter(|v| !v.is_empty())
             .map(SessionToken::presented)
     }
@@ -192,7 +150,6 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::memory::MemorySessionStore;
 
     #[test]
     fn tokens_are_random_and_only_their_hash_is_kept() {
@@ -247,10 +204,7 @@ mod tests {
         assert_eq!(cookie_value(&headers, "coder_session_token"), Some("tok"));
         assert_eq!(cookie_value(&headers, "b"), Some("2"));
         assert_eq!(cookie_value(&headers, "session"), None);
-        let settings = CookieSettings {
-            name: "coder_session_token".into(),
-            secure: false,
-        };
+        let settings = CookieSettings { secure: false };
         assert_eq!(
             settings.session_token(&headers).map(|t| t.hash()),
             Some(SessionToken::presented("tok").hash())
@@ -258,26 +212,5 @@ mod tests {
         let mut empty = HeaderMap::new();
         empty.append("cookie", "coder_session_token=".parse().unwrap());
         assert!(settings.session_token(&empty).is_none());
-    }
-
-    #[tokio::test]
-    async fn authenticate_expiry_and_revocation() {
-        let store = MemorySessionStore::default();
-        let now = Utc::now();
-        let (token, record) = new_session("u1", Duration::from_secs(60), now, None);
-        store.create_session(record).await.unwrap();
-        assert_eq!(
-            authenticate(&store, &token, now).await.unwrap().user_id,
-            "u1"
-        );
-        let later = now + chrono::Duration::seconds(61);
-        let err = authenticate(&store, &token, later).await.unwrap_err();
-        assert!(err.to_string().contains("expired"), "{err}");
-        assert!(store.revoke_session(&token.hash()).await.unwrap());
-        let err = authenticate(&store, &token, now).await.unwrap_err();
-        assert!(err.to_string().contains("revoked"), "{err}");
-        assert!(!store.revoke_session(&token.hash()).await.unwrap());
-        let stranger = SessionToken::generate();
-        assert!(authenticate(&store, &stranger, now).await.is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use lumie_server::config::DatabaseConfig;
 use lumie_server::db::Db;
-use sqlx::Executor;
+use sqlx::{Executor, Row};
 
 static PG_URL: OnceLock<String> = OnceLock::new();
 
@@ -33,6 +33,11 @@ pub fn pg_base_url() -> &'static str {
 
 /// A fresh, empty PostgreSQL database (migrated by `Db::connect`).
 pub async fn pg_db() -> Db {
+    pg_db_with_url().await.0
+}
+
+/// [`pg_db`] and its URL, for tests that read rows directly ([`stored_sessions`]).
+pub async fn pg_db_with_url() -> (Db, String) {
     let base = pg_base_url();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     sqlx::any::install_default_drivers();
@@ -45,9 +50,10 @@ pub async fn pg_db() -> Db {
         .expect("create database");
     admin.close().await;
     let url = format!("{}/{name}", base.rsplit_once('/').expect("url with db").0);
-    Db::connect(&DatabaseConfig::Postgres(url))
+    let db = Db::connect(&DatabaseConfig::Postgres(url.clone()))
         .await
-        .expect("connect")
+        .expect("connect");
+    (db, url)
 }
 
 /// A fresh SQLite database in a temp dir (kept alive by the returned guard).
@@ -57,4 +63,60 @@ pub async fn sqlite_db() -> (Db, tempfile::TempDir) {
         .await
         .expect("open sqlite");
     (db, dir)
+}
+
+/// The URL of the database [`sqlite_db`] opened in `dir`, for tests that read rows directly.
+pub fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("lumie.db").display())
+}
+
+/// A browser session as stored in `api_tokens`. Read directly: the server itself only finds a
+/// session by presenting its token to the authenticator (`Db::token_owner`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Hex SHA-256 of the token.
+    pub token_hash: String,
+    /// Whose.
+    pub user_id: String,
+    /// Expiry, ms since the epoch.
+    pub expires_at: i64,
+    /// Client address at login.
+    pub client_ip: Option<String>,
+}
+
+/// Every browser session stored in the database at `url`, oldest first.
+pub async fn stored_sessions(url: &str) -> Vec<StoredSession> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("connect to read");
+    let rows = sqlx::query(
+        "SELECT token_hash, user_id, expires_at, client_ip FROM api_tokens WHERE name = $1 \
+         ORDER BY created_at",
+    )
+    .bind(lumie_server::db::OIDC_SESSION_TOKEN_NAME)
+    .fetch_all(&pool)
+    .await
+    .expect("read sessions");
+    pool.close().await;
+    rows.iter()
+        .map(|r| StoredSession {
+            token_hash: r.get("token_hash"),
+            user_id: r.get("user_id"),
+            expires_at: r.get("expires_at"),
+            client_ip: r.get("client_ip"),
+        })
+        .collect()
+}
+
+/// The OIDC login (`preferred_username`) and display name a login stored for a user. Read
+/// directly: nothing in the server reads them back.
+pub async fn stored_oidc_names(url: &str, user_id: &str) -> (String, String) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("connect to read");
+    let row = sqlx::query("SELECT oidc_login, display_name FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(&pool)
+        .await
+        .expect("read the user");
+    pool.close().await;
+    (row.get("oidc_login"), row.get("display_name"))
 }

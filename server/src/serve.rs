@@ -60,6 +60,9 @@ pub async fn start_with(
     client: kube::Client,
 ) -> Result<Running> {
     crate::preflight::check_kube(&client, &config.namespace).await?;
+    if let Some(warning) = config.trusted_proxy_warning() {
+        tracing::warn!("{warning}");
+    }
     let first_admin_token = db.bootstrap_admin(FIRST_ADMIN).await?.map(|(_, t)| t);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

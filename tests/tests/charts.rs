@@ -288,7 +288,20 @@ fn server_deployment_keeps_the_old_configuration() {
         env_value(c, "CODER_PROXY_TRUSTED_HEADERS"),
         "X-Forwarded-For"
     );
-    assert!(!env_value(c, "CODER_PROXY_TRUSTED_ORIGINS").is_empty());
+    // No trusted proxy unless the operator names Teleport's (any pod in a default range could
+    // write the audit log's client IP); a named one reaches the server.
+    assert_eq!(env_value(c, "CODER_PROXY_TRUSTED_ORIGINS"), "");
+    let named = render(
+        "lumie-coder",
+        &["server.proxy.trustedOrigins={10.42.7.0/28,10.42.9.3}"],
+    );
+    assert_eq!(
+        env_value(
+            container(find(&named, "Deployment", "coder"), "lumie-server"),
+            "CODER_PROXY_TRUSTED_ORIGINS"
+        ),
+        "10.42.7.0/28,10.42.9.3"
+    );
     assert_eq!(env_value(c, "LUMIE_LISTEN_ADDR"), "0.0.0.0:8080");
     assert_eq!(
         env_value(c, "LUMIE_WORKSPACE_NAMESPACE"),

@@ -240,35 +240,36 @@ pub struct Config {
     pub drift_check_interval: Duration,
 }
 
+/// The warning when no proxy is trusted (`CODER_PROXY_TRUSTED_ORIGINS` has no entry): forwarding
+/// headers are then ignored, and the audit log records the proxy's address for every request
+/// that came through Teleport. There is deliberately no default range to fall back on (any pod
+/// in it could write the client IP), so the operator has to name Teleport's. Takes the two
+/// settings as lists, so a check of a Deployment's env can say the same.
+pub fn trusted_proxy_warning(headers: &[String], origins: &[String]) -> Option<String> {
+    if origins.iter().any(|o| !o.trim().is_empty()) {
+        return None;
+    }
+    let headers: Vec<&str> = headers
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let ignored = if headers.is_empty() {
+        "no forwarding header is believed".to_string()
+    } else {
+        format!("{} is ignored", headers.join(", "))
+    };
+    Some(format!(
+        "CODER_PROXY_TRUSTED_ORIGINS is empty: {ignored}, so the audit log records the proxy's \
+         address as the client IP; set it to the Teleport app service's addresses \
+         (chart value server.proxy.trustedOrigins)"
+    ))
+}
+
 impl Config {
-    /// The start-up warning when no proxy is trusted: forwarding headers are then ignored, and
-    /// the audit log records the proxy's address for every request that came through Teleport.
-    /// There is deliberately no default range to fall back on (any pod in it could write the
-    /// client IP), so the operator has to name Teleport's.
+    /// [`trusted_proxy_warning`] for these settings; logged at start-up.
     pub fn trusted_proxy_warning(&self) -> Option<String> {
-        if self
-            .proxy_trusted_origins
-            .iter()
-            .any(|o| !o.trim().is_empty())
-        {
-            return None;
-        }
-        let headers: Vec<&str> = self
-            .proxy_trusted_headers
-            .iter()
-            .map(|h| h.trim())
-            .filter(|h| !h.is_empty())
-            .collect();
-        let ignored = if headers.is_empty() {
-            "no forwarding header is believed".to_string()
-        } else {
-            format!("{} is ignored", headers.join(", "))
-        };
-        Some(format!(
-            "CODER_PROXY_TRUSTED_ORIGINS is empty: {ignored}, so the audit log records the proxy's \
-             address as the client IP; set it to the Teleport app service's addresses \
-             (chart value server.proxy.trustedOrigins)"
-        ))
+        trusted_proxy_warning(&self.proxy_trusted_headers, &self.proxy_trusted_origins)
     }
 
     /// A config for tests and tools: SQLite in `data_dir`, everything else at its default.

@@ -60,9 +60,6 @@ pub async fn start_with(
     client: kube::Client,
 ) -> Result<Running> {
     crate::preflight::check_kube(&client, &config.namespace).await?;
-    if let Some(warning) = config.trusted_proxy_warning() {
-        tracing::warn!("{warning}");
-    }
     let first_admin_token = db.bootstrap_admin(FIRST_ADMIN).await?.map(|(_, t)| t);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -111,6 +108,9 @@ pub async fn start_with(
 /// `lumie-server serve`: start, print the first admin token once, run until SIGTERM/Ctrl-C.
 pub async fn run(config: Config) -> Result<()> {
     // In the order an operator fixes things: settings, database, then the kube API.
+    if let Some(warning) = config.trusted_proxy_warning() {
+        tracing::warn!("{warning}");
+    }
     let template = Template::load(config.template_file.as_deref())?;
     let db = Db::connect(&config.database).await?;
     let client = crate::preflight::kube_client().await?;

@@ -369,6 +369,36 @@ fn server_deployment_keeps_the_old_configuration() {
     );
 }
 
+/// The notes `helm install` prints (a client-side dry run: no cluster needed).
+fn install_notes(sets: &[&str]) -> String {
+    let mut args = vec![
+        "install",
+        RELEASE,
+        "charts/lumie-coder",
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+    ];
+    args.extend(set_args(sets));
+    let out = helm(&args).unwrap_or_else(|e| panic!("helm install --dry-run {sets:?}:\n{e}"));
+    out.split_once("NOTES:")
+        .map(|(_, notes)| notes.to_string())
+        .unwrap_or_else(|| panic!("no NOTES in:\n{out}"))
+}
+
+#[test]
+fn install_notes_warn_until_a_trusted_proxy_is_named() {
+    let notes = install_notes(&[]);
+    assert!(
+        notes.contains("Warning:")
+            && notes.contains("CODER_PROXY_TRUSTED_ORIGINS")
+            && notes.contains("server.proxy.trustedOrigins"),
+        "{notes}"
+    );
+    let notes = install_notes(&["server.proxy.trustedOrigins={10.42.7.0/28}"]);
+    assert!(!notes.contains("Warning:"), "{notes}");
+}
+
 #[test]
 fn embedded_database_mode_is_single_replica_with_a_volume_and_template() {
     let docs = render(

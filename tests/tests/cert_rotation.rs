@@ -333,7 +333,8 @@ async fn handshake_trusting(bundle_pem: &[u8], url: &str) -> Result<Vec<u8>, Str
 
 /// The root renewed the way cert-manager renews it with `rotationPolicy: Never`: the same name
 /// and key in a new certificate (another validity period), so certificates the old one signed
-/// verify against it.
+/// verify against it. (Renewed with a new key, the apiserver refuses the serving certificate
+/// once it reconnects, with the contrast's x509 error: why the chart's root keeps its key.)
 fn renew_keeping_key(root: &CertificateAuthority, common_name: &str) -> String {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let key = KeyPair::from_pem(&root.pem_pair().key_pem).unwrap();
@@ -479,7 +480,7 @@ async fn renewal_to_a_new_ca_fails_creates_until_the_webhook_reloads() {
     let counts = traffic.finish().await;
     hook.stop().await;
     eprintln!(
-        "new CA renewal: {} pod creates, {} failed in the {window:?} between the bundle change and the reload ({} of them before the kubelet update), {} in a row succeeded after it; first errors: {:?}",
+        "new CA renewal: {} pod creates, {} failed (the webhook reloaded {window:?} after the bundle change; {} failures seen before the kubelet update), then {} in a row succeeded; first errors: {:?}",
         counts.total(),
         counts.failed,
         failing.failed,

@@ -83,7 +83,8 @@ pub struct ServeArgs {
     /// Headers trusted to carry the client address from the proxy (comma separated).
     #[arg(long, env = "CODER_PROXY_TRUSTED_HEADERS", value_delimiter = ',')]
     pub proxy_trusted_headers: Vec<String>,
-    /// Proxy origins (CIDRs) trusted for those headers (comma separated).
+    /// Proxy origins (CIDRs or addresses) trusted for those headers (comma separated). No
+    /// default: name the Teleport app service's; empty, the headers are ignored (with a warning).
     #[arg(long, env = "CODER_PROXY_TRUSTED_ORIGINS", value_delimiter = ',')]
     pub proxy_trusted_origins: Vec<String>,
     /// Wildcard URL for subdomain apps; blank means path-based apps only.
@@ -239,7 +240,38 @@ pub struct Config {
     pub drift_check_interval: Duration,
 }
 
+/// The warning when no proxy is trusted (`CODER_PROXY_TRUSTED_ORIGINS` has no entry): forwarding
+/// headers are then ignored, and the audit log records the proxy's address for every request
+/// that came through Teleport. There is deliberately no default range to fall back on (any pod
+/// in it could write the client IP), so the operator has to name Teleport's. Takes the two
+/// settings as lists, so a check of a Deployment's env can say the same.
+pub fn trusted_proxy_warning(headers: &[String], origins: &[String]) -> Option<String> {
+    if origins.iter().any(|o| !o.trim().is_empty()) {
+        return None;
+    }
+    let headers: Vec<&str> = headers
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let ignored = if headers.is_empty() {
+        "no forwarding header is believed".to_string()
+    } else {
+        format!("{} is ignored", headers.join(", "))
+    };
+    Some(format!(
+        "CODER_PROXY_TRUSTED_ORIGINS is empty: {ignored}, so the audit log records the proxy's \
+         address as the client IP; set it to the Teleport app service's addresses \
+         (chart value server.proxy.trustedOrigins)"
+    ))
+}
+
 impl Config {
+    /// [`trusted_proxy_warning`] for these settings; logged at start-up.
+    pub fn trusted_proxy_warning(&self) -> Option<String> {
+        trusted_proxy_warning(&self.proxy_trusted_headers, &self.proxy_trusted_origins)
+    }
+
     /// A config for tests and tools: SQLite in `data_dir`, everything else at its default.
     pub fn for_tests(data_dir: PathBuf) -> Self {
         Config {
@@ -534,6 +566,57 @@ mod tests {
         .unwrap();
         assert_eq!(d.roles(), RoleMapping::default());
         assert!(d.scopes.is_empty());
+    }
+
+    #[test]
+    fn no_trusted_proxy_by_default_and_a_warning_naming_the_setting_until_one_is_set() {
+        let c = parse(&["--access-url", "http://x"]).unwrap();
+        assert!(c.proxy_trusted_origins.is_empty(), "no default range");
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&[], Some("no forwarding header is believed")),
+            (
+                &["--proxy-trusted-headers", "X-Forwarded-For"],
+                Some("X-Forwarded-For is ignored"),
+            ),
+            (
+                &[
+                    "--proxy-trusted-headers",
+                    "X-Forwarded-For",
+                    "--proxy-trusted-origins",
+                    " , ",
+                ],
+                Some("X-Forwarded-For is ignored"),
+            ),
+            (
+                &[
+                    "--proxy-trusted-headers",
+                    "X-Forwarded-For",
+                    "--proxy-trusted-origins",
+                    "10.42.7.0/28",
+                ],
+                None,
+            ),
+            (&["--proxy-trusted-origins", "10.42.7.12"], None),
+        ];
+        for (args, want) in cases {
+            let mut argv = vec!["--access-url", "http://x"];
+            argv.extend_from_slice(args);
+            let warning = parse(&argv).unwrap().trusted_proxy_warning();
+            match (want, &warning) {
+                (None, None) => {}
+                (Some(part), Some(w)) => {
+                    assert!(w.contains(part), "{args:?}: {w}");
+                    assert!(w.contains("CODER_PROXY_TRUSTED_ORIGINS"), "{args:?}: {w}");
+                    assert!(w.contains("server.proxy.trustedOrigins"), "{args:?}: {w}");
+                }
+                _ => panic!("{args:?}: want {want:?}, got {warning:?}"),
+            }
+        }
+        assert!(
+            Config::for_tests("/tmp".into())
+                .trusted_proxy_warning()
+                .is_some()
+        );
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub async fn start_with(
 /// `lumie-server serve`: start, print the first admin token once, run until SIGTERM/Ctrl-C.
 pub async fn run(config: Config) -> Result<()> {
     // In the order an operator fixes things: settings, database, then the kube API.
+    if let Some(warning) = config.trusted_proxy_warning() {
+        tracing::warn!("{warning}");
+    }
     let template = Template::load(config.template_file.as_deref())?;
     let db = Db::connect(&config.database).await?;
     let client = crate::preflight::kube_client().await?;

@@ -288,7 +288,20 @@ fn server_deployment_keeps_the_old_configuration() {
         env_value(c, "CODER_PROXY_TRUSTED_HEADERS"),
         "X-Forwarded-For"
     );
-    assert!(!env_value(c, "CODER_PROXY_TRUSTED_ORIGINS").is_empty());
+    // No trusted proxy unless the operator names Teleport's (any pod in a default range could
+    // write the audit log's client IP); a named one reaches the server.
+    assert_eq!(env_value(c, "CODER_PROXY_TRUSTED_ORIGINS"), "");
+    let named = render(
+        "lumie-coder",
+        &["server.proxy.trustedOrigins={10.42.7.0/28,10.42.9.3}"],
+    );
+    assert_eq!(
+        env_value(
+            container(find(&named, "Deployment", "coder"), "lumie-server"),
+            "CODER_PROXY_TRUSTED_ORIGINS"
+        ),
+        "10.42.7.0/28,10.42.9.3"
+    );
     assert_eq!(env_value(c, "LUMIE_LISTEN_ADDR"), "0.0.0.0:8080");
     assert_eq!(
         env_value(c, "LUMIE_WORKSPACE_NAMESPACE"),
@@ -354,6 +367,36 @@ fn server_deployment_keeps_the_old_configuration() {
         mounts.contains(&"/tmp") && mounts.contains(&"/var/lib/lumie-coder"),
         "{mounts:?}"
     );
+}
+
+/// The notes `helm install` prints (a client-side dry run: no cluster needed).
+fn install_notes(sets: &[&str]) -> String {
+    let mut args = vec![
+        "install",
+        RELEASE,
+        "charts/lumie-coder",
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+    ];
+    args.extend(set_args(sets));
+    let out = helm(&args).unwrap_or_else(|e| panic!("helm install --dry-run {sets:?}:\n{e}"));
+    out.split_once("NOTES:")
+        .map(|(_, notes)| notes.to_string())
+        .unwrap_or_else(|| panic!("no NOTES in:\n{out}"))
+}
+
+#[test]
+fn install_notes_warn_until_a_trusted_proxy_is_named() {
+    let notes = install_notes(&[]);
+    assert!(
+        notes.contains("Warning:")
+            && notes.contains("CODER_PROXY_TRUSTED_ORIGINS")
+            && notes.contains("server.proxy.trustedOrigins"),
+        "{notes}"
+    );
+    let notes = install_notes(&["server.proxy.trustedOrigins={10.42.7.0/28}"]);
+    assert!(!notes.contains("Warning:"), "{notes}");
 }
 
 #[test]
@@ -543,21 +586,47 @@ fn chart_generated_pair_is_a_ca_and_a_serving_certificate_for_the_service() {
 }
 
 #[test]
-fn cert_manager_mode_renders_issuer_certificate_and_ca_injection() {
+fn cert_manager_mode_renders_a_ca_chain_and_injects_the_root() {
     let docs = render("lumie-coder", &["webhook.tls.mode=certManager"]);
     assert!(
         all(&docs, "Secret").is_empty(),
-        "cert-manager writes the Secret, not helm"
+        "cert-manager writes the Secrets, not helm"
     );
-    let issuer = find(&docs, "Issuer", "lumie-webhook-selfsigned");
-    assert!(issuer["spec"]["selfSigned"].is_object());
+    // self-signed Issuer -> root CA Certificate -> CA Issuer -> serving Certificate.
+    let selfsigned = find(&docs, "Issuer", "lumie-webhook-selfsigned");
+    assert!(selfsigned["spec"]["selfSigned"].is_object());
+    let root = find(&docs, "Certificate", "lumie-webhook-ca");
+    assert_eq!(root["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(root["spec"]["isCA"], true);
+    assert_eq!(root["spec"]["secretName"], "lumie-webhook-ca");
+    assert_eq!(root["spec"]["duration"], "87600h", "a long-lived root");
+    assert_eq!(
+        root["spec"]["privateKey"]["rotationPolicy"], "Never",
+        "the root renews with its key, so certificates it signed keep verifying"
+    );
+    assert_eq!(
+        root["spec"]["issuerRef"],
+        json!({"name": "lumie-webhook-selfsigned", "kind": "Issuer"})
+    );
+    let ca_issuer = find(&docs, "Issuer", "lumie-webhook-ca");
+    assert_eq!(ca_issuer["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        ca_issuer["spec"],
+        json!({"ca": {"secretName": "lumie-webhook-ca"}})
+    );
+    assert_eq!(all(&docs, "Issuer").len(), 2);
+    assert_eq!(all(&docs, "Certificate").len(), 2);
+
     let cert = find(&docs, "Certificate", "lumie-webhook");
     assert_eq!(cert["metadata"]["namespace"], NAMESPACE);
     assert_eq!(cert["spec"]["secretName"], "lumie-webhook-tls");
+    assert!(cert["spec"].get("isCA").is_none(), "a leaf, not a CA");
     assert_eq!(
-        cert["spec"]["issuerRef"]["name"],
-        "lumie-webhook-selfsigned"
+        cert["spec"]["issuerRef"],
+        json!({"name": "lumie-webhook-ca", "kind": "Issuer"}),
+        "signed by the CA Issuer, not self-signed"
     );
+    assert_eq!(cert["spec"]["privateKey"]["rotationPolicy"], "Always");
     let names: Vec<String> = strings(&cert["spec"]["dnsNames"])
         .into_iter()
         .map(str::to_string)
@@ -566,6 +635,11 @@ fn cert_manager_mode_renders_issuer_certificate_and_ca_injection() {
         names,
         lumie_webhook::certs::service_dns_names("lumie-webhook", NAMESPACE)
     );
+    // The webhook mounts the serving Secret, not the root's.
+    let webhook = find(&docs, "Deployment", "lumie-webhook");
+    let volumes = webhook["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("lumie-webhook-tls"), "{volumes}");
+    assert!(!volumes.contains("lumie-webhook-ca"), "{volumes}");
     for kind in [
         "MutatingWebhookConfiguration",
         "ValidatingWebhookConfiguration",
@@ -573,8 +647,8 @@ fn cert_manager_mode_renders_issuer_certificate_and_ca_injection() {
         let config = find(&docs, kind, "lumie-webhook");
         assert_eq!(
             config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
-            "coder/lumie-webhook",
-            "{kind}"
+            "coder/lumie-webhook-ca",
+            "{kind}: cainjector injects the root, which a serving renewal does not change"
         );
         for hook in config["webhooks"].as_array().unwrap() {
             assert!(
@@ -584,7 +658,8 @@ fn cert_manager_mode_renders_issuer_certificate_and_ca_injection() {
         }
     }
 
-    // An issuer of one's own replaces the chart's.
+    // A CA issuer of one's own replaces the chart's chain; its CA comes with the serving
+    // certificate's Secret (ca.crt), so that Certificate is the injection source.
     let docs = render(
         "lumie-coder",
         &[
@@ -594,9 +669,21 @@ fn cert_manager_mode_renders_issuer_certificate_and_ca_injection() {
         ],
     );
     assert!(all(&docs, "Issuer").is_empty());
+    let certs = all(&docs, "Certificate");
+    assert_eq!(certs.len(), 1, "no chart root next to the operator's CA");
     let cert = find(&docs, "Certificate", "lumie-webhook");
     assert_eq!(cert["spec"]["issuerRef"]["name"], "corp-ca");
     assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        let annotations = &find(&docs, kind, "lumie-webhook")["metadata"]["annotations"];
+        assert_eq!(
+            annotations["cert-manager.io/inject-ca-from"], "coder/lumie-webhook",
+            "{kind}"
+        );
+    }
 }
 
 #[test]

@@ -52,6 +52,17 @@ http://{{ .Values.server.name }}.{{ .Release.Namespace }}.svc.cluster.local
 {{- .Values.webhook.tls.secretName | default (printf "%s-tls" .Values.webhook.name) -}}
 {{- end -}}
 
+{{/* certManager mode: the Certificate whose CA cainjector copies into caBundle. The chart's own
+     root CA when the chart makes the chain (it does not change when the serving certificate
+     renews); with issuerRef, the serving Certificate, whose Secret's ca.crt is that issuer's CA. */}}
+{{- define "lumie-coder.webhook.injectCaFrom" -}}
+{{- if .Values.webhook.tls.certManager.issuerRef -}}
+{{- printf "%s/%s" .Release.Namespace .Values.webhook.name -}}
+{{- else -}}
+{{- printf "%s/%s-ca" .Release.Namespace .Values.webhook.name -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Namespaces whose pods pass through the webhook. */}}
 {{- define "lumie-coder.webhook.namespaces" -}}
 {{- $ns := .Values.webhook.admission.namespaces | default .Values.serviceAccount.workspaceNamespaces -}}

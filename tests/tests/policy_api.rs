@@ -8,7 +8,6 @@
 //! policies refused with `validate()`'s messages (400), members refused (403), and the audit
 //! log holding each change with before and after.
 
-
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
 use kube::api::{Patch, PatchParams};

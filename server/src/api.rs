@@ -17,7 +17,7 @@ use lumie_contract::naming::WorkspaceNames;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::auth::Principal;
+use crate::caller::Principal;
 use crate::db::{AuditEvent, AuditFilter};
 use crate::error::{Error, Result};
 use crate::model::*;
@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::policy_api::routes())
         .merge(crate::agent_api::routes())
         .merge(crate::distribution::routes())
-        .merge(crate::proxy::routes())
+        .merge(crate::app_proxy::routes())
         .with_state(state)
 }
 

@@ -2,38 +2,39 @@
 //!
 //! - [`config`]: flags and environment → [`config::Config`]; [`preflight`]: start-up checks;
 //! - [`db`]: the repository over PostgreSQL or SQLite; [`model`]: its records and states;
-//! - [`auth`]: who is calling ([`auth::Principal`], pluggable authenticators);
+//! - [`caller`]: who is calling ([`caller::Principal`], pluggable authenticators);
 //! - [`api`]: the HTTP router; [`distribution`]: agent binary and init script;
-//!   [`proxy`]: the app proxy; [`agent_api`]: the agent's routes; [`agents`]: the agent table;
+//!   [`app_proxy`]: the app proxy; [`agent_api`]: the agent's routes; [`agents`]: the agent table;
 //! - [`template`]: the workspace Secret, PVC and Pod; [`status`]: status derivation;
 //! - [`spawner`]: kube actions (server-side apply, deletes); [`builds`]: the build executor;
 //! - [`reconcile`]: watchers, status writes, and the pure plan (desired vs actual, orphans) it
 //!   carries out; [`events`]: status changes and dirty marks; [`drift`]: the
 //!   `dev-workspace` ServiceAccount/Service contract check;
 //! - [`identity`]: OIDC login, roles, sessions, trusted proxy and Host/Origin checks;
-//!   [`access`]: identity wired in (database stores, [`access::app`] with the edge middleware);
+//!   [`edge`]: identity wired in front of every route ([`edge::app`]: the router with the login
+//!   routes and the edge middleware);
 //! - [`policy_api`]: `GET`/`PUT /api/v2/policy`, the cluster `WorkspacePolicy` for admins;
 //! - [`serve`]: start-up and the running server;
 //! - [`state`]: the composition root handlers share; [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
-pub mod access;
 pub mod agent_api;
 pub mod agents;
 pub mod api;
-pub mod auth;
+pub mod app_proxy;
 pub mod builds;
+pub mod caller;
 pub mod config;
 pub mod db;
 pub mod distribution;
 pub mod drift;
+pub mod edge;
 pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod policy_api;
 pub mod preflight;
-pub mod proxy;
 pub mod reconcile;
 pub mod serve;
 pub mod spawner;

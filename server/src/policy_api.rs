@@ -16,7 +16,7 @@ use kube::api::{Patch, PatchParams};
 use lumie_contract::policy::{DEFAULT_POLICY_NAME, WorkspacePolicy, WorkspacePolicySpec};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Principal;
+use crate::caller::Principal;
 use crate::db::AuditEvent;
 use crate::error::{Error, Result};
 use crate::state::AppState;

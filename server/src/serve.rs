@@ -114,10 +114,10 @@ pub async fn start_with(
         wake: state.build_wake.clone(),
     };
     tasks.push(tokio::spawn(executor.run()));
-    crate::access::discover_at_start(&state.edge).await;
+    crate::edge::discover_at_start(&state.edge).await;
     let app_state = state.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = crate::access::serve(listener, app_state).await {
+        if let Err(e) = crate::edge::serve(listener, app_state).await {
             tracing::error!(error = %e, "listener failed");
         }
     }));

@@ -5,11 +5,11 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::Notify;
 
-use crate::access::Edge;
 use crate::agents::AgentHub;
-use crate::auth::AuthChain;
+use crate::caller::AuthChain;
 use crate::config::Config;
 use crate::db::Db;
+use crate::edge::Edge;
 use crate::events::{Dirty, Events};
 use crate::metrics::Metrics;
 use crate::reconcile::ClusterViews;

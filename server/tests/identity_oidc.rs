@@ -16,9 +16,9 @@ use axum::extract::Request;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use lumie_server::api::UserJson;
-use lumie_server::auth::AuthChain;
+use lumie_server::caller::AuthChain;
 use lumie_server::db::Db;
-use lumie_server::identity::proxy::{client_ip_middleware, host_guard_middleware};
+use lumie_server::identity::trusted_proxy::{client_ip_middleware, host_guard_middleware};
 use lumie_server::identity::{
     AccessUrl, HostGuard, IdentityOptions, IdentityState, OidcClient, OidcSettings, Role,
     SessionToken, TrustedProxy, routes,

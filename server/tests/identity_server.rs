@@ -1,4 +1,4 @@
-//! Identity through the real server: `access::app` (the API router, the OIDC login routes and
+//! Identity through the real server: `edge::app` (the API router, the OIDC login routes and
 //! the edge middleware) listening on 127.0.0.1 with OIDC configured against the real provider
 //! (`tests/oidc/provider.js`) and SQLite, driven by browsers that keep cookies.
 //!
@@ -49,9 +49,9 @@ async fn start_server() -> Server {
     let state = AppState::new(config, db, Template::default(), None)
         .await
         .unwrap();
-    lumie_server::access::discover_at_start(&state.edge).await;
+    lumie_server::edge::discover_at_start(&state.edge).await;
     let serving = state.clone();
-    tokio::spawn(async move { lumie_server::access::serve(listener, serving).await });
+    tokio::spawn(async move { lumie_server::edge::serve(listener, serving).await });
     Server {
         base,
         state,

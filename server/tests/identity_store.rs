@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use lumie_server::Error;
-use lumie_server::auth::{AuthChain, AuthMethod, SESSION_COOKIE};
+use lumie_server::caller::{AuthChain, AuthMethod, SESSION_COOKIE};
 use lumie_server::db::{AuditFilter, Db, OIDC_SESSION_TOKEN_NAME, hash_token};
 use lumie_server::identity::sessions::new_session;
 use lumie_server::identity::{IdentityError, Role, SessionToken, UserProfile};
@@ -40,7 +40,7 @@ fn with_cookie(token: &str) -> http::request::Parts {
 }
 
 /// What the authenticator answers for a refused token.
-fn assert_refused(r: Result<lumie_server::auth::Principal, Error>) {
+fn assert_refused(r: Result<lumie_server::caller::Principal, Error>) {
     match r {
         Err(Error::Unauthorized(m)) => assert_eq!(m, "invalid or expired session token"),
         other => panic!("expected 401, got {other:?}"),

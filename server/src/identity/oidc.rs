@@ -34,8 +34,8 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use super::IdentityError;
-use super::proxy::AccessUrl;
 use super::roles::VerifiedClaims;
+use super::trusted_proxy::AccessUrl;
 
 /// Where the provider sends the browser back to, under the access URL.
 pub const CALLBACK_PATH: &str = "/api/v2/users/oidc/callback";

@@ -11,7 +11,7 @@
 //!   on. A refusal is an HTML page and a log line naming which failure it is.
 //! - `POST /api/v2/users/logout`: revokes the session and clears the cookie.
 //!
-//! Requests after the login are authenticated by [`crate::auth`], the same way as API tokens.
+//! Requests after the login are authenticated by [`crate::caller`], the same way as API tokens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 
 use super::IdentityError;
 use super::oidc::{OidcClient, PendingLogin};
-use super::proxy::{AccessUrl, TrustedProxy, client_ip_of};
 use super::roles::{Role, RoleMapping, UserProfile};
 use super::sessions::{
     CookieSettings, DEFAULT_SESSION_LIFETIME, cookie_value, new_session, set_cookie,
 };
+use super::trusted_proxy::{AccessUrl, TrustedProxy, client_ip_of};
 use crate::db::Db;
 
 /// Login start route.

@@ -2,7 +2,7 @@
 //! (a leaked database row does not log anyone in), an expiry, and revocation at logout.
 //!
 //! The database stores them ([`crate::db::Db::create_session`], hashed in `api_tokens`) and the
-//! server's one authenticator ([`crate::auth`]) recognises the cookie, expiry included. The
+//! server's one authenticator ([`crate::caller`]) recognises the cookie, expiry included. The
 //! cookie is built here: `HttpOnly`, `SameSite=Lax` (sent on the top-level redirect back from the
 //! provider, not on cross-site posts), `Secure` when the access URL is https, and host-only (no
 //! `Domain`), so it is never sent to workspace app subdomains.
@@ -14,8 +14,8 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 
-use super::proxy::AccessUrl;
-use crate::auth::SESSION_COOKIE;
+use super::trusted_proxy::AccessUrl;
+use crate::caller::SESSION_COOKIE;
 
 /// How long a browser session lasts (Coder's default).
 pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);

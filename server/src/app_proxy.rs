@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use lumie_contract::apps::{self, WorkspaceApp};
 
 use crate::api::html_page;
-use crate::auth::SESSION_COOKIE;
+use crate::caller::SESSION_COOKIE;
 use crate::error::Error;
 use crate::model::{DesiredState, WorkspaceStatus};
 use crate::state::AppState;

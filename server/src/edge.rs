@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::Result;
-use crate::identity::proxy::{client_ip_middleware, host_guard_middleware};
+use crate::identity::trusted_proxy::{client_ip_middleware, host_guard_middleware};
 use crate::identity::{
     AccessUrl, HostGuard, IdentityOptions, IdentityState, OidcClient, TrustedProxy,
 };

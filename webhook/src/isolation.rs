@@ -24,7 +24,7 @@ use lumie_contract::labels;
 use lumie_contract::naming::WorkspaceNames;
 use lumie_contract::policy::CONTROL_PLANE_USER;
 
-use crate::podview::{ContainerView, PodView};
+use crate::podview::{ContainerView, MetaView, PodView};
 use crate::validate::{Subject, Violation};
 
 /// The prefix of every workspace object name (`coder-<owner>-<workspace>`, see
@@ -129,6 +129,13 @@ pub fn pod_identity(labels: Option<&BTreeMap<String, String>>) -> PodIdentity {
     }
 }
 
+fn created_by<'m>(m: &'m MetaView<'_>) -> Option<&'m str> {
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::CREATED_BY))
+        .map(|v| &**v)
+}
+
 fn is_home(name: &str) -> bool {
     name.starts_with(WORKSPACE_PREFIX) && name.ends_with(HOME_SUFFIX)
 }
@@ -169,15 +176,7 @@ pub fn check_pod(
     let control_plane = ids.is_control_plane(caller.username);
     let meta = &pod.metadata;
     let identity = pod_identity(meta.labels.as_ref());
-    let label = |m: &crate::podview::MetaView<'_>, k: &str| {
-        m.labels.as_ref().and_then(|l| l.get(k)).cloned()
-    };
-    let created_by = |m: &crate::podview::MetaView<'_>| {
-        m.annotations
-            .as_ref()
-            .and_then(|a| a.get(labels::CREATED_BY))
-            .map(|v| v.to_string())
-    };
+    let label = |m: &MetaView<'_>, k: &str| m.labels.as_ref().and_then(|l| l.get(k)).cloned();
     let only_cp = || {
         format!(
             "only the control plane ({}) creates workspace pods",
@@ -224,7 +223,17 @@ pub fn check_pod(
         (None, true) => match &identity {
             PodIdentity::None => {}
             PodIdentity::Invalid(why) => {
-                f.push(Subject::Pod, "metadata.labels".into(), None, why.clone());
+                let present: Vec<String> = labels::WORKSPACE_IDENTITY
+                    .iter()
+                    .filter_map(|k| label(meta, k).map(|v| format!("{k}={v}")))
+                    .collect();
+                let value = format!("{present:?}");
+                f.push(
+                    Subject::Pod,
+                    "metadata.labels".into(),
+                    Some(value),
+                    why.clone(),
+                );
             }
             PodIdentity::Workspace(names) => {
                 if meta.name.as_deref() != Some(names.pod.as_str()) {
@@ -238,7 +247,7 @@ pub fn check_pod(
                         ),
                     );
                 }
-                if created_by(meta).as_deref() != Some(caller.username) {
+                if created_by(meta) != Some(caller.username) {
                     f.push(
                         Subject::Pod,
                         format!(
@@ -342,9 +351,19 @@ fn check_references(f: &mut Out, pod: &PodView<'_>, own: Option<&WorkspaceNames>
                 denied_reference(own, "home volume"),
             );
         }
-        let mut secrets: Vec<(String, &str)> = Vec::new();
+        // Field paths are only formatted for a violation: a compliant pod allocates nothing.
+        let secret = |f: &mut Out, field: &dyn Fn() -> String, name: &str| {
+            if !agent_ok(own, name) {
+                f.push(
+                    Subject::Pod,
+                    field(),
+                    Some(format!("{name:?}")),
+                    denied_reference(own, "agent token Secret"),
+                );
+            }
+        };
         if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) {
-            secrets.push((format!("spec.volumes[{i}].secret.secretName"), name));
+            secret(f, &|| format!("spec.volumes[{i}].secret.secretName"), name);
         }
         for (j, src) in v
             .projected
@@ -353,10 +372,11 @@ fn check_references(f: &mut Out, pod: &PodView<'_>, own: Option<&WorkspaceNames>
             .enumerate()
         {
             if let Some(name) = src.secret.as_ref().and_then(|s| s.name.as_deref()) {
-                secrets.push((
-                    format!("spec.volumes[{i}].projected.sources[{j}].secret.name"),
+                secret(
+                    f,
+                    &|| format!("spec.volumes[{i}].projected.sources[{j}].secret.name"),
                     name,
-                ));
+                );
             }
         }
         if let Some(name) = v
@@ -365,20 +385,11 @@ fn check_references(f: &mut Out, pod: &PodView<'_>, own: Option<&WorkspaceNames>
             .and_then(|c| c.node_publish_secret_ref.as_ref())
             .and_then(|r| r.name.as_deref())
         {
-            secrets.push((
-                format!("spec.volumes[{i}].csi.nodePublishSecretRef.name"),
+            secret(
+                f,
+                &|| format!("spec.volumes[{i}].csi.nodePublishSecretRef.name"),
                 name,
-            ));
-        }
-        for (field, name) in secrets {
-            if !agent_ok(own, name) {
-                f.push(
-                    Subject::Pod,
-                    field,
-                    Some(format!("{name:?}")),
-                    denied_reference(own, "agent token Secret"),
-                );
-            }
+            );
         }
     }
     for c in spec.containers() {

@@ -1623,7 +1623,11 @@ fn isolation_table_pod_create() {
                     .unwrap()
                     .remove("coder.lumie-infra.com/owner");
             },
-            Want::Deny(&[r#"pod: metadata.labels is required"#, "missing"]),
+            Want::Deny(&[
+                r#"pod: metadata.labels=["coder.lumie-infra.com/workspace=dev", "#,
+                r#"a workspace pod carries all of the labels"#,
+                r#""coder.lumie-infra.com/owner" missing"#,
+            ]),
         ),
         (
             "a developer creating a workspace pod",

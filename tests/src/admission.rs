@@ -49,6 +49,19 @@ pub async fn register_webhooks(
         resources: Some(vec!["pods".into(), "pods/ephemeralcontainers".into()]),
         scope: Some("Namespaced".into()),
     };
+    // exec, attach and port-forward into workspace pods: the webhook lets only the control
+    // plane, admins and the workspace's own pod in.
+    let connect_rule = RuleWithOperations {
+        api_groups: Some(vec!["".into()]),
+        api_versions: Some(vec!["v1".into()]),
+        operations: Some(vec!["CONNECT".into()]),
+        resources: Some(vec![
+            "pods/exec".into(),
+            "pods/attach".into(),
+            "pods/portforward".into(),
+        ]),
+        scope: Some("Namespaced".into()),
+    };
     let policy_rule = RuleWithOperations {
         api_groups: Some(vec![policy::GROUP.into()]),
         api_versions: Some(vec![policy::VERSION.into()]),
@@ -81,7 +94,7 @@ pub async fn register_webhooks(
                 failure_policy: Some("Fail".into()),
                 timeout_seconds: Some(10),
                 namespace_selector: Some(selector),
-                rules: Some(vec![pod_rule]),
+                rules: Some(vec![pod_rule, connect_rule]),
                 client_config: client_config("/validate"),
                 ..Default::default()
             },

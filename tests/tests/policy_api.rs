@@ -115,6 +115,13 @@ async fn admins_read_and_write_the_cluster_policy_with_conflicts_validation_and_
     // Write mode Warn: the object exists in the cluster, owned by lumie-server.
     let mut warn = WorkspacePolicySpec::contract_default();
     warn.mode = PolicyMode::Warn;
+    // Below the floor in lumie-dev: only with a break-glass lift.
+    warn.break_glass = Some(lumie_contract::policy::BreakGlass {
+        reason: "policy API test".into(),
+        expires: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2999-01-01T00:00:00Z".parse().unwrap(),
+        ),
+    });
     let (status, body) = api
         .call(
             "PUT",
@@ -191,7 +198,9 @@ async fn admins_read_and_write_the_cluster_policy_with_conflicts_validation_and_
     let mut bad = WorkspacePolicySpec::contract_default();
     bad.namespaces.clear();
     bad.privileged_containers[0].images = vec!["docker:[dind".into()];
-    let problems = bad.validate().unwrap_err();
+    let problems = bad
+        .validate(k8s_openapi::jiff::Timestamp::now())
+        .unwrap_err();
     let (status, body) = api
         .call(
             "PUT",

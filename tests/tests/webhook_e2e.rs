@@ -2,9 +2,13 @@
 //!
 //! One webhook per test process, started in-process on 127.0.0.1 with a serving certificate
 //! issued by the harness CA, watching WorkspacePolicy objects, and registered like the chart
-//! does (`failurePolicy: Fail`, namespaceSelector on `lumie-dev` and `lumie-live`). Pods are
-//! created as the control plane's ServiceAccount and as a developer: accepted ones come back
-//! mutated, rejected ones carry the violations.
+//! does (`failurePolicy: Fail`, namespaceSelector on `lumie-dev` and `lumie-live`, CONNECT on
+//! exec, attach and portforward). Pods are created as the control plane's ServiceAccount and as
+//! a developer: accepted ones come back mutated, rejected ones carry the violations. Workspace
+//! isolation (no developer can become another) is tried the way a developer would: mounting
+//! another workspace's home volume or token, forging workspace labels, and exec, attach and
+//! port-forward into another workspace's pod as a pod's bound ServiceAccount token would ask
+//! (the admin impersonates the workspace account with the pod-name extra).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use lumie_contract::labels;
 use lumie_contract::policy::WorkspacePolicy;
 use lumie_tests::{Cluster, Identity, admission, bootstrap, nodes};
 use lumie_webhook::certs::write_private;
@@ -66,6 +71,8 @@ fn webhook() -> &'static Webhook {
                 let mut config = ServeConfig::new(any, any, cert_file.clone(), key_file.clone());
                 config.policy = PolicySource::Watch(client.clone());
                 config.cert_poll = Duration::from_millis(200);
+                // The harness's control plane is a static-token user, not the chart's default.
+                config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
                 let server = start(config).await.unwrap();
                 wait_until("the first policy sync", || server.state.is_ready()).await;
                 admission::register_webhooks(
@@ -217,6 +224,11 @@ async fn control_plane_workspace_pod_is_mutated_admitted_and_scheduled_on_a_work
     let spec = created.spec.as_ref().unwrap();
     assert_eq!(spec.service_account_name.as_deref(), Some("dev-workspace"));
     assert!(avoids_control_plane(&created), "{:?}", spec.affinity);
+    assert_eq!(
+        created.metadata.annotations.as_ref().unwrap()[labels::CREATED_BY],
+        Identity::ControlPlane.username(),
+        "stamped with its creator"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let p = pods.get("ws-control-plane").await.unwrap();
@@ -490,4 +502,329 @@ async fn certificate_rotation_mid_run_fails_no_request() {
         "the new certificate was loaded"
     );
     let _ = hook.addr;
+}
+
+// ----- workspace isolation -----
+
+/// Workspace `owner/dev`'s pod as the server builds it: identity labels, its home volume and
+/// its agent token (from `extra` volumes and env added by the caller).
+fn identity_pod(owner: &str, extra_volume: Option<Value>, extra_env: Option<Value>) -> Pod {
+    let names = lumie_contract::naming::WorkspaceNames::new(owner, "dev").unwrap();
+    let mut volumes = vec![json!({"name": "home",
+        "persistentVolumeClaim": {"claimName": names.home_pvc}})];
+    volumes.extend(extra_volume);
+    let mut env = vec![json!({"name": "CODER_AGENT_TOKEN", "valueFrom":
+        {"secretKeyRef": {"name": names.agent_secret, "key": "token"}}})];
+    env.extend(extra_env);
+    serde_json::from_value(json!({
+        "metadata": {"name": names.pod, "labels": {
+            labels::APP_NAME: labels::APP_NAME_WORKSPACE,
+            labels::MANAGED_BY: labels::MANAGED_BY_LUMIE,
+            labels::OWNER: owner,
+            labels::WORKSPACE: "dev",
+            labels::WORKSPACE_ID: format!("00000000-0000-4000-8000-{:0>12}", owner.len())
+        }},
+        "spec": {
+            "volumes": volumes,
+            "containers": [
+                {"name": "dev", "image": "ghcr.io/lumie-infra/dev:1", "env": env,
+                 "volumeMounts": [{"name": "home", "mountPath": "/home/coder"}]},
+                {"name": "agents", "image": "ghcr.io/lumie-infra/agents:1"},
+                {"name": "dind", "image": "docker:27-dind", "securityContext": {"privileged": true}}
+            ]
+        }
+    }))
+    .unwrap()
+}
+
+fn dry() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn no_pod_reads_another_workspaces_home_or_token_or_forges_a_workspace() {
+    webhook();
+    let cp = pods_as(Identity::ControlPlane, "lumie-dev").await;
+    let dev = pods_as(Identity::Developer, "lumie-dev").await;
+
+    // The control plane's own workspace pod is admitted and stamped.
+    let ok = cp
+        .create(&dry(), &identity_pod("iso-carol", None, None))
+        .await
+        .expect("a workspace pod reading its own volume and token");
+    assert_eq!(
+        ok.metadata.annotations.unwrap()[labels::CREATED_BY],
+        Identity::ControlPlane.username()
+    );
+
+    // Not even the control plane mounts another workspace's home or token into a pod.
+    let bob_home =
+        json!({"name": "bob", "persistentVolumeClaim": {"claimName": "coder-iso-bob-dev-home"}});
+    let msg = denial(
+        cp.create(
+            &dry(),
+            &identity_pod("iso-carol", Some(bob_home.clone()), None),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains(r#"pod: spec.volumes[1].persistentVolumeClaim.claimName="coder-iso-bob-dev-home" is not allowed (workspace isolation: a workspace's home volume is read only by its own pod; this is workspace iso-carol/dev's pod)"#),
+        "{msg}"
+    );
+    let bob_token = json!({"name": "STOLEN", "valueFrom":
+        {"secretKeyRef": {"name": "coder-iso-bob-dev-agent", "key": "token"}}});
+    let msg = denial(
+        cp.create(&dry(), &identity_pod("iso-carol", None, Some(bob_token)))
+            .await,
+    );
+    assert!(
+        msg.contains(r#"container "dev": env[1].valueFrom.secretKeyRef.name="coder-iso-bob-dev-agent" is not allowed"#),
+        "{msg}"
+    );
+
+    // A developer's own pod mounts no workspace's home, projected token or envFrom token.
+    let sneaky: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "sneaky"},
+        "spec": {
+            "volumes": [
+                {"name": "h", "persistentVolumeClaim": {"claimName": "coder-iso-bob-dev-home"}},
+                {"name": "t", "projected": {"sources": [{"secret": {"name": "coder-iso-bob-dev-agent"}}]}}
+            ],
+            "containers": [{"name": "main", "image": "busybox:1.36",
+                "envFrom": [{"secretRef": {"name": "coder-iso-bob-dev-agent"}}]}]
+        }
+    }))
+    .unwrap();
+    let msg = denial(dev.create(&dry(), &sneaky).await);
+    for part in [
+        r#"spec.volumes[0].persistentVolumeClaim.claimName="coder-iso-bob-dev-home""#,
+        r#"spec.volumes[1].projected.sources[0].secret.name="coder-iso-bob-dev-agent""#,
+        r#"container "main": envFrom[0].secretRef.name="coder-iso-bob-dev-agent""#,
+        "this is no workspace pod",
+    ] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+
+    // A developer creates no workspace pod (labels, stamp, name)...
+    let msg = denial(
+        dev.create(&dry(), &identity_pod("iso-carol", None, None))
+            .await,
+    );
+    assert!(
+        msg.contains(r#"metadata.labels["coder.lumie-infra.com/workspace-id"]"#)
+            && msg.contains(r#"only the control plane ("system:serviceaccount:coder:coder") creates workspace pods"#)
+            && msg.contains(r#"pod: metadata.name="coder-iso-carol-dev" is not allowed"#),
+        "{msg}"
+    );
+    let mut stamped = plain_pod("self-stamped", json!({}));
+    stamped.metadata.annotations = Some(
+        [(
+            labels::CREATED_BY.to_string(),
+            Identity::ControlPlane.username().to_string(),
+        )]
+        .into(),
+    );
+    let msg = denial(dev.create(&dry(), &stamped).await);
+    assert!(msg.contains("coder.lumie-infra.com/created-by"), "{msg}");
+
+    // ... nor turns its pod into one afterwards.
+    dev.create(&PostParams::default(), &plain_pod("relabel-me", json!({})))
+        .await
+        .expect("a plain pod");
+    for patch in [
+        json!({"metadata": {"labels": {labels::WORKSPACE_ID: "00000000-0000-4000-8000-00000000000b"}}}),
+        json!({"metadata": {"annotations": {labels::CREATED_BY: Identity::ControlPlane.username()}}}),
+    ] {
+        let err = dev
+            .patch("relabel-me", &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        let msg = denial(err);
+        assert!(msg.contains("only the control plane"), "{msg}");
+    }
+    dev.patch(
+        "relabel-me",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+    )
+    .await
+    .expect("other labels may change");
+
+    // A registry host named `docker` is not the docker image.
+    let mut fake_dind = identity_pod("iso-carol", None, None);
+    fake_dind.spec.as_mut().unwrap().containers[2].image = Some("docker:5000/attacker/dind".into());
+    let msg = denial(cp.create(&dry(), &fake_dind).await);
+    assert!(
+        msg.contains(r#"image "docker:5000/attacker/dind" is not an allowed image for "dind""#),
+        "{msg}"
+    );
+}
+
+/// A CONNECT (`exec`, `attach`, `portforward`) into `pod`, as the admin impersonating `as_user`
+/// (with its groups and, when given, the pod-name extra a bound token carries), or as the
+/// admin itself. Returns the status and body; admission runs before the apiserver dials the
+/// (fake) node, so an allowed request fails later, and differently.
+async fn connect(
+    subresource: &str,
+    pod: &str,
+    as_user: Option<(Identity, Option<&str>)>,
+) -> (u16, String) {
+    let cluster = Cluster::shared();
+    let ca = reqwest::Certificate::from_pem(cluster.ca().cert_pem().as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let query = match subresource {
+        "portforward" => "ports=3000",
+        "attach" => "container=dev&stdout=true",
+        _ => "container=dev&command=sh&stdin=true&stdout=true",
+    };
+    let mut req = http
+        .post(format!(
+            "{}/api/v1/namespaces/lumie-dev/pods/{pod}/{subresource}?{query}",
+            cluster.server_url()
+        ))
+        .bearer_auth(cluster.token(Identity::Admin));
+    if let Some((who, pod_name)) = as_user {
+        req = req.header("Impersonate-User", who.username());
+        for g in [
+            "system:serviceaccounts",
+            "system:serviceaccounts:lumie-dev",
+            "system:authenticated",
+        ] {
+            req = req.header("Impersonate-Group", g);
+        }
+        if let Some(p) = pod_name {
+            req = req.header(
+                "Impersonate-Extra-authentication.kubernetes.io%2Fpod-name",
+                p,
+            );
+        }
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+fn webhook_denied(status: u16, body: &str) -> bool {
+    status == 403
+        && body.contains(
+            r#"admission webhook \"validate-pods.coder.lumie-infra.com\" denied the request"#,
+        )
+}
+
+#[tokio::test]
+async fn exec_attach_and_portforward_into_a_workspace_pod_only_for_it_the_control_plane_and_admins()
+{
+    webhook();
+    let cp = pods_as(Identity::ControlPlane, "lumie-dev").await;
+    for owner in ["conn-bob", "conn-alice"] {
+        cp.create(&PostParams::default(), &identity_pod(owner, None, None))
+            .await
+            .expect("the control plane's workspace pod");
+    }
+    let (bob, alice) = ("coder-conn-bob-dev", "coder-conn-alice-dev");
+    let dev = Identity::Developer;
+
+    for sub in ["exec", "attach", "portforward"] {
+        // Another workspace's pod token, and a developer without one, are refused.
+        for claim in [Some(alice), None] {
+            let (status, body) = connect(sub, bob, Some((dev, claim))).await;
+            assert!(
+                webhook_denied(status, &body),
+                "{sub} {claim:?}: {status} {body}"
+            );
+            assert!(
+                body.contains(&format!(
+                    "{sub} into workspace pod lumie-dev/{bob} is allowed only to the control plane"
+                )),
+                "{body}"
+            );
+        }
+        // The workspace's own pod and admins get past admission to the connection itself,
+        // which then fails on the harness (no kubelet: "does not have a host assigned" or a
+        // dial error), not with a 403. (The harness's control plane has no RBAC for
+        // pods/exec; the webhook's answer for it is table-tested.)
+        for (what, who) in [("its own pod", Some((dev, Some(bob)))), ("an admin", None)] {
+            let (status, body) = connect(sub, bob, who).await;
+            eprintln!("{sub} as {what}: {status} {}", body.trim());
+            assert!(
+                status != 403 && !body.contains("admission webhook"),
+                "{sub} as {what} was refused: {status} {body}"
+            );
+        }
+    }
+    // A pod that is no workspace pod is the developer's business.
+    let dev_pods = pods_as(Identity::Developer, "lumie-dev").await;
+    dev_pods
+        .create(
+            &PostParams::default(),
+            &plain_pod("conn-scratch", json!({})),
+        )
+        .await
+        .unwrap();
+    let (status, body) = connect("exec", "conn-scratch", Some((dev, None))).await;
+    assert!(
+        status != 403 && !body.contains("admission webhook"),
+        "{status} {body}"
+    );
+}
+
+#[tokio::test]
+async fn policies_below_the_floor_need_break_glass() {
+    webhook();
+    let admin = Cluster::shared().client().await;
+    let api: Api<WorkspacePolicy> = Api::all(admin.clone());
+    let body = |name: &str, spec: Value| {
+        json!({"apiVersion": "coder.lumie-infra.com/v1alpha1", "kind": "WorkspacePolicy",
+            "metadata": {"name": name}, "spec": spec})
+    };
+    let dry = PatchParams::apply("webhook-e2e").force().dry_run();
+    for (spec, want) in [
+        (
+            json!({"mode": "Warn"}),
+            r#"spec.mode: "Warn" leaves Enforce in "lumie-dev", below the floor"#,
+        ),
+        (
+            json!({"exemptGroups": ["system:serviceaccounts:lumie-dev"]}),
+            "would exempt the workspace pods themselves",
+        ),
+        (
+            json!({"mode": "Audit", "breakGlass": {"reason": "INC-1", "expires": "2020-01-01T00:00:00Z"}}),
+            "spec.breakGlass expired at 2020-01-01T00:00:00Z",
+        ),
+    ] {
+        let err = api
+            .patch("e2e-floor", &dry, &Patch::Apply(body("e2e-floor", spec)))
+            .await
+            .expect_err("below the floor");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+    api.patch(
+        "e2e-floor",
+        &dry,
+        &Patch::Apply(body(
+            "e2e-floor",
+            json!({"mode": "Warn", "breakGlass": {"reason": "INC-1", "expires": "2999-01-01T00:00:00Z"}}),
+        )),
+    )
+    .await
+    .expect("a break-glass lift is accepted");
+    // The default policy may not stop guarding lumie-dev.
+    let err = api
+        .patch(
+            "default",
+            &dry,
+            &Patch::Apply(body("default", json!({"namespaces": [LIVE_NS]}))),
+        )
+        .await
+        .expect_err("dropping lumie-dev");
+    assert!(
+        err.to_string()
+            .contains(r#"spec.namespaces: stops covering "lumie-dev""#),
+        "{err}"
+    );
 }

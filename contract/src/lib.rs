@@ -7,6 +7,7 @@
 //! - [`labels`]: the label keys every workspace object carries;
 //! - [`apps`]: the workspace apps (Tilt, code-server, agents UI) and their ports;
 //! - [`workspace`]: the fixed parts of the workspace pod (namespace, containers, home volume);
+//! - [`service`]: the port contract of the stable `dev-workspace` Service, as one rule;
 //! - [`agent_api`]: the messages between the agent and the control plane;
 //! - [`diagnostics`]: how errors are written for operators (the cause chain on one line).
 #![deny(missing_docs)]
@@ -17,4 +18,5 @@ pub mod diagnostics;
 pub mod labels;
 pub mod naming;
 pub mod policy;
+pub mod service;
 pub mod workspace;

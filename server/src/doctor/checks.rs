@@ -9,10 +9,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lumie_contract::apps::WorkspaceApp;
-use lumie_contract::labels;
 use lumie_contract::policy::{PolicyMode, WorkspacePolicySpec, selector_matches};
+use lumie_contract::{apps, labels, service};
 
 use super::certs::{EXPIRY_WARNING_DAYS, verify_serving_cert};
 use super::report::Check;
@@ -784,73 +782,10 @@ pub fn workspace_role_binding(namespace: &str, sa: &str, bindings: &[RoleBinding
     }
 }
 
-/// How the Service's ports differ from the contract: (problems, extra ports).
-pub fn port_drift(service: &Service, apps: &[WorkspaceApp]) -> (Vec<String>, Vec<String>) {
-    let ports = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
-    let mut problems = Vec::new();
-    for app in apps {
-        let want = i32::from(app.port);
-        let Some(p) = ports.iter().find(|p| p.name.as_deref() == Some(app.slug)) else {
-            let by_number = ports.iter().find(|p| p.port == want);
-            problems.push(match by_number.and_then(|p| p.name.clone()) {
-                Some(other) => format!(
-                    "port {want} is named {other:?}, the contract says {:?}",
-                    app.slug
-                ),
-                None => format!("port {} ({want}) is missing", app.slug),
-            });
-            continue;
-        };
-        if p.port != want {
-            problems.push(format!(
-                "port {} is {}, the contract says {want}",
-                app.slug, p.port
-            ));
-        }
-        let target_ok = match &p.target_port {
-            None => p.port == want,
-            Some(IntOrString::Int(n)) => *n == want,
-            Some(IntOrString::String(s)) => s == app.slug || s.parse::<i32>() == Ok(want),
-        };
-        if !target_ok {
-            let shown = match &p.target_port {
-                Some(IntOrString::Int(n)) => n.to_string(),
-                Some(IntOrString::String(s)) => s.clone(),
-                None => p.port.to_string(),
-            };
-            problems.push(format!(
-                "port {} targets {shown}, the workspace pods listen on {want}",
-                app.slug
-            ));
-        }
-        if let Some(proto) = p.protocol.as_deref().filter(|p| *p != "TCP") {
-            problems.push(format!(
-                "port {} is {proto}, the contract says TCP",
-                app.slug
-            ));
-        }
-    }
-    let extras = ports
-        .iter()
-        .filter(|p| !apps.iter().any(|a| p.name.as_deref() == Some(a.slug)))
-        .filter(|p| !apps.iter().any(|a| i32::from(a.port) == p.port))
-        .map(|p| format!("{} ({})", p.name.clone().unwrap_or_default(), p.port))
-        .collect();
-    (problems, extras)
-}
-
-/// The stable Service exists, selects workspace pods, and its ports match the contract.
-pub fn workspace_service(
-    namespace: &str,
-    name: &str,
-    service: Option<&Service>,
-    apps: &[WorkspaceApp],
-) -> Check {
-    let contract: Vec<String> = apps
+/// The stable Service exists, selects workspace pods, and its ports match the contract (the
+/// rule of [`service::port_drift`], which the server's readiness check applies too).
+pub fn workspace_service(namespace: &str, name: &str, service: Option<&Service>) -> Check {
+    let contract: Vec<String> = apps::ALL
         .iter()
         .map(|a| format!("{} {}", a.slug, a.port))
         .collect();
@@ -865,7 +800,14 @@ pub fn workspace_service(
             fix,
         );
     };
-    let (mut problems, extras) = port_drift(service, apps);
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default();
+    let drift = service::port_drift(ports);
+    let mut problems: Vec<String> = drift.problems.iter().map(ToString::to_string).collect();
+    let extras: Vec<String> = drift.extras.iter().map(ToString::to_string).collect();
     let selector = service
         .spec
         .as_ref()
@@ -1079,7 +1021,6 @@ pub fn dind_exception(
 mod tests {
     use super::*;
     use crate::doctor::report::Status;
-    use lumie_contract::apps;
     use serde_json::json;
 
     fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -1530,92 +1471,9 @@ mod tests {
     }
 
     #[test]
-    fn port_drift_table() {
-        type Edit = fn(&mut serde_json::Value);
-        let cases: &[(&str, Edit, &[&str], &[&str])] = &[
-            ("contract", |_| {}, &[], &[]),
-            (
-                "targetPort by name",
-                |p| p[1]["targetPort"] = json!("code-server"),
-                &[],
-                &[],
-            ),
-            (
-                "targetPort as number string",
-                |p| p[1]["targetPort"] = json!("13337"),
-                &[],
-                &[],
-            ),
-            (
-                "no targetPort",
-                |p| {
-                    p[0].as_object_mut().unwrap().remove("targetPort");
-                },
-                &[],
-                &[],
-            ),
-            (
-                "port drift",
-                |p| p[1]["port"] = json!(13338),
-                &["port code-server is 13338, the contract says 13337"],
-                &[],
-            ),
-            (
-                "targetPort drift",
-                |p| p[2]["targetPort"] = json!(3001),
-                &["port agents targets 3001, the workspace pods listen on 3000"],
-                &[],
-            ),
-            (
-                "wrong target name",
-                |p| p[2]["targetPort"] = json!("http"),
-                &["port agents targets http, the workspace pods listen on 3000"],
-                &[],
-            ),
-            (
-                "missing",
-                |p| {
-                    p.as_array_mut().unwrap().remove(0);
-                },
-                &["port tilt (10350) is missing"],
-                &[],
-            ),
-            (
-                "renamed",
-                |p| p[0]["name"] = json!("tilt-ui"),
-                &["port 10350 is named \"tilt-ui\", the contract says \"tilt\""],
-                &[],
-            ),
-            (
-                "udp",
-                |p| p[0]["protocol"] = json!("UDP"),
-                &["port tilt is UDP, the contract says TCP"],
-                &[],
-            ),
-            (
-                "extra",
-                |p| {
-                    p.as_array_mut()
-                        .unwrap()
-                        .push(json!({"name": "debug", "port": 2345}))
-                },
-                &[],
-                &["debug (2345)"],
-            ),
-        ];
-        for (name, edit, problems, extras) in cases {
-            let mut ports = contract_ports();
-            edit(&mut ports);
-            let (p, e) = port_drift(&service(ports), &apps::ALL);
-            assert_eq!(p, *problems, "{name}");
-            assert_eq!(e, *extras, "{name}");
-        }
-    }
-
-    #[test]
     fn workspace_service_verdicts() {
         let ok = service(contract_ports());
-        let c = workspace_service("lumie-dev", "dev-workspace", Some(&ok), &apps::ALL);
+        let c = workspace_service("lumie-dev", "dev-workspace", Some(&ok));
         assert_eq!(c.status, Status::Ok, "{c:?}");
         assert!(
             c.summary
@@ -1623,12 +1481,7 @@ mod tests {
         );
         let mut drift = contract_ports();
         drift[1]["port"] = json!(13338);
-        let c = workspace_service(
-            "lumie-dev",
-            "dev-workspace",
-            Some(&service(drift)),
-            &apps::ALL,
-        );
+        let c = workspace_service("lumie-dev", "dev-workspace", Some(&service(drift)));
         assert_eq!(c.status, Status::Failure);
         assert!(
             c.summary
@@ -1636,18 +1489,13 @@ mod tests {
             "{c:?}"
         );
         assert!(c.fix.unwrap().contains("code-server 13337"));
-        let c = workspace_service("lumie-dev", "dev-workspace", None, &apps::ALL);
+        let c = workspace_service("lumie-dev", "dev-workspace", None);
         assert_eq!(c.status, Status::Failure);
         assert!(c.summary.contains("not found"));
         let mut wrong_selector = service(contract_ports());
         wrong_selector.spec.as_mut().unwrap().selector =
             Some(BTreeMap::from([("app".to_string(), "x".to_string())]));
-        let c = workspace_service(
-            "lumie-dev",
-            "dev-workspace",
-            Some(&wrong_selector),
-            &apps::ALL,
-        );
+        let c = workspace_service("lumie-dev", "dev-workspace", Some(&wrong_selector));
         assert_eq!(c.status, Status::Failure);
         assert!(c.summary.contains("does not select workspace pods"));
         let mut extra = contract_ports();
@@ -1655,12 +1503,7 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({"name": "debug", "port": 2345}));
-        let c = workspace_service(
-            "lumie-dev",
-            "dev-workspace",
-            Some(&service(extra)),
-            &apps::ALL,
-        );
+        let c = workspace_service("lumie-dev", "dev-workspace", Some(&service(extra)));
         assert_eq!(c.status, Status::Warning);
     }
 

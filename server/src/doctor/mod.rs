@@ -27,7 +27,7 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use lumie_contract::policy::{WorkspacePolicy, WorkspacePolicySpec};
-use lumie_contract::{apps, labels, workspace};
+use lumie_contract::{labels, workspace};
 use serde_json::json;
 
 use crate::error::Error;
@@ -524,9 +524,7 @@ pub async fn run_with_client(client: Client, options: &DoctorOptions) -> Result<
             .get_opt(workspace::STABLE_SERVICE)
             .await
         {
-            Ok(svc) => {
-                checks::workspace_service(ws, workspace::STABLE_SERVICE, svc.as_ref(), &apps::ALL)
-            }
+            Ok(svc) => checks::workspace_service(ws, workspace::STABLE_SERVICE, svc.as_ref()),
             Err(e) => read_failed(
                 id::WORKSPACE_SERVICE,
                 &format!("Service {ws}/{}", workspace::STABLE_SERVICE),

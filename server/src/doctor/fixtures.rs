@@ -5,7 +5,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use lumie_contract::policy::WorkspacePolicySpec;
 use serde_json::json;
 
@@ -127,5 +127,30 @@ pub(crate) fn pki() -> Pki {
         other_ca_pem: other.pem(),
         tls: from(json!({"metadata": {"name": "lumie-webhook-tls"},
             "data": {"tls.crt": b64(&leaf.pem())}})),
+    }
+}
+
+/// A Ready node with room (4 CPU, 8Gi, 10 pods), `extra` merged in.
+pub(crate) fn node(name: &str, extra: serde_json::Value) -> Node {
+    let mut n = json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {},
+        "status": {
+            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }
+    });
+    json_merge(&mut n, extra);
+    from(n)
+}
+
+fn json_merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                json_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
     }
 }

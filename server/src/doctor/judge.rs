@@ -319,3 +319,875 @@ pub fn judge(options: &DoctorOptions, facts: &Facts) -> Report {
     }));
     Report { checks: out }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::fixtures::*;
+    use k8s_openapi::api::core::v1::{Event, Pod, Secret, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    use serde_json::json;
+
+    fn api_error(code: u16, message: &str) -> ReadError {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Test")
+                .with_code(code)
+                .boxed(),
+        )
+        .into()
+    }
+
+    /// An error the apiserver did not answer with.
+    fn no_answer(what: &str) -> ReadError {
+        kube::Error::Service(what.to_string().into()).into()
+    }
+
+    const TEMPLATE: &str = "images:\n  dind: docker:27-dind\nresources:\n  dev:\n    requests:\n      cpu: 500m\n      memory: 1Gi\n";
+
+    fn template_map(yaml: &str) -> ConfigMap {
+        from(
+            json!({"metadata": {"name": "coder-workspace-template"}, "data": {"template.yaml": yaml}}),
+        )
+    }
+
+    fn one_replica() -> Deployment {
+        let mut d = chart_deployment();
+        d.spec.as_mut().unwrap().replicas = Some(1);
+        d
+    }
+
+    fn server_env(d: &mut Deployment) -> &mut Vec<k8s_openapi::api::core::v1::EnvVar> {
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .env
+            .as_mut()
+            .unwrap()
+    }
+
+    fn admitted(mutated: bool) -> Pod {
+        let mut pod =
+            json!({"metadata": {"name": "lumie-doctor-probe-x"}, "spec": {"containers": []}});
+        if mutated {
+            pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}]
+            }}});
+        }
+        from(pod)
+    }
+
+    fn role_binding(sa: &str) -> RoleBinding {
+        from(json!({
+            "metadata": {"name": format!("{sa}-admin")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "lumie-dev"}]
+        }))
+    }
+
+    fn workers(cordoned: bool) -> Vec<k8s_openapi::api::core::v1::Node> {
+        let mut nodes = vec![node(
+            "control-plane-1",
+            json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}),
+        )];
+        for i in 1..=3 {
+            nodes.push(node(
+                &format!("worker-{i}"),
+                json!({"spec": {"unschedulable": cordoned}}),
+            ));
+        }
+        nodes
+    }
+
+    /// What the doctor reads from the harness install of tests/tests/doctor.rs, healthy.
+    fn healthy(pki: &Pki) -> Facts {
+        let secret = |key: &str, value: &str| -> Read<Option<Secret>> {
+            Ok(Some(secret_with(json!({ key: b64(value) }))))
+        };
+        let (m, mut v) = webhook_configs(&pki.ca_pem);
+        // Every webhook through the Service, as the chart renders them.
+        let hooks = v.webhooks.as_mut().unwrap();
+        hooks[1].client_config = hooks[0].client_config.clone();
+        Facts {
+            server: Ok(Some(one_replica())),
+            server_pods: Ok(vec![pod("coder-standin-0", true, None)]),
+            secrets: Secrets::from([
+                (
+                    "coder-db-secret".to_string(),
+                    secret("url", "postgres://lumie:pw@db.example.com:5432/lumie"),
+                ),
+                (
+                    "coder-oidc-secret".to_string(),
+                    secret("client-secret", "s3cret"),
+                ),
+                ("lumie-webhook-tls".to_string(), Ok(Some(pki.tls.clone()))),
+            ]),
+            database: Some(Reach::Reached(
+                "connected to PostgreSQL 16.4 as lumie@db.example.com:5432/lumie with the Secret's URL".into(),
+            )),
+            oidc_issuer: Some(Reach::Reached(
+                "OIDC issuer https://auth.example/realms/infra serves its discovery document".into(),
+            )),
+            policies: Ok(vec![("default".into(), policy(|_| {}))]),
+            template_config_map: Some(Ok(Some(template_map(TEMPLATE)))),
+            mutating: Ok(Some(m)),
+            validating: Ok(Some(v)),
+            webhook_deployment: None,
+            now_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+            probe: Ok(admitted(true)),
+            workspace_service_account: Ok(Some(from(
+                json!({"metadata": {"name": "dev-workspace"}}),
+            ))),
+            role_bindings: Ok(vec![role_binding("dev-workspace")]),
+            service: Ok(Some(service(contract_ports()))),
+            workspace_pods: Ok(vec![]),
+            scheduling_events: Ok(vec![]),
+            nodes: Ok(workers(false)),
+            running_pods: Ok(vec![]),
+        }
+    }
+
+    /// Exactly the listed checks are not ok (a listed `Ok` only checks its words), each with
+    /// its status, naming every needle, with a fix unless ok; the exit code follows.
+    fn assert_only(report: &Report, what: &str, expected: &[(&str, Status, &[&str])]) {
+        let text = report.render_text();
+        for c in &report.checks {
+            match expected.iter().find(|(id, _, _)| *id == c.id) {
+                Some((_, status, needles)) => {
+                    assert_eq!(c.status, *status, "{what}: {}\n{text}", c.id);
+                    for n in *needles {
+                        assert!(
+                            c.summary.contains(n),
+                            "{what}: {} should name {n:?}\n{text}",
+                            c.id
+                        );
+                    }
+                    assert_eq!(c.fix.is_some(), *status != Status::Ok, "{what}: {}", c.id);
+                }
+                None => assert_eq!(
+                    c.status,
+                    Status::Ok,
+                    "{what}: {} should stay ok\n{text}",
+                    c.id
+                ),
+            }
+        }
+        for (id, _, _) in expected {
+            assert!(report.check(id).is_some(), "{what}: check {id} ran\n{text}");
+        }
+        let failed = expected.iter().any(|(_, s, _)| *s == Status::Failure);
+        assert_eq!(report.exit_code(), u8::from(failed), "{what}\n{text}");
+    }
+
+    #[test]
+    fn healthy_is_fourteen_ok_lines_in_order() {
+        let pki = pki();
+        let report = judge(&DoctorOptions::default(), &healthy(&pki));
+        assert_only(&report, "healthy", &[]);
+        let ids: Vec<&str> = report.checks.iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids,
+            [
+                id::SERVER,
+                id::DB_SECRET,
+                id::OIDC_SECRET,
+                id::DATABASE,
+                id::OIDC_ISSUER,
+                id::WEBHOOK_CONFIGURATIONS,
+                id::WEBHOOK_CA_BUNDLE,
+                id::WEBHOOK_ANSWERING,
+                id::WORKSPACE_SERVICE_ACCOUNT,
+                id::WORKSPACE_ROLE_BINDING,
+                id::WORKSPACE_SERVICE,
+                id::PENDING_WORKSPACES,
+                id::WORKER_CAPACITY,
+                id::DIND_EXCEPTION,
+            ]
+        );
+        let summary = |id: &str| report.check(id).unwrap().summary.clone();
+        assert!(summary(id::SERVER).contains("1/1 pods ready"));
+        assert!(summary(id::DATABASE).contains("connected to PostgreSQL"));
+        assert!(
+            !report.render_text().contains("lumie:pw@"),
+            "no credentials"
+        );
+        assert!(summary(id::WEBHOOK_CA_BUNDLE).contains("Secret coder/lumie-webhook-tls"));
+        assert!(summary(id::WEBHOOK_ANSWERING).contains("mutated"));
+        assert!(summary(id::WORKSPACE_ROLE_BINDING).contains("dev-workspace-admin"));
+        assert!(summary(id::WORKER_CAPACITY).contains("3 of 3 worker(s)"));
+        assert!(
+            summary(id::WORKER_CAPACITY)
+                .contains("ConfigMap coder/coder-workspace-template key template.yaml (requests")
+        );
+        assert!(summary(id::DIND_EXCEPTION).contains("WorkspacePolicy default (Enforce)"));
+    }
+
+    type Edit = fn(&mut Facts, &Pki);
+    type Expect = &'static [(&'static str, Status, &'static [&'static str])];
+
+    #[test]
+    fn one_thing_broken_at_a_time() {
+        let cases: &[(&str, Edit, Expect)] = &[
+            // What tests/tests/doctor.rs breaks on the harness.
+            (
+                "deleted database Secret: the database is not tried",
+                |f, _| {
+                    f.secrets.insert("coder-db-secret".into(), Ok(None));
+                },
+                &[
+                    (
+                        id::DB_SECRET,
+                        Status::Failure,
+                        &["Secret coder/coder-db-secret not found"],
+                    ),
+                    (id::DATABASE, Status::Warning, &["not checked", "db-secret"]),
+                ],
+            ),
+            (
+                "database URL pointing nowhere",
+                |f, _| {
+                    f.database = Some(Reach::Failed(
+                        "connecting as lumie@127.0.0.1:1/lumie: connection refused".into(),
+                    ))
+                },
+                &[(id::DATABASE, Status::Failure, &["lumie@127.0.0.1:1/lumie"])],
+            ),
+            (
+                "in-cluster database host",
+                |f, _| {
+                    f.database = Some(Reach::Unresolvable {
+                        host: "postgres.databases.svc.cluster.local".into(),
+                        error: "failed to lookup address".into(),
+                    })
+                },
+                &[(
+                    id::DATABASE,
+                    Status::Warning,
+                    &[
+                        "postgres.databases.svc.cluster.local is an in-cluster name this machine cannot resolve",
+                    ],
+                )],
+            ),
+            (
+                "deleted OIDC Secret",
+                |f, _| {
+                    f.secrets.insert("coder-oidc-secret".into(), Ok(None));
+                },
+                &[(
+                    id::OIDC_SECRET,
+                    Status::Failure,
+                    &["Secret coder/coder-oidc-secret not found"],
+                )],
+            ),
+            (
+                "empty OIDC client secret",
+                |f, _| {
+                    f.secrets.insert(
+                        "coder-oidc-secret".into(),
+                        Ok(Some(secret_with(json!({"client-secret": b64("")})))),
+                    );
+                },
+                &[(
+                    id::OIDC_SECRET,
+                    Status::Failure,
+                    &["coder-oidc-secret key \"client-secret\" is empty"],
+                )],
+            ),
+            (
+                "no server pod",
+                |f, _| f.server_pods = Ok(vec![]),
+                &[(
+                    id::SERVER,
+                    Status::Failure,
+                    &["Deployment coder/coder: 0/1 pods ready"],
+                )],
+            ),
+            (
+                "Service port drift",
+                |f, _| {
+                    let mut ports = contract_ports();
+                    ports[1]["port"] = json!(13338);
+                    ports[1]["targetPort"] = json!(13338);
+                    f.service = Ok(Some(service(ports)));
+                },
+                &[(
+                    id::WORKSPACE_SERVICE,
+                    Status::Failure,
+                    &[
+                        "Service lumie-dev/dev-workspace drifted",
+                        "port code-server is 13338, the contract says 13337",
+                        "port code-server targets 13338",
+                    ],
+                )],
+            ),
+            (
+                "missing ServiceAccount: the probe is refused before the webhook",
+                |f, _| {
+                    f.workspace_service_account = Ok(None);
+                    f.probe = Err(api_error(
+                        403,
+                        "pods \"lumie-doctor-probe-x\" is forbidden: error looking up service account lumie-dev/dev-workspace: serviceaccount \"dev-workspace\" not found",
+                    ));
+                },
+                &[
+                    (
+                        id::WORKSPACE_SERVICE_ACCOUNT,
+                        Status::Failure,
+                        &["ServiceAccount lumie-dev/dev-workspace not found"],
+                    ),
+                    (id::WEBHOOK_ANSWERING, Status::Warning, &["dev-workspace"]),
+                ],
+            ),
+            (
+                "missing RoleBinding",
+                |f, _| f.role_bindings = Ok(vec![]),
+                &[(
+                    id::WORKSPACE_ROLE_BINDING,
+                    Status::Failure,
+                    &["no RoleBinding in lumie-dev binds ServiceAccount dev-workspace"],
+                )],
+            ),
+            (
+                "wrong CA bundle",
+                |f, pki| {
+                    let (m, mut v) = webhook_configs(&pki.other_ca_pem);
+                    v.webhooks.as_mut().unwrap().truncate(1);
+                    f.mutating = Ok(Some(m));
+                    f.validating = Ok(Some(v));
+                    f.probe = Err(api_error(
+                        500,
+                        "Internal error occurred: failed calling webhook \"mutate-pods.coder.lumie-infra.com\": tls: failed to verify certificate: x509: certificate signed by unknown authority",
+                    ));
+                },
+                &[
+                    (
+                        id::WEBHOOK_CA_BUNDLE,
+                        Status::Failure,
+                        &[
+                            "MutatingWebhookConfiguration webhook mutate-pods.coder.lumie-infra.com",
+                            "ValidatingWebhookConfiguration webhook validate-pods.coder.lumie-infra.com",
+                            "is not signed by the caBundle",
+                        ],
+                    ),
+                    (
+                        id::WEBHOOK_ANSWERING,
+                        Status::Failure,
+                        &["failed calling webhook", "x509"],
+                    ),
+                ],
+            ),
+            (
+                "webhook down",
+                |f, _| {
+                    f.probe = Err(api_error(
+                        500,
+                        "Internal error occurred: failed calling webhook \"mutate-pods.coder.lumie-infra.com\": dial tcp 127.0.0.1:1: connect: connection refused",
+                    ))
+                },
+                &[(
+                    id::WEBHOOK_ANSWERING,
+                    Status::Failure,
+                    &[
+                        "failed calling webhook \"mutate-pods.coder.lumie-infra.com\"",
+                        "connection refused",
+                    ],
+                )],
+            ),
+            (
+                "workers cordoned, a workspace pending",
+                |f, _| {
+                    let msg = "0/4 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 3 node(s) were unschedulable.";
+                    f.workspace_pods = Ok(vec![from(json!({
+                        "metadata": {"name": "doctor-pending", "uid": "u1"},
+                        "status": {"phase": "Pending"}
+                    }))]);
+                    f.scheduling_events = Ok(vec![from::<Event>(json!({
+                        "metadata": {"name": "doctor-pending.1"},
+                        "involvedObject": {"kind": "Pod", "name": "doctor-pending", "uid": "u1"},
+                        "reason": "FailedScheduling", "message": msg
+                    }))]);
+                    f.nodes = Ok(workers(true));
+                },
+                &[
+                    (
+                        id::PENDING_WORKSPACES,
+                        Status::Failure,
+                        &["lumie-dev/doctor-pending: 0/4 nodes are available"],
+                    ),
+                    (
+                        id::WORKER_CAPACITY,
+                        Status::Failure,
+                        &["worker-1: cordoned", "control-plane-1: control plane"],
+                    ),
+                ],
+            ),
+            // Edge cases the harness does not reach.
+            (
+                "server Deployment not found: the chart's names are checked",
+                |f, _| f.server = Ok(None),
+                &[
+                    (
+                        id::SERVER,
+                        Status::Failure,
+                        &["Deployment coder/coder not found"],
+                    ),
+                    (
+                        id::OIDC_ISSUER,
+                        Status::Warning,
+                        &["CODER_OIDC_ISSUER_URL is not set on the server"],
+                    ),
+                    (id::WORKER_CAPACITY, Status::Ok, &["the built-in template"]),
+                ],
+            ),
+            (
+                "server Deployment forbidden",
+                |f, _| f.server = Err(api_error(403, "deployments.apps \"coder\" is forbidden")),
+                &[
+                    (
+                        id::SERVER,
+                        Status::Warning,
+                        &[
+                            "cannot read Deployment coder/coder: forbidden (deployments.apps \"coder\" is forbidden)",
+                        ],
+                    ),
+                    (id::OIDC_ISSUER, Status::Warning, &["not set"]),
+                ],
+            ),
+            (
+                "server pods cannot be listed",
+                |f, _| f.server_pods = Err(no_answer("connection reset")),
+                &[(
+                    id::SERVER,
+                    Status::Failure,
+                    &["reading pods in coder:", "connection reset"],
+                )],
+            ),
+            (
+                "embedded SQLite: nothing to reach, and fine",
+                |f, _| {
+                    let mut d = one_replica();
+                    server_env(&mut d).retain(|e| e.name != env::DATABASE_URL);
+                    f.server = Ok(Some(d));
+                    f.database = None;
+                },
+                &[
+                    (id::DB_SECRET, Status::Ok, &["embedded SQLite"]),
+                    (id::DATABASE, Status::Ok, &["embedded SQLite"]),
+                ],
+            ),
+            (
+                "database Secret forbidden: a warning, and the database not tried",
+                |f, _| {
+                    f.secrets.insert(
+                        "coder-db-secret".into(),
+                        Err(api_error(403, "secrets is forbidden")),
+                    );
+                },
+                &[
+                    (
+                        id::DB_SECRET,
+                        Status::Warning,
+                        &["cannot read Secret coder/coder-db-secret: forbidden"],
+                    ),
+                    (id::DATABASE, Status::Warning, &["not checked"]),
+                ],
+            ),
+            (
+                "database Secret without its key",
+                |f, _| {
+                    f.secrets.insert(
+                        "coder-db-secret".into(),
+                        Ok(Some(secret_with(json!({"password": b64("x")})))),
+                    );
+                },
+                &[
+                    (
+                        id::DB_SECRET,
+                        Status::Failure,
+                        &["has no key \"url\" (keys: [password])"],
+                    ),
+                    (id::DATABASE, Status::Warning, &["no usable database URL"]),
+                ],
+            ),
+            (
+                "literal database URL: warned, still tried",
+                |f, _| {
+                    let mut d = one_replica();
+                    let e = server_env(&mut d)
+                        .iter_mut()
+                        .find(|e| e.name == env::DATABASE_URL)
+                        .unwrap();
+                    e.value_from = None;
+                    e.value = Some("postgres://lumie:pw@db.example.com/lumie".into());
+                    f.server = Ok(Some(d));
+                },
+                &[(id::DB_SECRET, Status::Warning, &["literal value"])],
+            ),
+            (
+                "a planned probe without its result is not guessed",
+                |f, _| f.database = None,
+                &[(
+                    id::DATABASE,
+                    Status::Warning,
+                    &["not checked: it was not probed"],
+                )],
+            ),
+            (
+                "OIDC issuer from a Secret is not followed",
+                |f, _| {
+                    let mut d = one_replica();
+                    let e = server_env(&mut d)
+                        .iter_mut()
+                        .find(|e| e.name == env::OIDC_ISSUER_URL)
+                        .unwrap();
+                    e.value = None;
+                    e.value_from = Some(from(
+                        json!({"secretKeyRef": {"name": "oidc-issuer", "key": "url"}}),
+                    ));
+                    f.server = Ok(Some(d));
+                    f.oidc_issuer = None;
+                },
+                &[(
+                    id::OIDC_ISSUER,
+                    Status::Warning,
+                    &["comes from Secret oidc-issuer"],
+                )],
+            ),
+            (
+                "WorkspacePolicy CRD not installed: the built-in default",
+                |f, _| {
+                    f.policies = Err(api_error(
+                        404,
+                        "the server could not find the requested resource",
+                    ))
+                },
+                &[(
+                    id::DIND_EXCEPTION,
+                    Status::Ok,
+                    &["built-in default policy (the WorkspacePolicy CRD is not installed)"],
+                )],
+            ),
+            (
+                "WorkspacePolicy objects forbidden",
+                |f, _| f.policies = Err(api_error(403, "workspacepolicies is forbidden")),
+                &[(
+                    id::DIND_EXCEPTION,
+                    Status::Warning,
+                    &["cannot read WorkspacePolicy objects: forbidden"],
+                )],
+            ),
+            (
+                "a policy for another ServiceAccount: the overlay checks follow it",
+                |f, _| {
+                    f.policies = Ok(vec![(
+                        "default".into(),
+                        policy(|p| p.service_account_name = "ws-sa".into()),
+                    )]);
+                    f.workspace_service_account = Ok(Some(from::<ServiceAccount>(
+                        json!({"metadata": {"name": "ws-sa"}}),
+                    )));
+                },
+                &[
+                    (
+                        id::WORKSPACE_SERVICE_ACCOUNT,
+                        Status::Ok,
+                        &["ServiceAccount lumie-dev/ws-sa present"],
+                    ),
+                    (
+                        id::WORKSPACE_ROLE_BINDING,
+                        Status::Failure,
+                        &["binds ServiceAccount ws-sa"],
+                    ),
+                ],
+            ),
+            (
+                "webhook configurations unreadable",
+                |f, _| f.mutating = Err(no_answer("timed out")),
+                &[
+                    (
+                        id::WEBHOOK_CONFIGURATIONS,
+                        Status::Failure,
+                        &["reading webhook configurations:", "timed out"],
+                    ),
+                    (id::WEBHOOK_CA_BUNDLE, Status::Warning, &["not checked"]),
+                ],
+            ),
+            (
+                "validating configuration deleted: the mutating one's bundle still judged",
+                |f, _| f.validating = Ok(None),
+                &[
+                    (
+                        id::WEBHOOK_CONFIGURATIONS,
+                        Status::Failure,
+                        &["ValidatingWebhookConfiguration lumie-webhook not found"],
+                    ),
+                    (id::WEBHOOK_CA_BUNDLE, Status::Ok, &["of 1 webhook(s)"]),
+                ],
+            ),
+            (
+                "TLS Secret named by the webhook Deployment",
+                |f, pki| {
+                    f.webhook_deployment = Some(from(json!({
+                        "metadata": {"name": "lumie-webhook"},
+                        "spec": {"selector": {}, "template": {"spec": {"containers": [],
+                            "volumes": [{"name": "tls", "secret": {"secretName": "my-tls"}}]}}}
+                    })));
+                    f.secrets.remove("lumie-webhook-tls");
+                    f.secrets.insert("my-tls".into(), Ok(Some(pki.tls.clone())));
+                },
+                &[(id::WEBHOOK_CA_BUNDLE, Status::Ok, &["Secret coder/my-tls"])],
+            ),
+            (
+                "TLS Secret unreadable",
+                |f, _| {
+                    f.secrets.insert(
+                        "lumie-webhook-tls".into(),
+                        Err(api_error(403, "secrets is forbidden")),
+                    );
+                },
+                &[(
+                    id::WEBHOOK_CA_BUNDLE,
+                    Status::Warning,
+                    &["cannot read Secret coder/lumie-webhook-tls: forbidden"],
+                )],
+            ),
+            (
+                "admitted without mutation",
+                |f, _| f.probe = Ok(admitted(false)),
+                &[(
+                    id::WEBHOOK_ANSWERING,
+                    Status::Warning,
+                    &["without mutation"],
+                )],
+            ),
+            (
+                "no avoided labels: nothing to mutate, so no mutation is fine",
+                |f, _| {
+                    f.policies = Ok(vec![(
+                        "default".into(),
+                        policy(|p| p.avoid_node_labels.clear()),
+                    )]);
+                    f.probe = Ok(admitted(false));
+                },
+                &[],
+            ),
+            (
+                "the probe never reached the apiserver",
+                |f, _| f.probe = Err(no_answer("connection refused")),
+                &[(
+                    id::WEBHOOK_ANSWERING,
+                    Status::Warning,
+                    &[
+                        "could not probe the webhook with a dry-run pod",
+                        "connection refused",
+                    ],
+                )],
+            ),
+            (
+                "template ConfigMap missing: capacity not checked, dind judged with the built-in image",
+                |f, _| f.template_config_map = Some(Ok(None)),
+                &[(
+                    id::WORKER_CAPACITY,
+                    Status::Warning,
+                    &[
+                        "ConfigMap coder/coder-workspace-template key template.yaml: ConfigMap not found",
+                    ],
+                )],
+            ),
+            (
+                "template key missing",
+                |f, _| {
+                    f.template_config_map = Some(Ok(Some(from(
+                        json!({"metadata": {"name": "coder-workspace-template"}, "data": {}}),
+                    ))))
+                },
+                &[(
+                    id::WORKER_CAPACITY,
+                    Status::Warning,
+                    &["key template.yaml is missing"],
+                )],
+            ),
+            (
+                "template dind image the policy does not allow",
+                |f, _| {
+                    f.template_config_map =
+                        Some(Ok(Some(template_map("images:\n  dind: ubuntu:dind\n"))))
+                },
+                &[(id::DIND_EXCEPTION, Status::Failure, &["not ubuntu:dind"])],
+            ),
+            (
+                "scheduling events unreadable: the pod's condition speaks",
+                |f, _| {
+                    f.workspace_pods = Ok(vec![from(json!({
+                        "metadata": {"name": "ws-a"},
+                        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                            "message": "0/4 nodes are available: 4 Insufficient cpu."}]}
+                    }))]);
+                    f.scheduling_events = Err(api_error(403, "events is forbidden"));
+                },
+                &[(
+                    id::PENDING_WORKSPACES,
+                    Status::Failure,
+                    &["lumie-dev/ws-a: 0/4 nodes are available: 4 Insufficient cpu."],
+                )],
+            ),
+            (
+                "workspace pods unreadable",
+                |f, _| f.workspace_pods = Err(no_answer("timed out")),
+                &[(
+                    id::PENDING_WORKSPACES,
+                    Status::Failure,
+                    &["reading pods in lumie-dev"],
+                )],
+            ),
+            (
+                "nodes forbidden",
+                |f, _| f.nodes = Err(api_error(403, "nodes is forbidden")),
+                &[(
+                    id::WORKER_CAPACITY,
+                    Status::Warning,
+                    &["cannot read nodes: forbidden"],
+                )],
+            ),
+            (
+                "pods of all namespaces unreadable",
+                |f, _| f.running_pods = Err(no_answer("timed out")),
+                &[(
+                    id::WORKER_CAPACITY,
+                    Status::Failure,
+                    &["reading pods of all namespaces"],
+                )],
+            ),
+        ];
+        let pki = pki();
+        for (name, edit, expected) in cases {
+            let mut facts = healthy(&pki);
+            edit(&mut facts, &pki);
+            let report = judge(&DoctorOptions::default(), &facts);
+            assert_eq!(report.checks.len(), 14, "{name}");
+            assert_only(&report, name, expected);
+        }
+    }
+
+    #[test]
+    fn database_target_table() {
+        let s = |key: &str, value: &str| -> Read<Option<Secret>> {
+            Ok(Some(secret_with(json!({ key: b64(value) }))))
+        };
+        let chart = ServerSettings::chart_defaults();
+        let literal = ServerSettings {
+            database_url: ValueSource::Literal("postgres://x@db/x".into()),
+            ..chart.clone()
+        };
+        let unset = ServerSettings {
+            database_url: ValueSource::Unset,
+            ..chart.clone()
+        };
+        let with =
+            |read: Read<Option<Secret>>| Secrets::from([("coder-db-secret".to_string(), read)]);
+        let cases: Vec<(&str, &ServerSettings, Secrets, Result<&str, &str>)> = vec![
+            (
+                "the Secret's URL, trimmed",
+                &chart,
+                with(s("url", " postgres://u@db/x\n")),
+                Ok("postgres://u@db/x"),
+            ),
+            ("literal", &literal, Secrets::new(), Ok("postgres://x@db/x")),
+            ("unset", &unset, Secrets::new(), Err("embedded SQLite")),
+            (
+                "not found",
+                &chart,
+                with(Ok(None)),
+                Err("no usable database URL"),
+            ),
+            (
+                "not read",
+                &chart,
+                Secrets::new(),
+                Err("no usable database URL"),
+            ),
+            (
+                "empty",
+                &chart,
+                with(s("url", "  ")),
+                Err("no usable database URL"),
+            ),
+            (
+                "forbidden",
+                &chart,
+                with(Err(api_error(403, "no"))),
+                Err("no usable database URL"),
+            ),
+        ];
+        for (name, settings, secrets, want) in cases {
+            match (database_target("coder", settings, &secrets), want) {
+                (Ok(url), Ok(w)) => assert_eq!(url, w, "{name}"),
+                (Err(Reach::NotConfigured(why) | Reach::Skipped(why)), Err(w)) => {
+                    assert!(why.contains(w), "{name}: {why}")
+                }
+                (got, _) => panic!("{name}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn workspace_identity_follows_the_covering_policies() {
+        let two = Effective::Policies(vec![
+            (
+                "a".into(),
+                policy(|p| {
+                    p.service_account_name = "first".into();
+                    p.avoid_node_labels = vec!["x".into(), "y".into()];
+                }),
+            ),
+            (
+                "b".into(),
+                policy(|p| {
+                    p.service_account_name = "second".into();
+                    p.avoid_node_labels = vec!["y".into(), "z".into()];
+                }),
+            ),
+        ]);
+        assert_eq!(
+            workspace_identity(&two),
+            (
+                "first".to_string(),
+                vec!["x".into(), "y".into(), "z".into()]
+            )
+        );
+        let d = WorkspacePolicySpec::contract_default();
+        for e in [
+            Effective::Builtin { why: "x".into() },
+            Effective::NoneCovering(vec!["other".into()]),
+        ] {
+            assert_eq!(
+                workspace_identity(&e),
+                (d.service_account_name.clone(), d.avoid_node_labels.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn read_errors_keep_the_apiserver_words() {
+        let e = api_error(403, "nodes is forbidden");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (Some(403), "nodes is forbidden")
+        );
+        assert!(e.display.contains("nodes is forbidden"), "{}", e.display);
+        let e = no_answer("connection refused");
+        assert_eq!(e.code, None);
+        assert_eq!(e.message, e.display);
+        let c = read_failed(id::SERVER, "the thing", &api_error(500, "etcd down"));
+        assert_eq!(c.status, Status::Failure);
+        assert!(
+            c.summary.starts_with("reading the thing: "),
+            "{}",
+            c.summary
+        );
+    }
+}

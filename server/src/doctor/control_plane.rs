@@ -354,18 +354,7 @@ mod tests {
         );
         // The embedded-database chart mode leaves the URL out.
         let mut d = chart_deployment();
-        let c = &mut d
-            .spec
-            .as_mut()
-            .unwrap()
-            .template
-            .spec
-            .as_mut()
-            .unwrap()
-            .containers[0];
-        c.env
-            .as_mut()
-            .unwrap()
+        server_env(&mut d)
             .retain(|e| e.name != "CODER_PG_CONNECTION_URL" && e.name != "LUMIE_TEMPLATE_FILE");
         let s = server_settings(&d);
         assert_eq!(s.database_url, ValueSource::Unset);
@@ -422,12 +411,7 @@ mod tests {
         ];
         for (name, deploy, pods, status, text) in cases {
             let c = server_deployment("coder", "coder", deploy, &pods);
-            assert_eq!(c.status, status, "{name}: {c:?}");
-            assert!(
-                c.summary.contains(text),
-                "{name}: {:?} lacks {text:?}",
-                c.summary
-            );
+            assert_verdict(name, &c, status, text);
             assert_eq!(c.fix.is_some(), status != Status::Ok, "{name}");
         }
         let mut zero = chart_deployment();
@@ -514,12 +498,7 @@ mod tests {
         ];
         for (name, role, source, s, status, text) in cases {
             let c = secret(role, "coder", &source, s);
-            assert_eq!(c.status, status, "{name}: {c:?}");
-            assert!(
-                c.summary.contains(text),
-                "{name}: {:?} lacks {text:?}",
-                c.summary
-            );
+            assert_verdict(name, &c, status, text);
             assert!(
                 !c.summary.contains("postgres://"),
                 "{name}: values are never printed"

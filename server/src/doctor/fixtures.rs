@@ -5,9 +5,11 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{EnvVar, Node, Pod, Secret, Service};
 use lumie_contract::policy::WorkspacePolicySpec;
 use serde_json::json;
+
+use super::report::{Check, Status};
 
 pub(crate) fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("test object")
@@ -153,4 +155,29 @@ fn json_merge(a: &mut serde_json::Value, b: serde_json::Value) {
         }
         (a, b) => *a = b,
     }
+}
+
+/// One table row's verdict: the status, and the words the summary must hold.
+pub(crate) fn assert_verdict(case: &str, c: &Check, status: Status, text: &str) {
+    assert_eq!(c.status, status, "{case}: {c:?}");
+    assert!(
+        c.summary.contains(text),
+        "{case}: {:?} lacks {text:?}",
+        c.summary
+    );
+}
+
+/// The server container's environment of a Deployment.
+pub(crate) fn server_env(d: &mut Deployment) -> &mut Vec<EnvVar> {
+    d.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .env
+        .as_mut()
+        .unwrap()
 }

@@ -356,20 +356,6 @@ mod tests {
         d
     }
 
-    fn server_env(d: &mut Deployment) -> &mut Vec<k8s_openapi::api::core::v1::EnvVar> {
-        d.spec
-            .as_mut()
-            .unwrap()
-            .template
-            .spec
-            .as_mut()
-            .unwrap()
-            .containers[0]
-            .env
-            .as_mut()
-            .unwrap()
-    }
-
     fn admitted(mutated: bool) -> Pod {
         let mut pod =
             json!({"metadata": {"name": "lumie-doctor-probe-x"}, "spec": {"containers": []}});

@@ -124,6 +124,7 @@ pub fn discovery_document(issuer: &str, status: u16, body: &str) -> Reach {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::fixtures::assert_verdict;
     use crate::doctor::report::Status;
     use serde_json::json;
 
@@ -223,12 +224,7 @@ mod tests {
         ];
         for (name, f, reach, status, text) in cases {
             let c = f(&reach);
-            assert_eq!(c.status, status, "{name}: {c:?}");
-            assert!(
-                c.summary.contains(text),
-                "{name}: {:?} lacks {text:?}",
-                c.summary
-            );
+            assert_verdict(name, &c, status, text);
         }
     }
 

@@ -58,8 +58,9 @@ impl From<kube::Error> for ReadError {
 pub type Read<T> = Result<T, ReadError>;
 
 /// Everything the doctor read, in the control plane namespace (`options.namespace`) and the
-/// workspace namespace. `Option` fields are reads that only happen when an earlier read asks
-/// for them; `None` there means "not read", which [`super::judge`] treats as not found.
+/// workspace namespace. `Option` fields are reads and probes that only happen when an earlier
+/// read asks for them; `None` means not done: a ConfigMap or Secret not read counts as not
+/// found, a probe not made as not checked.
 #[derive(Clone, Debug)]
 pub struct Facts {
     /// The server Deployment (`None`: not found).

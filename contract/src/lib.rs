@@ -7,6 +7,7 @@
 //! - [`labels`]: the label keys every workspace object carries;
 //! - [`apps`]: the workspace apps (Tilt, code-server, agents UI) and their ports;
 //! - [`workspace`]: the fixed parts of the workspace pod (namespace, containers, home volume);
+//! - [`service`]: the port contract of the stable `dev-workspace` Service, as one rule;
 //! - [`agent_api`]: the messages between the agent and the control plane;
 //! - [`diagnostics`]: how errors are written for operators (the cause chain on one line);
 //! - [`wire`]: enums that travel as strings, declared one way ([`wire_enum!`]).
@@ -18,5 +19,6 @@ pub mod diagnostics;
 pub mod labels;
 pub mod naming;
 pub mod policy;
+pub mod service;
 pub mod wire;
 pub mod workspace;

@@ -6,9 +6,8 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Api, Client};
-use lumie_contract::apps;
+use lumie_contract::service;
 use lumie_contract::workspace::STABLE_SERVICE;
 
 use crate::metrics::DriftLabels;
@@ -27,24 +26,21 @@ pub struct Drift {
 
 /// Every (object, field) this check can report, so fixed drift goes back to 0.
 pub fn known_fields(sa_name: &str) -> Vec<(String, String)> {
+    let svc_obj = format!("service/{STABLE_SERVICE}");
     let mut v = vec![
         (format!("serviceaccount/{sa_name}"), "exists".to_string()),
-        (format!("service/{STABLE_SERVICE}"), "exists".to_string()),
+        (svc_obj.clone(), "exists".to_string()),
     ];
-    for a in apps::ALL {
-        v.push((
-            format!("service/{STABLE_SERVICE}"),
-            format!("port/{}", a.slug),
-        ));
-        v.push((
-            format!("service/{STABLE_SERVICE}"),
-            format!("targetPort/{}", a.slug),
-        ));
-    }
+    v.extend(
+        service::drift_fields()
+            .into_iter()
+            .map(|f| (svc_obj.clone(), f)),
+    );
     v
 }
 
-/// Compares what exists with the contract.
+/// Compares what exists with the contract. The Service's ports are judged by
+/// [`service::port_drift`], the rule `lumie-server doctor` applies too.
 pub fn contract_drift(
     namespace: &str,
     sa_name: &str,
@@ -76,51 +72,18 @@ pub fn contract_drift(
     let ports = svc
         .spec
         .as_ref()
-        .and_then(|s| s.ports.clone())
+        .and_then(|s| s.ports.as_deref())
         .unwrap_or_default();
-    for app in apps::ALL {
-        let by_name = ports.iter().find(|p| p.name.as_deref() == Some(app.slug));
-        let by_port = ports.iter().find(|p| p.port == i32::from(app.port));
-        let Some(p) = by_name.or(by_port) else {
-            out.push(Drift {
+    out.extend(
+        service::port_drift(ports)
+            .problems
+            .into_iter()
+            .map(|p| Drift {
                 object: svc_obj.clone(),
-                field: format!("port/{}", app.slug),
-                message: format!(
-                    "Service {namespace}/{STABLE_SERVICE} has no port for {} ({}, port {})",
-                    app.display_name, app.slug, app.port
-                ),
-            });
-            continue;
-        };
-        if p.port != i32::from(app.port) {
-            out.push(Drift {
-                object: svc_obj.clone(),
-                field: format!("port/{}", app.slug),
-                message: format!(
-                    "Service {namespace}/{STABLE_SERVICE} port {} is {}, the contract says {}",
-                    app.slug, p.port, app.port
-                ),
-            });
-        }
-        let target_ok = match &p.target_port {
-            None => p.port == i32::from(app.port),
-            Some(IntOrString::Int(t)) => *t == i32::from(app.port),
-            Some(IntOrString::String(s)) => s == app.slug,
-        };
-        if !target_ok {
-            out.push(Drift {
-                object: svc_obj.clone(),
-                field: format!("targetPort/{}", app.slug),
-                message: format!(
-                    "Service {namespace}/{STABLE_SERVICE} port {} targets {:?}, the contract says {} (or the port name {:?})",
-                    app.slug,
-                    p.target_port,
-                    app.port,
-                    app.slug
-                ),
-            });
-        }
-    }
+                field: p.field(),
+                message: format!("Service {namespace}/{STABLE_SERVICE} {p}"),
+            }),
+    );
     out
 }
 
@@ -189,6 +152,7 @@ pub async fn run(state: AppState, client: Client) {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn svc(ports: Vec<(&str, i32, Option<IntOrString>)>) -> Service {
         Service {
@@ -256,8 +220,31 @@ mod tests {
             "{}",
             d[0].message
         );
-        for (o, f) in known_fields("dev-workspace") {
-            assert!(!o.is_empty() && !f.is_empty());
+        // What the old readiness check let pass and the doctor did not: a renamed port, UDP.
+        let mut renamed = good.clone();
+        let ports = renamed.spec.as_mut().unwrap().ports.as_mut().unwrap();
+        ports[0].name = Some("tilt-ui".into());
+        ports[1].protocol = Some("UDP".into());
+        let d = contract_drift("lumie-dev", "dev-workspace", Some(&sa), Some(&renamed));
+        assert_eq!(
+            fields(d.clone()),
+            [
+                "service/dev-workspace port/tilt",
+                "service/dev-workspace protocol/code-server"
+            ]
+        );
+        assert_eq!(
+            d[1].message,
+            "Service lumie-dev/dev-workspace port code-server is UDP, the contract says TCP"
+        );
+        let known = known_fields("dev-workspace");
+        for d in [d, contract_drift("lumie-dev", "dev-workspace", None, None)] {
+            for d in d {
+                assert!(
+                    known.contains(&(d.object.clone(), d.field.clone())),
+                    "{d:?} is a known field, so it can go back to 0"
+                );
+            }
         }
     }
 }

@@ -418,7 +418,7 @@ async fn start_server_standin(client: &Client) {
             .await
             .ok()
             .flatten()
-            .is_some_and(|p| lumie_server::doctor::checks::pod_ready(&p))
+            .is_some_and(|p| lumie_server::doctor::control_plane::pod_ready(&p))
     })
     .await;
 }

@@ -380,12 +380,9 @@ pub fn pending_workspaces(namespace: &str, pods: &[Pod], events: &[Event]) -> Ch
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::fixtures::{assert_verdict, from, node};
     use crate::doctor::report::Status;
     use serde_json::json;
-
-    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-        serde_json::from_value(v).expect("test object")
-    }
 
     #[test]
     fn quantities() {
@@ -446,30 +443,6 @@ mod tests {
                 .unwrap_err()
                 .contains("not YAML")
         );
-    }
-
-    fn node(name: &str, extra: serde_json::Value) -> Node {
-        let mut n = json!({
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-            "spec": {},
-            "status": {
-                "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
-                "conditions": [{"type": "Ready", "status": "True"}]
-            }
-        });
-        json_merge(&mut n, extra);
-        from(n)
-    }
-
-    fn json_merge(a: &mut serde_json::Value, b: serde_json::Value) {
-        match (a, b) {
-            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-                for (k, v) in b {
-                    json_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-                }
-            }
-            (a, b) => *a = b,
-        }
     }
 
     fn bound(node: &str, cpu: &str, memory: &str, phase: &str) -> Pod {
@@ -599,12 +572,7 @@ mod tests {
         ];
         for (name, nodes, pods, need, status, text) in cases {
             let c = worker_capacity(&nodes, &pods, &avoid, &need);
-            assert_eq!(c.status, status, "{name}: {c:?}");
-            assert!(
-                c.summary.contains(text),
-                "{name}: {:?} lacks {text:?}",
-                c.summary
-            );
+            assert_verdict(name, &c, status, text);
             assert!(
                 c.summary.contains("a workspace needs test"),
                 "{name}: says what it assumed"
@@ -698,12 +666,7 @@ mod tests {
         ];
         for (name, pods, events, status, text) in cases {
             let c = pending_workspaces("lumie-dev", &pods, &events);
-            assert_eq!(c.status, status, "{name}: {c:?}");
-            assert!(
-                c.summary.contains(text),
-                "{name}: {:?} lacks {text:?}",
-                c.summary
-            );
+            assert_verdict(name, &c, status, text);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The doctor's network probes outside the kube API: connecting to the database with the URL
 //! from its Secret, and fetching the OIDC issuer's discovery document. Each returns a
-//! [`Reach`] that [`super::checks`] turns into a verdict; credentials never reach the output.
+//! [`Reach`] that [`super::reach`] turns into a verdict; credentials never reach the output.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-use super::checks::{Reach, discovery_document};
+use super::reach::{Reach, discovery_document};
 
 /// Whether `host:port` resolves from here.
 async fn resolves(host: &str, port: u16, timeout: Duration) -> Result<(), String> {

@@ -37,28 +37,19 @@ pub const CONTROL_PLANE_USER: &str = "system:serviceaccount:coder:coder";
 /// The ServiceAccount every workspace pod runs as.
 pub const WORKSPACE_SERVICE_ACCOUNT: &str = "dev-workspace";
 
-/// What happens to a pod that violates the policy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum PolicyMode {
-    /// Violations are denied.
-    #[default]
-    Enforce,
-    /// Violations are allowed, each returned as an admission warning (kubectl prints them).
-    Warn,
-    /// Violations are allowed and recorded as audit annotations.
-    Audit,
-}
-
-impl PolicyMode {
-    /// The mode as written in the resource (`Enforce`, `Warn`, `Audit`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PolicyMode::Enforce => "Enforce",
-            PolicyMode::Warn => "Warn",
-            PolicyMode::Audit => "Audit",
-        }
+crate::wire_enum!(
+    /// What happens to a pod that violates the policy.
+    #[derive(Default, JsonSchema)]
+    pub enum PolicyMode {
+        /// Violations are denied.
+        #[default]
+        Enforce = "Enforce",
+        /// Violations are allowed, each returned as an admission warning (kubectl prints them).
+        Warn = "Warn",
+        /// Violations are allowed and recorded as audit annotations.
+        Audit = "Audit",
     }
-}
+);
 
 /// A container allowed to be privileged: matched by name AND image pattern.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

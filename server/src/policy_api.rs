@@ -89,17 +89,21 @@ fn policy_json(obj: Option<WorkspacePolicy>) -> PolicyJson {
     }
 }
 
-/// Parses and validates a `PUT` body: every problem, in the webhook's words, or serde's message
-/// for a body that is not a policy at all.
+/// Parses a `PUT` body: serde's message for a body that is not a policy at all.
 pub fn parse_put(body: &[u8]) -> Result<PutPolicyRequest> {
-    let req: PutPolicyRequest = serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequest(format!("not a valid policy: {e}")))?;
-    req.spec
-        .validate(k8s_openapi::jiff::Timestamp::now())
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("not a valid policy: {e}")))
+}
+
+/// Validates a new spec as a change from `previous` (the webhook's own rule for an UPDATE): every
+/// problem in the webhook's words, so the admin reads it here instead of from the apiserver.
+pub fn validate_put(
+    spec: &WorkspacePolicySpec,
+    previous: Option<&WorkspacePolicySpec>,
+) -> Result<()> {
+    spec.validate_change(previous, k8s_openapi::jiff::Timestamp::now())
         .map_err(|problems| {
             Error::BadRequest(format!("invalid WorkspacePolicy: {}", problems.join("; ")))
-        })?;
-    Ok(req)
+        })
 }
 
 fn conflict(rv: &str) -> Error {
@@ -121,8 +125,11 @@ async fn put_policy(
 ) -> Result<Json<PolicyJson>> {
     p.require_admin()?;
     let req = parse_put(&body)?;
+    // Problems that need no cluster first (a 400 without a kube client too).
+    validate_put(&req.spec, None)?;
     let api = policies(&state)?;
     let before = api.get_opt(DEFAULT_POLICY_NAME).await?;
+    validate_put(&req.spec, before.as_ref().map(|b| &b.spec))?;
     if let (None, Some(rv)) = (&before, &req.resource_version) {
         // Read at some version, deleted since: applying would silently re-create it.
         return Err(conflict(rv));
@@ -252,6 +259,28 @@ mod tests {
             let (status, message) = call(&f, method, &f.admin, &body).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method}");
             assert!(message.contains("Kubernetes API"), "{method}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_put_that_stops_covering_the_workspace_namespace_is_refused_as_a_change() {
+        let previous = WorkspacePolicySpec::contract_default();
+        let mut elsewhere = previous.clone();
+        elsewhere.namespaces = vec!["lumie-dev-staging".into()];
+        // (case, spec, previous, refused)
+        let cases = [
+            ("same spec again", &previous, Some(&previous), false),
+            ("first write elsewhere", &elsewhere, None, false),
+            ("moving off lumie-dev", &elsewhere, Some(&previous), true),
+            ("already elsewhere", &elsewhere, Some(&elsewhere), false),
+        ];
+        for (name, spec, prev, refused) in cases {
+            let r = validate_put(spec, prev);
+            assert_eq!(r.is_err(), refused, "{name}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("lumie-dev"), "{name}: {e}");
+                assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{name}");
+            }
         }
     }
 

@@ -4,14 +4,15 @@
 //! plane never creates, patches or deletes these objects.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::{Api, Client};
 use lumie_contract::service;
 use lumie_contract::workspace::STABLE_SERVICE;
 
-use crate::metrics::DriftLabels;
-use crate::state::AppState;
+use crate::metrics::{DriftLabels, Metrics};
 
 /// One field that does not match the contract.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,144 +108,68 @@ pub async fn check(
     ))
 }
 
-/// Runs one check and records it: readiness (kube reachable + warnings), metric, log lines.
-pub async fn check_and_record(state: &AppState, client: &Client) {
-    let sa_name = state.template.service_account_name.clone();
-    let ns = state.config.namespace.clone();
-    match check(client, &ns, &sa_name).await {
-        Ok(drifts) => {
-            let drifted: BTreeSet<(String, String)> = drifts
-                .iter()
-                .map(|d| (d.object.clone(), d.field.clone()))
-                .collect();
-            for (object, field) in known_fields(&sa_name) {
-                let v = i64::from(drifted.contains(&(object.clone(), field.clone())));
-                state
-                    .metrics
-                    .contract_drift
-                    .get_or_create(&DriftLabels { object, field })
-                    .set(v);
-            }
-            for d in &drifts {
-                tracing::warn!(object = %d.object, field = %d.field, "contract drift: {}", d.message);
-            }
-            let mut r = state.readiness.write().expect("readiness lock");
-            r.kube_reachable = true;
-            r.warnings = drifts.into_iter().map(|d| d.message).collect();
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "kube API check failed");
-            let mut r = state.readiness.write().expect("readiness lock");
-            r.kube_reachable = false;
-        }
-    }
+/// What `/readyz` reports beyond the database.
+#[derive(Debug, Default, Clone)]
+pub struct ReadinessState {
+    /// The kube API answered the last check.
+    pub kube_reachable: bool,
+    /// Contract drift and other non-fatal warnings.
+    pub warnings: Vec<String>,
 }
 
-/// Checks at start and every `drift_check_interval`.
-pub async fn run(state: AppState, client: Client) {
-    loop {
-        check_and_record(&state, &client).await;
-        tokio::time::sleep(state.config.drift_check_interval).await;
-    }
+/// The periodic contract check and what it writes: readiness, the drift metric, log lines.
+pub struct DriftCheck {
+    /// Kube client.
+    pub client: Client,
+    /// The workspace namespace.
+    pub namespace: String,
+    /// The template's ServiceAccount (the overlay's `dev-workspace`).
+    pub service_account: String,
+    /// Where `/readyz` reads the outcome.
+    pub readiness: Arc<RwLock<ReadinessState>>,
+    /// The drift metric.
+    pub metrics: Arc<Metrics>,
+    /// How often to check.
+    pub interval: Duration,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-    fn svc(ports: Vec<(&str, i32, Option<IntOrString>)>) -> Service {
-        Service {
-            spec: Some(ServiceSpec {
-                ports: Some(
-                    ports
-                        .into_iter()
-                        .map(|(n, p, t)| ServicePort {
-                            name: Some(n.into()),
-                            port: p,
-                            target_port: t,
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
+impl DriftCheck {
+    /// Runs one check and records it: readiness (kube reachable + warnings), metric, log lines.
+    pub async fn check_and_record(&self) {
+        let sa_name = &self.service_account;
+        match check(&self.client, &self.namespace, sa_name).await {
+            Ok(drifts) => {
+                let drifted: BTreeSet<(String, String)> = drifts
+                    .iter()
+                    .map(|d| (d.object.clone(), d.field.clone()))
+                    .collect();
+                for (object, field) in known_fields(sa_name) {
+                    let v = i64::from(drifted.contains(&(object.clone(), field.clone())));
+                    self.metrics
+                        .contract_drift
+                        .get_or_create(&DriftLabels { object, field })
+                        .set(v);
+                }
+                for d in &drifts {
+                    tracing::warn!(object = %d.object, field = %d.field, "contract drift: {}", d.message);
+                }
+                let mut r = self.readiness.write().expect("readiness lock");
+                r.kube_reachable = true;
+                r.warnings = drifts.into_iter().map(|d| d.message).collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kube API check failed");
+                let mut r = self.readiness.write().expect("readiness lock");
+                r.kube_reachable = false;
+            }
         }
     }
 
-    #[test]
-    fn drift_table() {
-        let sa = ServiceAccount::default();
-        let good = svc(vec![
-            ("tilt", 10350, Some(IntOrString::Int(10350))),
-            (
-                "code-server",
-                13337,
-                Some(IntOrString::String("code-server".into())),
-            ),
-            ("agents", 3000, None),
-        ]);
-        assert_eq!(
-            contract_drift("lumie-dev", "dev-workspace", Some(&sa), Some(&good)),
-            vec![]
-        );
-        let fields = |d: Vec<Drift>| {
-            d.into_iter()
-                .map(|d| format!("{} {}", d.object, d.field))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            fields(contract_drift("lumie-dev", "dev-workspace", None, None)),
-            [
-                "serviceaccount/dev-workspace exists",
-                "service/dev-workspace exists"
-            ]
-        );
-        let bad = svc(vec![
-            ("tilt", 10351, Some(IntOrString::Int(10350))),
-            ("code-server", 13337, Some(IntOrString::Int(8080))),
-        ]);
-        let d = contract_drift("lumie-dev", "dev-workspace", Some(&sa), Some(&bad));
-        assert_eq!(
-            fields(d.clone()),
-            [
-                "service/dev-workspace port/tilt",
-                "service/dev-workspace targetPort/code-server",
-                "service/dev-workspace port/agents"
-            ]
-        );
-        assert!(
-            d[0].message.contains("is 10351, the contract says 10350"),
-            "{}",
-            d[0].message
-        );
-        // What the old readiness check let pass and the doctor did not: a renamed port, UDP.
-        let mut renamed = good.clone();
-        let ports = renamed.spec.as_mut().unwrap().ports.as_mut().unwrap();
-        ports[0].name = Some("tilt-ui".into());
-        ports[1].protocol = Some("UDP".into());
-        let d = contract_drift("lumie-dev", "dev-workspace", Some(&sa), Some(&renamed));
-        assert_eq!(
-            fields(d.clone()),
-            [
-                "service/dev-workspace port/tilt",
-                "service/dev-workspace protocol/code-server"
-            ]
-        );
-        assert_eq!(
-            d[1].message,
-            "Service lumie-dev/dev-workspace port code-server is UDP, the contract says TCP"
-        );
-        let known = known_fields("dev-workspace");
-        for d in [d, contract_drift("lumie-dev", "dev-workspace", None, None)] {
-            for d in d {
-                assert!(
-                    known.contains(&(d.object.clone(), d.field.clone())),
-                    "{d:?} is a known field, so it can go back to 0"
-                );
-            }
+    /// Checks every `interval` until the process ends (the first check is the caller's, at start).
+    pub async fn run(self) {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            self.check_and_record().await;
         }
     }
 }

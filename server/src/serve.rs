@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use crate::builds::Executor;
 use crate::config::Config;
 use crate::db::Db;
+use crate::drift::DriftCheck;
 use crate::error::{Error, Result};
 use crate::reconcile::{Parts, Reconciler, start_watchers};
 use crate::spawner::Spawner;
@@ -83,12 +84,16 @@ pub async fn start_with(
     );
 
     // Readiness and drift first, so /readyz is truthful from the start.
-    crate::drift::check_and_record(&state, &client).await;
-    let mut tasks = vec![];
-    tasks.push(tokio::spawn(crate::drift::run(
-        state.clone(),
-        client.clone(),
-    )));
+    let drift = DriftCheck {
+        client: client.clone(),
+        namespace: namespace.clone(),
+        service_account: state.template.service_account_name.clone(),
+        readiness: state.readiness.clone(),
+        metrics: state.metrics.clone(),
+        interval: state.config.drift_check_interval,
+    };
+    drift.check_and_record().await;
+    let mut tasks = vec![tokio::spawn(drift.run())];
     tasks.push(tokio::spawn(state.agents.clone().run()));
     let stores = start_watchers(&client, &namespace, &state.dirty);
     let reconciler = Arc::new(Reconciler::new(

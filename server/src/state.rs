@@ -9,20 +9,12 @@ use crate::agents::AgentHub;
 use crate::caller::AuthChain;
 use crate::config::Config;
 use crate::db::Db;
+use crate::drift::ReadinessState;
 use crate::edge::Edge;
 use crate::events::{Dirty, Events};
 use crate::metrics::Metrics;
 use crate::reconcile::ClusterViews;
 use crate::template::Template;
-
-/// What `/readyz` reports beyond the database.
-#[derive(Debug, Default, Clone)]
-pub struct ReadinessState {
-    /// The kube API answered the last check.
-    pub kube_reachable: bool,
-    /// Contract drift and other non-fatal warnings.
-    pub warnings: Vec<String>,
-}
 
 /// Everything handlers and tasks share. Cheap to clone.
 #[derive(Clone)]

@@ -488,8 +488,10 @@ impl HostGuard {
     /// (a WebSocket there needs that app's own origin); exempt paths pass, others need the access
     /// URL's host, and WebSocket upgrades also its origin.
     pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<HostKind, IdentityError> {
+        let host = request_host(headers, uri);
         if let Some(w) = &self.wildcard
-            && let Some(label) = request_host(headers, uri).and_then(|h| w.label_of(h))
+            && let Some(h) = host.filter(|h| !self.access.matches_host(h))
+            && let Some(label) = w.label_of(h)
         {
             if is_websocket_upgrade(headers) {
                 let own = w.origin_of(&label);
@@ -945,6 +947,15 @@ mod tests {
                 "{other}"
             );
         }
+        // The access URL's own host stays the access URL's, even under the wildcard.
+        let under = AccessUrl::parse("https://coder.apps.lumie-infra.com").unwrap();
+        let w = WildcardHost::parse("*.apps.lumie-infra.com", &under).unwrap();
+        let g = HostGuard::new(under).with_wildcard(Some(w));
+        let own = headers(&[("host", "coder.apps.lumie-infra.com")]);
+        assert_eq!(
+            g.check(&"/api/v2/users/me".parse().unwrap(), &own).unwrap(),
+            HostKind::Access
+        );
         // Without a wildcard an app host is just a wrong host.
         let plain = HostGuard::new(access);
         assert!(plain.check(&"/".parse().unwrap(), &app).is_err());

@@ -958,10 +958,14 @@ async fn forward(
     Response::from_parts(rp, Body::new(rb))
 }
 
-/// The app's answer headers, confined: every `Set-Cookie` through [`rewrite_set_cookie`], and
-/// no `Service-Worker-Allowed` (a worker's scope stays within the path it was loaded from).
+/// The app's answer headers, confined: every `Set-Cookie` through [`rewrite_set_cookie`], no
+/// `Service-Worker-Allowed` (a worker's scope stays within the path it was loaded from), and on
+/// the shared origin no `Clear-Site-Data` (it would wipe the user's session cookie).
 fn confine_response_headers(headers: &mut http::HeaderMap, scope: &CookieScope) {
     headers.remove("service-worker-allowed");
+    if matches!(scope, CookieScope::Path { .. }) {
+        headers.remove("clear-site-data");
+    }
     let cookies: Vec<HeaderValue> = headers
         .get_all(http::header::SET_COOKIE)
         .iter()
@@ -1178,7 +1182,16 @@ mod tests {
             HeaderValue::from_static("b=2; Domain=evil.example"),
         );
         h.insert("service-worker-allowed", HeaderValue::from_static("/"));
+        h.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+        let mut on_host = h.clone();
         confine_response_headers(&mut h, &tilt);
+        assert!(!h.contains_key("clear-site-data"));
+        confine_response_headers(&mut on_host, &host);
+        assert!(!on_host.contains_key("service-worker-allowed"));
+        assert!(
+            on_host.contains_key("clear-site-data"),
+            "its own origin's business"
+        );
         let got: Vec<&str> = h
             .get_all("set-cookie")
             .iter()

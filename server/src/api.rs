@@ -183,7 +183,8 @@ pub struct AppJson {
     pub slug: String,
     /// Display name.
     pub display_name: String,
-    /// Path-based URL.
+    /// Where to open it: the subdomain app URL when `CODER_WILDCARD_ACCESS_URL` is set, the
+    /// path-based one otherwise.
     pub url: String,
     /// Health reported by the agent.
     pub health: AppHealth,
@@ -246,7 +247,19 @@ fn workspace_json(
         .map(|a| AppJson {
             slug: a.slug.into(),
             display_name: a.display_name.into(),
-            url: format!("{base}/@{}/{}/apps/{}/", ws.owner_name, ws.name, a.slug),
+            // Subdomain mode: the app's own origin (its first visit goes through
+            // `/api/v2/applications/auth-redirect`); path-based otherwise.
+            url: match &state.edge.wildcard {
+                Some(w) => format!(
+                    "{}/",
+                    w.origin_of(&crate::app_proxy::app_label(
+                        a.slug,
+                        &ws.name,
+                        &ws.owner_name
+                    ))
+                ),
+                None => format!("{base}/@{}/{}/apps/{}/", ws.owner_name, ws.name, a.slug),
+            },
             health: agent
                 .as_ref()
                 .and_then(|ag| ag.apps.get(a.slug).copied())

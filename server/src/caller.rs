@@ -22,7 +22,7 @@ use crate::model::User;
 use crate::state::AppState;
 
 /// The session cookie's name, Coder's (scripts that read it keep working): set by an OIDC login
-/// ([`crate::identity::sessions`]) and by the app proxy, read here.
+/// ([`crate::identity::sessions`]) only, `Path=/`, host-only; read here.
 pub const SESSION_COOKIE: &str = "coder_session_token";
 
 /// How a principal proved who it is.
@@ -32,6 +32,9 @@ pub enum AuthMethod {
     ApiToken,
     /// An OIDC login session.
     OidcSession,
+    /// The app-scoped credential of one subdomain app (its app host's cookie); never accepted
+    /// by the API.
+    AppSession,
 }
 
 /// An authenticated user.
@@ -70,23 +73,47 @@ pub trait Authenticator: Send + Sync {
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Option<Principal>>>;
 }
 
-/// The session token in a request: `Coder-Session-Token`, `Authorization: Bearer`, or the cookie.
-pub fn session_token(parts: &Parts) -> Option<String> {
-    let h = &parts.headers;
-    if let Some(v) = h.get(AGENT_TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+/// The token a request carries in a header (`Coder-Session-Token` or `Authorization: Bearer`):
+/// what a CLI or script sends. A browser never adds these on its own, so a request with one is
+/// not riding on an ambient cookie.
+pub fn header_token(headers: &http::HeaderMap) -> Option<String> {
+    if let Some(v) = headers
+        .get(AGENT_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
         return Some(v.trim().to_string());
     }
-    if let Some(t) = h
+    headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-    {
-        return Some(t.trim().to_string());
-    }
-    cookie_value(h, SESSION_COOKIE).map(str::to_string)
+        .map(|t| t.trim().to_string())
+}
+
+/// How many [`SESSION_COOKIE`] cookies the request sends. More than one means a second cookie
+/// of that name lives on a longer path or a parent domain (left over from an old app link, or
+/// planted by a sibling site); which one the browser puts first is then the planter's choice.
+pub fn session_cookie_count(headers: &http::HeaderMap) -> usize {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter(|kv| {
+            kv.trim()
+                .split_once('=')
+                .is_some_and(|(k, _)| k == SESSION_COOKIE)
+        })
+        .count()
+}
+
+/// The session token in a request: `Coder-Session-Token`, `Authorization: Bearer`, or the cookie.
+pub fn session_token(parts: &Parts) -> Option<String> {
+    header_token(&parts.headers)
+        .or_else(|| cookie_value(&parts.headers, SESSION_COOKIE).map(str::to_string))
 }
 
 /// API tokens stored hashed in the database.
@@ -111,6 +138,12 @@ impl Authenticator for ApiTokenAuthenticator {
             let Some(token) = session_token(parts) else {
                 return Ok(None);
             };
+            if header_token(&parts.headers).is_none() && session_cookie_count(&parts.headers) > 1 {
+                return Err(Error::Unauthorized(format!(
+                    "several {SESSION_COOKIE} cookies were sent (one is left over from an old app \
+                     link or was planted by another site): sign in again"
+                )));
+            }
             // Browser sessions of OIDC logins live in the same table, hashed the same way, and
             // arrive in the same cookie; expired ones are not found.
             match self.db.token_owner(&token).await? {
@@ -209,5 +242,40 @@ mod tests {
             None
         );
         assert_eq!(session_token(&parts(&[])), None);
+    }
+
+    #[test]
+    fn header_tokens_and_cookie_counts() {
+        assert_eq!(
+            header_token(&parts(&[("Cookie", "coder_session_token=c")]).headers),
+            None
+        );
+        assert_eq!(
+            header_token(&parts(&[("Authorization", "Bearer b")]).headers),
+            Some("b".into())
+        );
+        let cases: &[(&[(&str, &str)], usize)] = &[
+            (&[], 0),
+            (&[("Cookie", "a=1")], 0),
+            (&[("Cookie", "coder_session_token=c")], 1),
+            (
+                &[(
+                    "Cookie",
+                    "coder_session_token=x; a=1; coder_session_token=c",
+                )],
+                2,
+            ),
+            (
+                &[
+                    ("Cookie", "coder_session_token=x"),
+                    ("Cookie", "coder_session_token=y"),
+                ],
+                2,
+            ),
+            (&[("Cookie", "xcoder_session_token=c")], 0),
+        ];
+        for (h, want) in cases {
+            assert_eq!(session_cookie_count(&parts(h).headers), *want, "{h:?}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use lumie_contract::{agent_api, workspace};
 use crate::error::Error;
 use crate::identity::oidc::DEFAULT_ALLOWED_CLOCK_SKEW;
 use crate::identity::roles::{DEFAULT_ADMIN_GROUP, DEFAULT_ROLE_CLAIM};
+use crate::identity::trusted_proxy::WildcardHost;
 use crate::identity::{AccessUrl, IdentityError, OidcSettings, RoleMapping, TrustedProxy};
 
 /// Default folder of the agent binaries the server hands out.
@@ -87,9 +88,20 @@ pub struct ServeArgs {
     /// default: name the Teleport app service's; empty, the headers are ignored (with a warning).
     #[arg(long, env = "CODER_PROXY_TRUSTED_ORIGINS", value_delimiter = ',')]
     pub proxy_trusted_origins: Vec<String>,
-    /// Wildcard URL for subdomain apps; blank means path-based apps only.
+    /// Wildcard host for subdomain apps (`*.apps.example.com`, scheme and port optional,
+    /// defaulting to the access URL's): each app on its own origin, the isolated mode. Blank
+    /// means path-based apps only.
     #[arg(long, env = "CODER_WILDCARD_ACCESS_URL")]
     pub wildcard_access_url: Option<String>,
+    /// DANGEROUS: let admins open other users' path-based apps. A path-based app runs on the
+    /// control plane's origin, so the app's JavaScript acts with the admin's session (API keys,
+    /// policy). Off by default; every such access is audited (`app.admin_access`).
+    #[arg(
+        long,
+        env = "CODER_DANGEROUS_ALLOW_PATH_APP_SITE_OWNER_ACCESS",
+        default_value_t = false
+    )]
+    pub dangerous_allow_path_app_site_owner_access: bool,
     /// Namespace the workspace pods live in.
     #[arg(long, env = "LUMIE_WORKSPACE_NAMESPACE", default_value = workspace::NAMESPACE)]
     pub workspace_namespace: String,
@@ -222,6 +234,8 @@ pub struct Config {
     pub proxy_trusted_origins: Vec<String>,
     /// Wildcard access URL, when set.
     pub wildcard_access_url: Option<String>,
+    /// Admins may open other users' path-based apps (dangerous; audited).
+    pub dangerous_allow_path_app_site_owner_access: bool,
     /// Workspace namespace.
     pub namespace: String,
     /// Template file, when set.
@@ -283,6 +297,7 @@ impl Config {
             proxy_trusted_headers: vec![],
             proxy_trusted_origins: vec![],
             wildcard_access_url: None,
+            dangerous_allow_path_app_site_owner_access: false,
             namespace: workspace::NAMESPACE.into(),
             template_file: None,
             agent_binary_dir: DEFAULT_AGENT_BINARY_DIR.into(),
@@ -335,6 +350,10 @@ impl TryFrom<ServeArgs> for Config {
             None => DatabaseConfig::Sqlite(a.data_dir.join("lumie-coder.db")),
         };
         let access = AccessUrl::parse(&access_url)?;
+        let wildcard_access_url = non_blank(a.wildcard_access_url);
+        if let Some(w) = &wildcard_access_url {
+            WildcardHost::parse(w, &access)?;
+        }
         TrustedProxy::new(&a.proxy_trusted_headers, &a.proxy_trusted_origins)?;
         let oidc = match (
             non_blank(a.oidc_issuer_url),
@@ -389,7 +408,9 @@ impl TryFrom<ServeArgs> for Config {
             oidc,
             proxy_trusted_headers: a.proxy_trusted_headers,
             proxy_trusted_origins: a.proxy_trusted_origins,
-            wildcard_access_url: non_blank(a.wildcard_access_url),
+            wildcard_access_url,
+            dangerous_allow_path_app_site_owner_access: a
+                .dangerous_allow_path_app_site_owner_access,
             namespace: a.workspace_namespace,
             template_file: a.template_file,
             agent_binary_dir: a.agent_binary_dir,
@@ -509,6 +530,15 @@ mod tests {
                 ],
                 "LUMIE_AGENT_REPORT_INTERVAL_SECS",
             ),
+            (
+                &[
+                    "--access-url",
+                    "http://x",
+                    "--wildcard-access-url",
+                    "apps.example.com",
+                ],
+                "CODER_WILDCARD_ACCESS_URL",
+            ),
         ];
         for (args, want) in cases {
             let e = parse(args).unwrap_err().to_string();
@@ -617,6 +647,26 @@ mod tests {
                 .trusted_proxy_warning()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn app_isolation_settings() {
+        let c = parse(&["--access-url", "https://coder.example.com"]).unwrap();
+        assert!(
+            !c.dangerous_allow_path_app_site_owner_access,
+            "off by default"
+        );
+        assert_eq!(c.wildcard_access_url, None);
+        let c = parse(&[
+            "--access-url",
+            "https://coder.example.com",
+            "--wildcard-access-url",
+            " *.apps.example.com ",
+            "--dangerous-allow-path-app-site-owner-access",
+        ])
+        .unwrap();
+        assert!(c.dangerous_allow_path_app_site_owner_access);
+        assert_eq!(c.wildcard_access_url.as_deref(), Some("*.apps.example.com"));
     }
 
     #[test]

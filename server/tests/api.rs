@@ -735,10 +735,12 @@ async fn app_proxy_http_websocket_permissions_and_stopped_page() {
         .await;
     assert_eq!(s, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(h["location"], "/@alice/dev/apps/tilt/");
+    // Path-based apps are their owner's only: another member and (without the dangerous
+    // setting, see tests/app_proxy.rs) an admin get "not found".
     let (s, _, _) = api
         .call("GET", "/@alice/dev/apps/tilt/", Some(&bob), None)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _, _) = api
         .call(
             "GET",
@@ -747,7 +749,7 @@ async fn app_proxy_http_websocket_permissions_and_stopped_page() {
             None,
         )
         .await;
-    assert_eq!(s, StatusCode::OK, "admins may");
+    assert_eq!(s, StatusCode::NOT_FOUND, "admins may not by default");
     let (s, _, _) = api.call("GET", "/@alice/dev/apps/tilt/", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // code-server is not listening: a clear 502 page naming the app.

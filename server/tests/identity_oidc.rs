@@ -520,6 +520,20 @@ async fn login_returns_to_the_requested_local_page_only() {
             "/api/v2/users/oidc/login?redirect=https://evil.example/",
             "/",
         ),
+        // The app proxy's sign-in links: back to the app page, query included, or to the
+        // subdomain ticket route; a foreign or scheme-relative one is refused.
+        (
+            "/api/v2/users/oidc/login?redirect=%2F%40bob%2Fws%2Fapps%2Ftilt%2Fr%2Fx%3Fy%3D1%26z%3D2",
+            "/@bob/ws/apps/tilt/r/x?y=1&z=2",
+        ),
+        (
+            "/api/v2/users/oidc/login?redirect=%2Fapi%2Fv2%2Fapplications%2Fauth-redirect%3Fredirect_uri%3Dhttp%253A%252F%252Ftilt--ws--bob.apps.test%252F",
+            "/api/v2/applications/auth-redirect?redirect_uri=http%3A%2F%2Ftilt--ws--bob.apps.test%2F",
+        ),
+        (
+            "/api/v2/users/oidc/login?redirect=%2F%2Fevil.example%2F",
+            "/",
+        ),
     ] {
         let b = Browser::new();
         let authorize = b.start_login(&server, path).await;
@@ -528,7 +542,13 @@ async fn login_returns_to_the_requested_local_page_only() {
             .await;
         let r = b.get(&callback).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
-        assert_eq!(location(&callback, &r).path(), want, "{path}");
+        let to = location(&callback, &r);
+        assert_eq!(to.origin(), callback.origin(), "{path}: same origin");
+        let got = match to.query() {
+            Some(q) => format!("{}?{q}", to.path()),
+            None => to.path().to_string(),
+        };
+        assert_eq!(got, want, "{path}");
     }
 }
 

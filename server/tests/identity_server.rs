@@ -127,6 +127,10 @@ impl Browser {
         let mut req = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if method != "GET" {
+            // As a browser does: the cookie-authenticated write names the page's origin.
+            req = req.header("origin", self.base.as_str());
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -329,15 +333,15 @@ async fn oidc_sessions_roles_on_every_route_edge_checks_and_logout() {
             "/api/v2/audit".into(),
             StatusCode::OK,
         ),
-        // The app proxy: another's workspace is refused; the owner's and the admin's get
-        // through to "not running" (no pod in this test).
+        // The app proxy: path-based apps are their owner's only, so another's workspace is
+        // "not found" to a member and (without the dangerous setting) to an admin too.
         (
             "GET",
             "/@alice/aw/apps/tilt/".into(),
             None,
-            StatusCode::FORBIDDEN,
+            StatusCode::NOT_FOUND,
             "/@bob/bw/apps/tilt/".into(),
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
         ),
     ];
     for (method, member_path, body, member_want, admin_path, admin_want) in rows {

@@ -489,11 +489,13 @@ async fn create_stop_start_delete_through_the_webhook_and_scheduler() {
     assert_eq!((pvcs.len(), secrets.len()), (1, 1));
     assert_eq!(pvcs[0].uid().unwrap(), pvc_uid);
 
-    // The app proxy says "stopped", not 502.
+    // The app proxy says "stopped", not 502 (to the owner: path apps are hers only).
+    let (s, key) = server.call("POST", "/api/v2/users/alice/keys", None).await;
+    assert_eq!(s, 201, "{key}");
     let page = server
         .http
         .get(server.url("/@alice/dev/apps/tilt/"))
-        .header("Coder-Session-Token", &server.token)
+        .header("Coder-Session-Token", key["key"].as_str().unwrap())
         .send()
         .await
         .unwrap();

@@ -6,7 +6,8 @@
 //! `UPDATE`), so the same repository test suite runs against both. Only the migrations differ.
 //!
 //! One file per area, each adding its methods to [`Db`]: `users` (token and OIDC users),
-//! `tokens` (API tokens and browser sessions), `workspaces`, `builds`, `agents` and `audit`.
+//! `tokens` (API tokens and browser sessions), `app_tickets` (subdomain app tickets and
+//! credentials), `workspaces`, `builds`, `agents` and `audit`.
 //! This file opens the database and holds what they share.
 
 use rand::Rng;
@@ -19,6 +20,7 @@ use crate::config::{DB_SECRET, DatabaseConfig};
 use crate::error::{Error, Result};
 
 mod agents;
+mod app_tickets;
 mod audit;
 mod builds;
 mod tokens;

@@ -471,6 +471,22 @@ mod tests {
             (Some("/\\evil.example"), "/"),
             (Some("/x\r\nSet-Cookie: a=b"), "/"),
             (Some("relative"), "/"),
+            // What the app proxy's sign-in links carry: the app page, or the ticket route.
+            (
+                Some("/@alice/dev/apps/tilt/r/x?a=1&b=2"),
+                "/@alice/dev/apps/tilt/r/x?a=1&b=2",
+            ),
+            (
+                Some(
+                    "/api/v2/applications/auth-redirect?redirect_uri=https%3A%2F%2Ftilt--dev--alice.apps.example%2F",
+                ),
+                "/api/v2/applications/auth-redirect?redirect_uri=https%3A%2F%2Ftilt--dev--alice.apps.example%2F",
+            ),
+            (Some("https:evil.example"), "/"),
+            (Some("//evil.example@coder.example/"), "/"),
+            (Some("\\\\evil.example"), "/"),
+            (Some("/\t/evil.example"), "/"),
+            (Some(""), "/"),
         ];
         for (input, want) in cases {
             assert_eq!(local_path(input), want, "{input:?}");

@@ -1,5 +1,7 @@
 //! The edge in front of the server (Teleport): the access URL, which client address to believe,
-//! and whether a request arrived with the access URL's `Host` (and a WebSocket with its `Origin`).
+//! and whether a request arrived with the access URL's `Host` (and a WebSocket with its `Origin`),
+//! or with the `Host` of a subdomain app ([`WildcardHost`], `CODER_WILDCARD_ACCESS_URL`), which
+//! only the app proxy serves.
 //!
 //! The decisions are pure functions over headers and addresses, table-tested; the axum
 //! middleware at the bottom applies them ([`client_ip_middleware`], [`host_guard_middleware`]).
@@ -108,6 +110,98 @@ impl AccessUrl {
 
 fn default_port(scheme: &str) -> u16 {
     if scheme == "https" { 443 } else { 80 }
+}
+
+/// The hosts subdomain apps live on (`CODER_WILDCARD_ACCESS_URL=*.apps.example.com`): one label
+/// in front of the suffix names the app (`<slug>--<workspace>--<owner>`), so every app is its
+/// own origin. Scheme and port are the access URL's unless the value names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WildcardHost {
+    scheme: String,
+    suffix: String,
+    port: u16,
+}
+
+impl WildcardHost {
+    /// Parses `*.suffix`, `*.suffix:port` or `http(s)://*.suffix[:port]`.
+    pub fn parse(value: &str, access: &AccessUrl) -> Result<Self, IdentityError> {
+        let invalid = |message: String| IdentityError::InvalidSetting {
+            setting: "CODER_WILDCARD_ACCESS_URL",
+            message,
+        };
+        let v = value.trim().trim_end_matches('/');
+        let (scheme, rest) = match v.split_once("://") {
+            Some((s @ ("http" | "https"), rest)) => (s.to_string(), rest),
+            Some(_) => return Err(invalid(format!("{value:?} is not an http(s) URL"))),
+            None => (access.url.scheme().to_string(), v),
+        };
+        let Some(host_port) = rest.strip_prefix("*.") else {
+            return Err(invalid(format!(
+                "{value:?} must start with \"*.\", like *.apps.example.com"
+            )));
+        };
+        let (host, port) = split_host_port(host_port)
+            .ok_or_else(|| invalid(format!("{value:?} has no usable host")))?;
+        let suffix = host.trim_end_matches('.').to_ascii_lowercase();
+        let valid_label =
+            |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if (!suffix.contains('.') && suffix != "localhost") || !suffix.split('.').all(valid_label) {
+            return Err(invalid(format!(
+                "{value:?}: {suffix:?} is not a domain to put app hosts under"
+            )));
+        }
+        let port = match port {
+            Some(p) => p,
+            None if scheme == access.url.scheme() => access.port,
+            None => default_port(&scheme),
+        };
+        Ok(WildcardHost {
+            scheme,
+            suffix,
+            port,
+        })
+    }
+
+    /// The app label of a `Host` value under this wildcard (lowercase), if it is one.
+    pub fn label_of(&self, received: &str) -> Option<String> {
+        let (host, port) = split_host_port(received.trim())?;
+        if port.unwrap_or(default_port(&self.scheme)) != self.port {
+            return None;
+        }
+        self.label_of_name(host)
+    }
+
+    /// The app label of a host name (no port) under this wildcard.
+    fn label_of_name(&self, host: &str) -> Option<String> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let label = host.strip_suffix(&self.suffix)?.strip_suffix('.')?;
+        (!label.is_empty() && !label.contains('.')).then(|| label.to_string())
+    }
+
+    /// `scheme://label.suffix[:port]`: the app host's origin (and base URL).
+    pub fn origin_of(&self, label: &str) -> String {
+        if self.port == default_port(&self.scheme) {
+            format!("{}://{label}.{}", self.scheme, self.suffix)
+        } else {
+            format!("{}://{label}.{}:{}", self.scheme, self.suffix, self.port)
+        }
+    }
+
+    /// Whether app cookies get `Secure`.
+    pub fn is_https(&self) -> bool {
+        self.scheme == "https"
+    }
+
+    /// The app label of an absolute URL on one of these hosts (scheme and port must match).
+    pub fn label_of_url(&self, url: &Url) -> Option<String> {
+        if url.scheme() != self.scheme || url.port_or_known_default() != Some(self.port) {
+            return None;
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
+        self.label_of_name(url.host_str()?)
+    }
 }
 
 /// `host[:port]` → (host, port); IPv6 hosts keep their brackets like [`Url::host_str`].
@@ -328,15 +422,31 @@ pub const DEFAULT_HOST_EXEMPT_PREFIXES: &[&str] = &["/healthz", "/readyz", "/met
 #[derive(Clone, Debug)]
 pub struct HostGuard {
     access: AccessUrl,
+    wildcard: Option<WildcardHost>,
     exempt: Arc<[String]>,
     mismatches: Counter,
 }
+
+/// Which host a request that passed the [`HostGuard`] arrived at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    /// The access URL (or an exempt path): the API, the login, path-based apps.
+    Access,
+    /// A subdomain app host: only the app proxy may serve it.
+    App(AppHost),
+}
+
+/// Request extension set by [`host_guard_middleware`] on requests to a subdomain app host: the
+/// host's app label (`<slug>--<workspace>--<owner>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppHost(pub String);
 
 impl HostGuard {
     /// A guard for the access URL, with probes and metrics exempt.
     pub fn new(access: AccessUrl) -> Self {
         HostGuard {
             access,
+            wildcard: None,
             exempt: DEFAULT_HOST_EXEMPT_PREFIXES
                 .iter()
                 .map(|s| s.to_string())
@@ -354,6 +464,12 @@ impl HostGuard {
         self
     }
 
+    /// Also accepts the subdomain app hosts under `wildcard` (for the app proxy only).
+    pub fn with_wildcard(mut self, wildcard: Option<WildcardHost>) -> Self {
+        self.wildcard = wildcard;
+        self
+    }
+
     /// Registers `lumie_host_mismatch_requests_total`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
@@ -368,33 +484,59 @@ impl HostGuard {
         self.mismatches.get()
     }
 
-    /// The check itself: exempt paths pass, others need the access URL's host, and WebSocket
-    /// upgrades also its origin.
-    pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), IdentityError> {
+    /// The check itself: a subdomain app host passes as [`HostKind::App`] whatever the path
+    /// (a WebSocket there needs that app's own origin); exempt paths pass, others need the access
+    /// URL's host, and WebSocket upgrades also its origin.
+    pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<HostKind, IdentityError> {
+        let host = request_host(headers, uri);
+        if let Some(w) = &self.wildcard
+            && let Some(h) = host.filter(|h| !self.access.matches_host(h))
+            && let Some(label) = w.label_of(h)
+        {
+            if is_websocket_upgrade(headers) {
+                let own = w.origin_of(&label);
+                match headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("")) {
+                    None => {}
+                    Some(o) if o.eq_ignore_ascii_case(&own) => {}
+                    Some(o) => {
+                        return Err(IdentityError::OriginMismatch {
+                            expected: own,
+                            received: o.to_string(),
+                        });
+                    }
+                }
+            }
+            return Ok(HostKind::App(AppHost(label)));
+        }
         if self
             .exempt
             .iter()
             .any(|p| uri.path().starts_with(p.as_str()))
         {
-            return Ok(());
+            return Ok(HostKind::Access);
         }
         check_host(&self.access, headers, uri)?;
         if is_websocket_upgrade(headers) {
             check_websocket_origin(&self.access, headers)?;
         }
-        Ok(())
+        Ok(HostKind::Access)
     }
 }
 
 /// Middleware applying a [`HostGuard`]: a refused request gets the error naming the expected and
-/// received host (HTML for browsers, JSON otherwise), a `warn` log line and a counted metric.
+/// received host (HTML for browsers, JSON otherwise), a `warn` log line and a counted metric. A
+/// request to a subdomain app host carries [`AppHost`] onwards.
 pub async fn host_guard_middleware(
     State(guard): State<HostGuard>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     match guard.check(req.uri(), req.headers()) {
-        Ok(()) => next.run(req).await,
+        Ok(HostKind::Access) => next.run(req).await,
+        Ok(HostKind::App(app)) => {
+            req.extensions_mut().insert(app);
+            next.run(req).await
+        }
         Err(err) => {
             guard.mismatches.inc();
             tracing::warn!(kind = err.kind(), path = %req.uri().path(), error = %err, "request refused at the edge");
@@ -689,6 +831,134 @@ mod tests {
         // Host bits in a CIDR are dropped rather than refused.
         let p = TrustedProxy::new(&[], &["10.1.2.3/8".into()]).unwrap();
         assert!(p.is_trusted(ip("10.200.0.1")));
+    }
+
+    #[test]
+    fn wildcard_hosts_table() {
+        let https = AccessUrl::parse("https://coder.lumie-infra.com").unwrap();
+        let local = AccessUrl::parse("http://127.0.0.1:3000").unwrap();
+        let w = WildcardHost::parse("*.apps.lumie-infra.com", &https).unwrap();
+        assert_eq!(
+            w.origin_of("tilt--dev--alice"),
+            "https://tilt--dev--alice.apps.lumie-infra.com"
+        );
+        assert!(w.is_https());
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "tilt--dev--alice.apps.lumie-infra.com",
+                Some("tilt--dev--alice"),
+            ),
+            (
+                "TILT--dev--alice.Apps.lumie-infra.com.",
+                Some("tilt--dev--alice"),
+            ),
+            (
+                "tilt--dev--alice.apps.lumie-infra.com:443",
+                Some("tilt--dev--alice"),
+            ),
+            ("tilt--dev--alice.apps.lumie-infra.com:8443", None),
+            ("a.b.apps.lumie-infra.com", None),
+            ("apps.lumie-infra.com", None),
+            (".apps.lumie-infra.com", None),
+            ("coder.lumie-infra.com", None),
+            ("tilt--dev--alice.apps.lumie-infra.com.evil.example", None),
+            ("tilt--dev--aliceapps.lumie-infra.com", None),
+            ("", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(w.label_of(host).as_deref(), *want, "{host:?}");
+        }
+        // Port from the access URL unless given; scheme likewise.
+        let l = WildcardHost::parse("*.apps.localhost", &local).unwrap();
+        assert_eq!(l.origin_of("x"), "http://x.apps.localhost:3000");
+        assert_eq!(l.label_of("x.apps.localhost:3000").as_deref(), Some("x"));
+        assert_eq!(l.label_of("x.apps.localhost"), None);
+        let p = WildcardHost::parse("http://*.apps.localhost:8081/", &https).unwrap();
+        assert_eq!(p.origin_of("x"), "http://x.apps.localhost:8081");
+        let url = Url::parse("http://x.apps.localhost:8081/a?b").unwrap();
+        assert_eq!(p.label_of_url(&url).as_deref(), Some("x"));
+        for bad_url in [
+            "https://x.apps.localhost:8081/",
+            "http://x.apps.localhost/",
+            "http://u:p@x.apps.localhost:8081/",
+            "http://evil.example:8081/",
+        ] {
+            assert_eq!(
+                p.label_of_url(&Url::parse(bad_url).unwrap()),
+                None,
+                "{bad_url}"
+            );
+        }
+        for bad in [
+            "apps.example.com",
+            "ftp://*.x.com",
+            "*.",
+            "*.com",
+            "*.a b.com",
+            "https://x.*.com",
+        ] {
+            let e = WildcardHost::parse(bad, &https).unwrap_err().to_string();
+            assert!(e.contains("CODER_WILDCARD_ACCESS_URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_guard_sends_app_hosts_to_the_proxy_only() {
+        let access = AccessUrl::parse("https://coder.lumie-infra.com").unwrap();
+        let w = WildcardHost::parse("*.apps.lumie-infra.com", &access).unwrap();
+        let guard = HostGuard::new(access.clone()).with_wildcard(Some(w));
+        let app = headers(&[("host", "tilt--dev--alice.apps.lumie-infra.com")]);
+        for path in ["/", "/api/v2/users/me", "/healthz"] {
+            assert_eq!(
+                guard.check(&path.parse().unwrap(), &app).unwrap(),
+                HostKind::App(AppHost("tilt--dev--alice".into())),
+                "{path}"
+            );
+        }
+        let main = headers(&[("host", "coder.lumie-infra.com")]);
+        assert_eq!(
+            guard
+                .check(&"/api/v2/users/me".parse().unwrap(), &main)
+                .unwrap(),
+            HostKind::Access
+        );
+        // A WebSocket on an app host needs that app's own origin.
+        let ws = |origin: &str| {
+            headers(&[
+                ("host", "tilt--dev--alice.apps.lumie-infra.com"),
+                ("upgrade", "websocket"),
+                ("origin", origin),
+            ])
+        };
+        let uri: Uri = "/ws".parse().unwrap();
+        assert!(
+            guard
+                .check(&uri, &ws("https://tilt--dev--alice.apps.lumie-infra.com"))
+                .is_ok()
+        );
+        for other in [
+            "https://tilt--dev--bob.apps.lumie-infra.com",
+            "https://coder.lumie-infra.com",
+            "http://tilt--dev--alice.apps.lumie-infra.com",
+        ] {
+            assert_eq!(
+                guard.check(&uri, &ws(other)).unwrap_err().kind(),
+                "origin_mismatch",
+                "{other}"
+            );
+        }
+        // The access URL's own host stays the access URL's, even under the wildcard.
+        let under = AccessUrl::parse("https://coder.apps.lumie-infra.com").unwrap();
+        let w = WildcardHost::parse("*.apps.lumie-infra.com", &under).unwrap();
+        let g = HostGuard::new(under).with_wildcard(Some(w));
+        let own = headers(&[("host", "coder.apps.lumie-infra.com")]);
+        assert_eq!(
+            g.check(&"/api/v2/users/me".parse().unwrap(), &own).unwrap(),
+            HostKind::Access
+        );
+        // Without a wildcard an app host is just a wrong host.
+        let plain = HostGuard::new(access);
+        assert!(plain.check(&"/".parse().unwrap(), &app).is_err());
     }
 
     #[test]

@@ -49,6 +49,14 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::policy_api::routes())
         .merge(crate::agent_api::routes())
         .merge(crate::distribution::routes())
+        // The server's own routes answer errors as JSON; the app proxy (merged after this layer)
+        // passes the apps' answers through untouched.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::rejections::BODY_LIMIT_BYTES,
+        ))
+        .layer(axum::middleware::from_fn(
+            crate::rejections::json_rejections,
+        ))
         .merge(crate::app_proxy::routes())
         .with_state(state)
 }

@@ -3,7 +3,7 @@
 //! - [`config`]: flags and environment → [`config::Config`]; [`preflight`]: start-up checks;
 //! - [`db`]: the repository over PostgreSQL or SQLite; [`model`]: its records and states;
 //! - [`caller`]: who is calling ([`caller::Principal`], pluggable authenticators);
-//! - [`api`]: the HTTP router; [`distribution`]: agent binary and init script;
+//! - [`api`]: the HTTP router ([`rejections`]: framework errors in its JSON shape); [`distribution`]: agent binary and init script;
 //!   [`app_proxy`]: the app proxy; [`agent_api`]: the agent's routes; [`agents`]: the agent table;
 //! - [`template`]: the workspace Secret, PVC and Pod; [`status`]: status derivation;
 //! - [`spawner`]: kube actions (server-side apply, deletes); [`builds`]: the build executor;
@@ -36,6 +36,7 @@ pub mod model;
 pub mod policy_api;
 pub mod preflight;
 pub mod reconcile;
+pub mod rejections;
 pub mod serve;
 pub mod spawner;
 pub mod state;

@@ -232,7 +232,8 @@ impl From<&AgentRecord> for AgentView {
 pub struct AuditEntry {
     /// Sequence number.
     pub id: i64,
-    /// Milliseconds since the epoch.
+    /// Milliseconds since the epoch; RFC 3339 on the wire, like every other time in the API.
+    #[serde(with = "rfc3339_ms")]
     pub at: i64,
     /// Acting user id (none for the system).
     pub actor_id: Option<String>,
@@ -267,9 +268,47 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Serde for a time kept as epoch milliseconds and written as RFC 3339 ([`rfc3339`]).
+pub mod rfc3339_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `ms` as RFC 3339.
+    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(*ms))
+    }
+
+    /// Reads RFC 3339 back into milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let s = String::deserialize(d)?;
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.timestamp_millis())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_times_are_rfc3339_on_the_wire_and_round_trip() {
+        let e = AuditEntry {
+            id: 1,
+            at: 1_764_582_300_123,
+            actor_id: None,
+            actor_name: "system".into(),
+            action: "workspace.create".into(),
+            workspace_id: None,
+            detail: String::new(),
+            client_ip: None,
+            before: None,
+            after: None,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["at"], "2025-12-01T09:45:00.123Z");
+        let back: AuditEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
 
     #[test]
     fn wire_names_round_trip() {

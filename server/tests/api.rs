@@ -825,3 +825,62 @@ fn rand_byte() -> u8 {
     use rand::Rng;
     rand::rng().random()
 }
+
+/// Framework rejections answer in the API's JSON error shape, and the 413 names the limit.
+#[tokio::test]
+async fn framework_rejections_are_json_errors() {
+    let api = api().await;
+    let raw = |content_type: Option<&str>, body: Vec<u8>| {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri("/api/v2/users/admin/workspaces")
+            .header("Coder-Session-Token", &api.admin_token);
+        if let Some(ct) = content_type {
+            b = b.header("content-type", ct);
+        }
+        b.body(Body::from(body)).unwrap()
+    };
+    let json = Some("application/json");
+    let cases = [
+        (
+            "missing field",
+            raw(json, b"{}".to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `name`",
+        ),
+        (
+            "not JSON",
+            raw(json, b"{name".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "JSON",
+        ),
+        (
+            "no content type",
+            raw(None, b"{\"name\":\"x\"}".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: application/json",
+        ),
+        (
+            "too large",
+            raw(
+                json,
+                vec![b' '; lumie_server::rejections::BODY_LIMIT_BYTES + 1],
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the limit is 2 MiB",
+        ),
+    ];
+    for (name, req, want_status, want_text) in cases {
+        let resp = lumie_server::router(api.state.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want_status, "{name}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("application/json"), "{name}: {ct}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(want_text), "{name}: {message}");
+    }
+}

@@ -19,3 +19,13 @@ pub const WORKSPACE_ID: &str = "coder.lumie-infra.com/workspace-id";
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGED_BY_LUMIE}")
 }
+
+/// The labels that say which workspace a pod belongs to. Only the control plane sets them on
+/// pods: the server finds a workspace's pod by them, and the webhook derives from them which
+/// home volume and agent Secret the pod may mount.
+pub const WORKSPACE_IDENTITY: [&str; 3] = [OWNER, WORKSPACE, WORKSPACE_ID];
+
+/// Annotation the webhook stamps on a workspace pod it admits from the control plane: the
+/// username that created it. Nobody else may set or change it, so the server trusts only pods
+/// carrying it.
+pub const CREATED_BY: &str = "coder.lumie-infra.com/created-by";

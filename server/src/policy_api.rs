@@ -94,9 +94,11 @@ fn policy_json(obj: Option<WorkspacePolicy>) -> PolicyJson {
 pub fn parse_put(body: &[u8]) -> Result<PutPolicyRequest> {
     let req: PutPolicyRequest = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest(format!("not a valid policy: {e}")))?;
-    req.spec.validate().map_err(|problems| {
-        Error::BadRequest(format!("invalid WorkspacePolicy: {}", problems.join("; ")))
-    })?;
+    req.spec
+        .validate(k8s_openapi::jiff::Timestamp::now())
+        .map_err(|problems| {
+            Error::BadRequest(format!("invalid WorkspacePolicy: {}", problems.join("; ")))
+        })?;
     Ok(req)
 }
 
@@ -263,7 +265,9 @@ mod tests {
         let mut spec = WorkspacePolicySpec::contract_default();
         spec.namespaces.clear();
         spec.privileged_containers[0].images = vec!["docker:[dind".into()];
-        let problems = spec.validate().unwrap_err();
+        let problems = spec
+            .validate(k8s_openapi::jiff::Timestamp::now())
+            .unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         let body = serde_json::json!({ "spec": spec }).to_string();
         let (status, message) = call(&f, "PUT", &f.admin, &body).await;

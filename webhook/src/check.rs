@@ -86,7 +86,8 @@ pub fn check_text(
             username: &config.user,
             groups: &config.groups,
         };
-        let (ops, _) = mutation(policies, &namespace, &pod, who);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let (ops, _) = mutation(policies, &namespace, &pod, who, now);
         let mutated_text;
         let pod = if ops.is_empty() {
             pod
@@ -97,7 +98,7 @@ pub fn check_text(
             PodView::parse(&mutated_text)
                 .map_err(|e| parse_err(format!("document {}: mutated pod: {e}", i + 1)))?
         };
-        let ev = evaluate_pod(policies, &namespace, &pod, None, who);
+        let ev = evaluate_pod(policies, &namespace, &pod, None, who, now);
         let strings = |v: &[crate::validate::Violation]| v.iter().map(|x| x.to_string()).collect();
         verdicts.push(PodVerdict {
             source: source.to_string(),

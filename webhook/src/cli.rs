@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::check::CheckConfig;
 use crate::error::{Error, Result};
+use crate::isolation::{DEFAULT_ADMIN_GROUP, Identities};
 use crate::policy::PolicySet;
-use crate::review::{Endpoint, MAX_BODY_BYTES, review};
+use crate::review::{Endpoint, MAX_BODY_BYTES, Reviewer};
 use crate::server::{PolicySource, ServeConfig};
 
 /// lumie-webhook: admission webhook that injects and enforces the workspace pod contract.
@@ -81,6 +82,47 @@ pub struct ServeArgs {
     /// Seconds between checks of the certificate files.
     #[arg(long, env = "LUMIE_WEBHOOK_CERT_POLL_SECONDS", default_value_t = 1)]
     pub cert_poll_seconds: u64,
+    /// Who the control plane and the admins are.
+    #[command(flatten)]
+    pub identities: IdentityArgs,
+}
+
+/// Who the control plane and the admins are (workspace isolation).
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// Usernames of the control plane, comma-separated: only they create workspace pods
+    /// (the server's ServiceAccount, `system:serviceaccount:<namespace>:<server name>`).
+    #[arg(
+        long,
+        env = "LUMIE_WEBHOOK_CONTROL_PLANE_USERS",
+        value_delimiter = ',',
+        default_value = lumie_contract::policy::CONTROL_PLANE_USER
+    )]
+    pub control_plane_user: Vec<String>,
+    /// Groups allowed to exec, attach and port-forward into any workspace pod, comma-separated.
+    #[arg(
+        long,
+        env = "LUMIE_WEBHOOK_ADMIN_GROUPS",
+        value_delimiter = ',',
+        default_value = DEFAULT_ADMIN_GROUP
+    )]
+    pub admin_group: Vec<String>,
+}
+
+impl IdentityArgs {
+    /// The identities, blanks dropped.
+    pub fn identities(&self) -> Identities {
+        let clean = |v: &[String]| {
+            v.iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Identities {
+            control_plane: clean(&self.control_plane_user),
+            admin_groups: clean(&self.admin_group),
+        }
+    }
 }
 
 /// `review` flags.
@@ -92,6 +134,9 @@ pub struct ReviewArgs {
     /// Policy file; the built-in default when absent.
     #[arg(long, env = "LUMIE_WEBHOOK_POLICY_FILE")]
     pub policy: Option<PathBuf>,
+    /// Who the control plane and the admins are.
+    #[command(flatten)]
+    pub identities: IdentityArgs,
 }
 
 fn parse_endpoint(s: &str) -> std::result::Result<Endpoint, String> {
@@ -155,6 +200,7 @@ impl ServeArgs {
         let mut config =
             ServeConfig::new(self.listen, self.health_listen, self.tls_cert, self.tls_key);
         config.cert_poll = std::time::Duration::from_secs(self.cert_poll_seconds.max(1));
+        config.identities = self.identities.identities();
         config.policy = match (self.policy, client) {
             (Some(path), _) => PolicySource::File(path),
             (None, Some(client)) => PolicySource::Watch(client),
@@ -188,6 +234,7 @@ pub fn load_policies(path: Option<&Path>) -> Result<PolicySet> {
 /// [`Error::BadRequest`] (exit 2); any readable one is answered (exit 0).
 pub fn run_review(
     policies: &PolicySet,
+    identities: &Identities,
     endpoint: Endpoint,
     input: &mut dyn Read,
     output: &mut dyn Write,
@@ -197,7 +244,12 @@ pub fn run_review(
         .take(MAX_BODY_BYTES as u64 + 1)
         .read_to_end(&mut body)
         .map_err(Error::io("<stdin>"))?;
-    let reviewed = review(policies, endpoint, &body)?;
+    let reviewed = Reviewer {
+        policies,
+        identities,
+        now: None,
+    }
+    .review(endpoint, &body)?;
     output
         .write_all(&reviewed.body)
         .and_then(|()| output.write_all(b"\n"))
@@ -238,6 +290,25 @@ mod tests {
         assert_eq!(c.health_listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.tls_cert, PathBuf::from("/etc/lumie-webhook/tls/tls.crt"));
         assert_eq!(c.tls_key, PathBuf::from("/etc/lumie-webhook/tls/tls.key"));
+        assert_eq!(c.identities, Identities::default());
+        let cli = Cli::try_parse_from([
+            "lumie-webhook",
+            "serve",
+            "--control-plane-user",
+            "system:serviceaccount:coder:lumie-server, ",
+            "--admin-group",
+            "system:masters,platform-admins",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let ids = args.into_config(None).identities;
+        assert_eq!(
+            ids.control_plane,
+            ["system:serviceaccount:coder:lumie-server"]
+        );
+        assert_eq!(ids.admin_groups, ["system:masters", "platform-admins"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! lumie-webhook: the mutating and validating admission webhook that guards `lumie-dev`.
 //!
-//! Pure logic over contract types ([`policy`], [`mutate`], [`validate`], [`review`]) is kept
-//! apart from I/O at the edges ([`server`], [`tls`], [`watch`], [`cli`], [`check`]).
+//! Pure logic over contract types ([`policy`], [`mutate`], [`validate`], [`isolation`],
+//! [`review`]) is kept apart from I/O at the edges ([`server`], [`tls`], [`watch`], [`cli`],
+//! [`check`]).
 #![forbid(unsafe_code)]
 
 pub mod certs;
@@ -9,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod isolation;
 pub mod metrics;
 pub mod mutate;
 pub mod podview;

@@ -44,6 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let policies = load_policies(args.policy.as_deref())?;
             run_review(
                 &policies,
+                &args.identities.identities(),
                 args.endpoint,
                 &mut std::io::stdin().lock(),
                 &mut std::io::stdout().lock(),

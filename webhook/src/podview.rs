@@ -5,11 +5,17 @@
 //! borrow what is read and skip the rest, so a compliant pod costs a scan and a few small
 //! allocations. Every field a rule or the mutation depends on is here; two views being equal
 //! means the pod's security posture is equal (what the UPDATE shortcut relies on).
+//!
+//! Every view of a Kubernetes object accepts only a JSON object (serde's derive would also
+//! take an array, read positionally, so `spec.securityContext: []` would pass as an empty
+//! context): a wrong type is a parse error, and [`PodView::parse`] names the field.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
 /// A borrowed string (owned only when the JSON escaped it).
@@ -83,8 +89,74 @@ fn opt_map_cow<'de, D: Deserializer<'de>>(
     Option::<M<'de>>::deserialize(d).map(|o| o.map(|m| m.0))
 }
 
+/// The derived (`remote = "Self"`) deserializer of a view, which [`ObjectOnly`] feeds a map.
+trait DerivedDe<'de>: Sized {
+    fn derived<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
+}
+
+/// Accepts a JSON object only, then hands it to the derived deserializer.
+struct ObjectOnly<T>(PhantomData<fn() -> T>);
+
+impl<'de, T: DerivedDe<'de>> Visitor<'de> for ObjectOnly<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::derived(MapAccessDeserializer::new(map))
+    }
+}
+
+/// Implements `Deserialize` for views derived with `#[serde(remote = "Self")]`: objects only.
+macro_rules! object_only {
+    ($($t:ident $(<$l:lifetime>)?),* $(,)?) => {$(
+        impl<'de $(: $l, $l)?> DerivedDe<'de> for $t$(<$l>)? {
+            fn derived<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $t::deserialize(d)
+            }
+        }
+        impl<'de $(: $l, $l)?> Deserialize<'de> for $t$(<$l>)? {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_map(ObjectOnly::<Self>(PhantomData))
+            }
+        }
+    )*};
+}
+
+object_only!(
+    PodView<'a>,
+    MetaView<'a>,
+    SpecView<'a>,
+    VolumeView<'a>,
+    HostPathView<'a>,
+    ClaimView<'a>,
+    SecretVolumeView<'a>,
+    ProjectedView<'a>,
+    ProjectionView<'a>,
+    NameRefView<'a>,
+    CsiView<'a>,
+    PodSecurityView<'a>,
+    SysctlView<'a>,
+    ProfileView<'a>,
+    SeLinuxView<'a>,
+    WindowsView,
+    ContainerView<'a>,
+    EnvView<'a>,
+    EnvSourceView<'a>,
+    EnvFromView<'a>,
+    PortView,
+    SecurityView<'a>,
+    CapabilitiesView<'a>,
+    AffinityView<'a>,
+    NodeAffinityView<'a>,
+    NodeSelectorView<'a>,
+    TermView<'a>,
+    ExpressionView<'a>,
+);
+
 /// A Pod, as far as the webhook is concerned.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct PodView<'a> {
     /// Must be `v1` when present.
@@ -102,9 +174,19 @@ pub struct PodView<'a> {
 }
 
 impl<'a> PodView<'a> {
-    /// Parses a Pod, refusing objects of another kind.
+    /// Parses a Pod, refusing objects of another kind. A field of the wrong type is named
+    /// (`spec.securityContext: invalid type: sequence, expected a JSON object …`).
     pub fn parse(json: &'a str) -> Result<Self, String> {
-        let pod: PodView<'a> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut de = serde_json::Deserializer::from_str(json);
+        let pod: PodView<'a> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.into_inner().to_string()
+            } else {
+                format!("{path}: {}", e.into_inner())
+            }
+        })?;
+        de.end().map_err(|e| e.to_string())?;
         pod.check_kind()?;
         Ok(pod)
     }
@@ -127,6 +209,7 @@ impl<'a> PodView<'a> {
 
 /// Object metadata.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct MetaView<'a> {
     /// `metadata.name`.
@@ -148,6 +231,7 @@ pub struct MetaView<'a> {
 
 /// `spec`, the fields that matter.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct SpecView<'a> {
     /// `spec.hostNetwork`.
@@ -192,8 +276,9 @@ impl<'a> SpecView<'a> {
     }
 }
 
-/// A volume: only whether it is a hostPath.
+/// A volume: whether it is a hostPath, and which claim or Secrets it mounts.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeView<'a> {
     /// Volume name.
@@ -202,10 +287,80 @@ pub struct VolumeView<'a> {
     /// `hostPath`, when it is one.
     #[serde(borrow, default)]
     pub host_path: Option<HostPathView<'a>>,
+    /// `persistentVolumeClaim`, when it is one.
+    #[serde(borrow, default)]
+    pub persistent_volume_claim: Option<ClaimView<'a>>,
+    /// `secret`, when it is one.
+    #[serde(borrow, default)]
+    pub secret: Option<SecretVolumeView<'a>>,
+    /// `projected`, when it is one.
+    #[serde(borrow, default)]
+    pub projected: Option<ProjectedView<'a>>,
+    /// `csi`, when it is one (its `nodePublishSecretRef`).
+    #[serde(borrow, default)]
+    pub csi: Option<CsiView<'a>>,
+}
+
+/// `persistentVolumeClaim`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimView<'a> {
+    /// `claimName`.
+    #[serde(borrow, default, deserialize_with = "cow")]
+    pub claim_name: Str<'a>,
+}
+
+/// A `secret` volume.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVolumeView<'a> {
+    /// `secretName`.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub secret_name: Option<Str<'a>>,
+}
+
+/// A `projected` volume.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct ProjectedView<'a> {
+    /// `sources`.
+    #[serde(borrow, default)]
+    pub sources: Option<Vec<ProjectionView<'a>>>,
+}
+
+/// One projected source: only a Secret matters.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct ProjectionView<'a> {
+    /// `secret`.
+    #[serde(borrow, default)]
+    pub secret: Option<NameRefView<'a>>,
+}
+
+/// A reference by `name` (a projected Secret, `secretRef`, `nodePublishSecretRef`, `secretKeyRef`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct NameRefView<'a> {
+    /// `name`.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub name: Option<Str<'a>>,
+}
+
+/// A `csi` volume.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct CsiView<'a> {
+    /// `nodePublishSecretRef`.
+    #[serde(borrow, default)]
+    pub node_publish_secret_ref: Option<NameRefView<'a>>,
 }
 
 /// `hostPath`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 pub struct HostPathView<'a> {
     /// The node path.
     #[serde(borrow, default, deserialize_with = "cow")]
@@ -214,6 +369,7 @@ pub struct HostPathView<'a> {
 
 /// `spec.securityContext`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct PodSecurityView<'a> {
     /// Sysctls.
@@ -235,6 +391,7 @@ pub struct PodSecurityView<'a> {
 
 /// A sysctl.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 pub struct SysctlView<'a> {
     /// Its name.
     #[serde(borrow, default, deserialize_with = "cow")]
@@ -243,6 +400,7 @@ pub struct SysctlView<'a> {
 
 /// A seccomp or AppArmor profile.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 pub struct ProfileView<'a> {
     /// `RuntimeDefault`, `Localhost`, `Unconfined`.
     #[serde(borrow, default, rename = "type", deserialize_with = "cow")]
@@ -251,6 +409,7 @@ pub struct ProfileView<'a> {
 
 /// SELinux options.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 pub struct SeLinuxView<'a> {
     /// Type.
     #[serde(borrow, default, rename = "type", deserialize_with = "opt_cow")]
@@ -265,6 +424,7 @@ pub struct SeLinuxView<'a> {
 
 /// Windows options.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct WindowsView {
     /// HostProcess.
@@ -274,6 +434,7 @@ pub struct WindowsView {
 
 /// A container (regular, init or ephemeral).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerView<'a> {
     /// Name.
@@ -288,10 +449,47 @@ pub struct ContainerView<'a> {
     /// Ports.
     #[serde(default)]
     pub ports: Option<Vec<PortView>>,
+    /// `env`: only the Secrets it reads.
+    #[serde(borrow, default)]
+    pub env: Option<Vec<EnvView<'a>>>,
+    /// `envFrom`: only the Secrets it reads.
+    #[serde(borrow, default)]
+    pub env_from: Option<Vec<EnvFromView<'a>>>,
+}
+
+/// An `env` entry.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct EnvView<'a> {
+    /// `valueFrom`.
+    #[serde(borrow, default)]
+    pub value_from: Option<EnvSourceView<'a>>,
+}
+
+/// `valueFrom`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct EnvSourceView<'a> {
+    /// `secretKeyRef`.
+    #[serde(borrow, default)]
+    pub secret_key_ref: Option<NameRefView<'a>>,
+}
+
+/// An `envFrom` entry.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromView<'a> {
+    /// `secretRef`.
+    #[serde(borrow, default)]
+    pub secret_ref: Option<NameRefView<'a>>,
 }
 
 /// A container port: only the host port matters.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct PortView {
     /// `hostPort`.
@@ -301,6 +499,7 @@ pub struct PortView {
 
 /// A container's security context.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityView<'a> {
     /// `privileged`.
@@ -331,6 +530,7 @@ pub struct SecurityView<'a> {
 
 /// Capabilities: only what is added.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 pub struct CapabilitiesView<'a> {
     /// `add`.
     #[serde(borrow, default, deserialize_with = "opt_vec_cow")]
@@ -339,6 +539,7 @@ pub struct CapabilitiesView<'a> {
 
 /// `spec.affinity`, down to the required node selector terms.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct AffinityView<'a> {
     /// `nodeAffinity`.
@@ -348,6 +549,7 @@ pub struct AffinityView<'a> {
 
 /// `nodeAffinity`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 pub struct NodeAffinityView<'a> {
     /// `requiredDuringSchedulingIgnoredDuringExecution`.
     #[serde(
@@ -360,6 +562,7 @@ pub struct NodeAffinityView<'a> {
 
 /// A node selector.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSelectorView<'a> {
     /// `nodeSelectorTerms` (ORed).
@@ -369,6 +572,7 @@ pub struct NodeSelectorView<'a> {
 
 /// A node selector term: its expressions (ANDed).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(rename_all = "camelCase")]
 pub struct TermView<'a> {
     /// `matchExpressions`.
@@ -378,6 +582,7 @@ pub struct TermView<'a> {
 
 /// A node selector requirement.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
 pub struct ExpressionView<'a> {
     /// Label key.
     #[serde(borrow, default, deserialize_with = "cow")]

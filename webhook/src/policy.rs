@@ -4,13 +4,17 @@
 //! Owns the rules for which policy objects count: a policy that fails
 //! [`WorkspacePolicySpec::validate`] is ignored, but never weakens the guard (the last valid
 //! version of that object stays in force), and with no valid object at all the built-in
-//! contract default applies under the name [`BUILTIN_POLICY_NAME`].
+//! contract default applies under the name [`BUILTIN_POLICY_NAME`]. The floor: `lumie-dev`
+//! is always guarded (the built-in default covers it when no valid policy does), and a
+//! break-glass policy is enforced with the floor put back once its lift expires
+//! ([`CompiledPolicy::at`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use globset::GlobSet;
-use lumie_contract::policy::{PolicyMode, WorkspacePolicySpec, selector_matches};
+use k8s_openapi::jiff::Timestamp;
+use lumie_contract::policy::{ImageMatcher, PolicyMode, WorkspacePolicySpec, selector_matches};
+use lumie_contract::workspace::NAMESPACE;
 
 /// The name violations carry when no `WorkspacePolicy` object exists.
 pub const BUILTIN_POLICY_NAME: &str = "default (built-in)";
@@ -22,7 +26,7 @@ pub struct PrivilegedException {
     pub name: String,
     /// The image patterns as written, for messages.
     pub images: Vec<String>,
-    matcher: GlobSet,
+    matcher: ImageMatcher,
 }
 
 impl PrivilegedException {
@@ -44,12 +48,39 @@ pub struct CompiledPolicy {
     /// Rule text for a privileged container that is not excepted, e.g.
     /// `only "dind" in workspace pods may be privileged`.
     pub privileged_rule: String,
+    /// For a policy below the floor under a break-glass lift: when the lift ends, and the
+    /// policy with the floor put back, enforced from then on.
+    expiry: Option<(Timestamp, Arc<CompiledPolicy>)>,
 }
 
 impl CompiledPolicy {
-    /// Compiles a spec; fails with every problem [`WorkspacePolicySpec::validate`] finds.
+    /// Compiles a spec; fails with every problem [`WorkspacePolicySpec::validate`] finds now.
     pub fn compile(name: &str, spec: WorkspacePolicySpec) -> Result<Self, Vec<String>> {
-        spec.validate()?;
+        Self::compile_at(name, spec, Timestamp::now())
+    }
+
+    /// [`Self::compile`] at `now`.
+    pub fn compile_at(
+        name: &str,
+        spec: WorkspacePolicySpec,
+        now: Timestamp,
+    ) -> Result<Self, Vec<String>> {
+        spec.validate(now)?;
+        let expiry = match &spec.break_glass {
+            Some(b) if !spec.floor_problems().is_empty() => {
+                let floored = Self::compile_spec(name, spec.with_floor(), None)?;
+                Some((b.expires.0, Arc::new(floored)))
+            }
+            _ => None,
+        };
+        Self::compile_spec(name, spec, expiry)
+    }
+
+    fn compile_spec(
+        name: &str,
+        spec: WorkspacePolicySpec,
+        expiry: Option<(Timestamp, Arc<CompiledPolicy>)>,
+    ) -> Result<Self, Vec<String>> {
         let mut privileged = Vec::with_capacity(spec.privileged_containers.len());
         for (i, c) in spec.privileged_containers.iter().enumerate() {
             let matcher = c.image_matcher().map_err(|e| {
@@ -79,7 +110,22 @@ impl CompiledPolicy {
             spec,
             privileged,
             privileged_rule,
+            expiry,
         })
+    }
+
+    /// The policy as enforced at `now`: itself, or once its break-glass lift has expired,
+    /// the version with the floor put back.
+    pub fn at(&self, now: Timestamp) -> &CompiledPolicy {
+        match &self.expiry {
+            Some((expires, floored)) if now >= *expires => floored,
+            _ => self,
+        }
+    }
+
+    /// Whether [`Self::at`] depends on the time.
+    pub fn expires(&self) -> bool {
+        self.expiry.is_some()
     }
 
     /// The built-in contract default.
@@ -144,6 +190,10 @@ pub struct IgnoredPolicy {
 #[derive(Debug)]
 pub struct PolicySet {
     policies: Vec<Arc<CompiledPolicy>>,
+    /// The built-in default guarding `lumie-dev` when no valid policy covers it.
+    floor: Option<Arc<CompiledPolicy>>,
+    /// Whether some policy's enforcement depends on the time (a break-glass lift).
+    timed: bool,
     generation: u64,
     builtin: bool,
     ignored: Vec<IgnoredPolicy>,
@@ -154,6 +204,8 @@ impl PolicySet {
     pub fn builtin() -> Self {
         PolicySet {
             policies: vec![Arc::new(CompiledPolicy::builtin())],
+            floor: None,
+            timed: false,
             generation: 0,
             builtin: true,
             ignored: Vec::new(),
@@ -162,12 +214,25 @@ impl PolicySet {
 
     /// One policy from a file or a test, as `name`. Fails when the spec is invalid.
     pub fn single(name: &str, spec: WorkspacePolicySpec) -> Result<Self, Vec<String>> {
-        Ok(PolicySet {
-            policies: vec![Arc::new(CompiledPolicy::compile(name, spec)?)],
-            generation: 0,
+        let policies = vec![Arc::new(CompiledPolicy::compile(name, spec)?)];
+        Ok(Self::with_floor(policies, 0, Vec::new()))
+    }
+
+    /// The set of `policies` (not empty), with the floor for `lumie-dev` when none covers it.
+    fn with_floor(
+        policies: Vec<Arc<CompiledPolicy>>,
+        generation: u64,
+        ignored: Vec<IgnoredPolicy>,
+    ) -> Self {
+        let covered = policies.iter().any(|p| p.covers(NAMESPACE));
+        PolicySet {
+            timed: policies.iter().any(|p| p.expires()),
+            policies,
+            floor: (!covered).then(|| Arc::new(CompiledPolicy::builtin())),
+            generation,
             builtin: false,
-            ignored: Vec::new(),
-        })
+            ignored,
+        }
     }
 
     /// Builds the next generation from the objects now in the cluster (name → spec).
@@ -204,26 +269,42 @@ impl PolicySet {
         let generation = previous.map_or(0, |p| p.generation + 1);
         if policies.is_empty() {
             return PolicySet {
-                policies: vec![Arc::new(CompiledPolicy::builtin())],
                 generation,
-                builtin: true,
                 ignored,
+                ..PolicySet::builtin()
             };
         }
-        PolicySet {
-            policies,
-            generation,
-            builtin: false,
-            ignored,
-        }
+        Self::with_floor(policies, generation, ignored)
     }
 
-    /// The policies guarding `namespace`, in name order.
+    /// The policies guarding `namespace`, in name order, as written (see [`Self::covering_at`]).
+    /// `lumie-dev` is always guarded: by the built-in default when no valid policy covers it.
     pub fn covering<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a CompiledPolicy> {
         self.policies
             .iter()
+            .chain(self.floor.iter().filter(move |_| namespace == NAMESPACE))
             .map(|p| &**p)
             .filter(move |p| p.covers(namespace))
+    }
+
+    /// The policies guarding `namespace` as enforced at `now` (an expired break-glass lift is
+    /// enforced with the floor put back).
+    pub fn covering_at<'a>(
+        &'a self,
+        namespace: &'a str,
+        now: Timestamp,
+    ) -> impl Iterator<Item = &'a CompiledPolicy> {
+        self.covering(namespace).map(move |p| p.at(now))
+    }
+
+    /// Whether the webhook guards `namespace` (some policy, or the floor, covers it).
+    pub fn guards(&self, namespace: &str) -> bool {
+        self.covering(namespace).next().is_some()
+    }
+
+    /// Whether enforcement depends on the time (some policy has a break-glass lift that ends).
+    pub fn is_timed(&self) -> bool {
+        self.timed
     }
 
     /// Every policy in force.
@@ -270,6 +351,64 @@ mod tests {
         s
     }
 
+    /// Below the floor in `mode`, under a break-glass lift until `expires`.
+    fn lifted(mode: PolicyMode, expires: Timestamp) -> WorkspacePolicySpec {
+        spec(|s| {
+            s.mode = mode;
+            s.break_glass = Some(lumie_contract::policy::BreakGlass {
+                reason: "INC-7".into(),
+                expires: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(expires),
+            });
+        })
+    }
+
+    fn in_an_hour() -> Timestamp {
+        Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(3600)
+    }
+
+    #[test]
+    fn lumie_dev_is_guarded_by_the_builtin_when_no_valid_policy_covers_it() {
+        let other = spec(|s| s.namespaces = vec!["team-b".into()]);
+        let set = PolicySet::from_objects([("team-b", &other)], None);
+        assert!(!set.is_builtin());
+        let names: Vec<_> = set
+            .covering("lumie-dev")
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(names, [BUILTIN_POLICY_NAME]);
+        assert!(set.guards("lumie-dev") && set.guards("team-b") && !set.guards("kube-system"));
+        let single = PolicySet::single("team-b", other).unwrap();
+        assert_eq!(single.covering("lumie-dev").count(), 1);
+        let own = PolicySet::single("own", spec(|_| {})).unwrap();
+        let names: Vec<_> = own
+            .covering("lumie-dev")
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["own"],
+            "no floor next to a policy that covers lumie-dev"
+        );
+    }
+
+    #[test]
+    fn an_expired_break_glass_is_enforced_with_the_floor() {
+        let expires = in_an_hour();
+        let mut audit = lifted(PolicyMode::Audit, expires);
+        audit.exempt_groups = vec!["system:serviceaccounts".into(), "platform".into()];
+        let set = PolicySet::from_objects([("lifted", &audit)], None);
+        assert!(set.is_timed());
+        let before = Timestamp::now();
+        let p: Vec<_> = set.covering_at("lumie-dev", before).collect();
+        assert_eq!(p[0].mode(), PolicyMode::Audit);
+        let after = expires + k8s_openapi::jiff::SignedDuration::from_secs(1);
+        let p: Vec<_> = set.covering_at("lumie-dev", after).collect();
+        assert_eq!(p[0].mode(), PolicyMode::Enforce);
+        assert_eq!(p[0].spec.exempt_groups, ["platform"]);
+        assert_eq!(&*p[0].name, "lifted");
+        assert!(!PolicySet::builtin().is_timed());
+    }
+
     #[test]
     fn no_objects_means_the_builtin_default() {
         let set = PolicySet::from_objects([], None);
@@ -306,11 +445,11 @@ mod tests {
 
     #[test]
     fn an_unchanged_rebuild_is_recognised() {
-        let a = spec(|s| s.mode = PolicyMode::Warn);
+        let a = lifted(PolicyMode::Warn, in_an_hour());
         let first = PolicySet::from_objects([("a", &a)], None);
         let again = PolicySet::from_objects([("a", &a)], Some(&first));
         assert!(again.same_policies(&first));
-        let b = spec(|s| s.mode = PolicyMode::Audit);
+        let b = lifted(PolicyMode::Audit, in_an_hour());
         let changed = PolicySet::from_objects([("a", &b)], Some(&first));
         assert!(!changed.same_policies(&first));
         assert!(!PolicySet::builtin().same_policies(&first));
@@ -318,7 +457,7 @@ mod tests {
 
     #[test]
     fn several_objects_are_all_in_force_in_name_order() {
-        let a = spec(|s| s.mode = PolicyMode::Warn);
+        let a = lifted(PolicyMode::Warn, in_an_hour());
         let b = spec(|s| s.namespaces = vec!["lumie-dev".into(), "other".into()]);
         let set = PolicySet::from_objects([("zeta", &a), ("alpha", &b)], None);
         let names: Vec<_> = set

@@ -55,7 +55,7 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<PolicySet> {
         });
     }
     for (name, spec) in &named {
-        if let Err(problems) = spec.validate() {
+        if let Err(problems) = spec.validate(k8s_openapi::jiff::Timestamp::now()) {
             return Err(Error::InvalidPolicy {
                 name: name.clone(),
                 problems,
@@ -91,7 +91,8 @@ mod tests {
     #[test]
     fn objects_and_bare_specs() {
         let text = "apiVersion: coder.lumie-infra.com/v1alpha1\nkind: WorkspacePolicy\n\
-                    metadata: {name: strict}\nspec: {mode: Warn}\n---\n---\nmode: Audit\n";
+                    metadata: {name: strict}\nspec: {mode: Warn, namespaces: [team-b]}\n---\n---\n\
+                    mode: Audit\nnamespaces: [team-b]\n";
         let set = parse(text, "file").unwrap();
         let got: Vec<_> = set
             .policies()
@@ -112,6 +113,8 @@ mod tests {
         assert!(e.to_string().contains("spec.namespaces"), "{e}");
         let e = parse("mode: Relaxed\n", "p").unwrap_err();
         assert!(e.to_string().contains("unknown variant"), "{e}");
+        let e = parse("mode: Warn\n", "p").unwrap_err();
+        assert!(e.to_string().contains("below the floor"), "{e}");
         let e = parse("", "p").unwrap_err();
         assert!(e.to_string().contains("no policy"), "{e}");
     }

@@ -6,16 +6,26 @@
 //! Decisions across policies: every policy covering the namespace is applied (the most secure
 //! outcome wins). Per policy, an exempt requester is skipped (and audited); otherwise its
 //! violations deny (`Enforce`), warn (`Warn`) or are recorded as audit annotations (`Audit`).
+//! The workspace isolation rules ([`crate::isolation`]) hold in every guarded namespace on top
+//! of the policies, whatever their mode or exemptions, and always deny; they also decide the
+//! `exec`, `attach` and `portforward` CONNECT requests.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use std::sync::LazyLock;
+
 use base64::Engine as _;
+use json_patch::{AddOperation, PatchOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::jiff::Timestamp;
+use lumie_contract::labels;
 use lumie_contract::policy::{GROUP as POLICY_GROUP, PolicyMode, WorkspacePolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::Error;
+use crate::isolation::{self, Caller, Identities, PodIdentity};
 use crate::metrics::{Decision, ModeLabel};
 use crate::mutate::mutate_pod;
 use crate::podview::{ContainerView, PodView};
@@ -179,6 +189,15 @@ struct UserInfo<'a> {
     username: Cow<'a, str>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    extra: Extra,
+}
+
+/// `userInfo.extra`: only the pod a bound ServiceAccount token was issued for.
+#[derive(Deserialize, Default)]
+struct Extra {
+    #[serde(default, rename = "authentication.kubernetes.io/pod-name")]
+    pod_name: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -242,8 +261,48 @@ pub struct Reviewed {
     pub denial: Option<Denial>,
 }
 
-/// Reviews one AdmissionReview body for `endpoint` under `policies`.
+/// Reviews one AdmissionReview body for `endpoint` under `policies`, with the default
+/// identities ([`Identities::default`]) and the clock.
 pub fn review(policies: &PolicySet, endpoint: Endpoint, body: &[u8]) -> Result<Reviewed, Error> {
+    static DEFAULT: LazyLock<Identities> = LazyLock::new(Identities::default);
+    Reviewer {
+        policies,
+        identities: &DEFAULT,
+        now: None,
+    }
+    .review(endpoint, body)
+}
+
+/// What a review is decided with.
+#[derive(Clone, Copy, Debug)]
+pub struct Reviewer<'a> {
+    /// The policies in force.
+    pub policies: &'a PolicySet,
+    /// Who the control plane and the admins are.
+    pub identities: &'a Identities,
+    /// The time break-glass expiries are judged at; `None` reads the clock (only when some
+    /// policy has one).
+    pub now: Option<Timestamp>,
+}
+
+impl Reviewer<'_> {
+    /// Reviews one AdmissionReview body for `endpoint`.
+    pub fn review(&self, endpoint: Endpoint, body: &[u8]) -> Result<Reviewed, Error> {
+        review_inner(self, endpoint, body)
+    }
+
+    /// The time to judge expiries at. Without a break-glass policy in force nothing depends
+    /// on it, and the clock is not read.
+    fn clock(&self) -> Timestamp {
+        match self.now {
+            Some(t) => t,
+            None if self.policies.is_timed() => Timestamp::now(),
+            None => Timestamp::UNIX_EPOCH,
+        }
+    }
+}
+
+fn review_inner(r: &Reviewer<'_>, endpoint: Endpoint, body: &[u8]) -> Result<Reviewed, Error> {
     if body.len() > MAX_BODY_BYTES {
         return Err(bad(format!(
             "body is {} bytes, over the {} byte limit",
@@ -294,7 +353,7 @@ pub fn review(policies: &PolicySet, endpoint: Endpoint, body: &[u8]) -> Result<R
             }
             if is_pod && operation == "CREATE" && req.sub_resource.is_none() {
                 let pod = parse_pod(req.object.take(), "request.object")?;
-                mutate(policies, &req, &pod, &mut out)?;
+                mutate(r, &req, &pod, &mut out)?;
             }
         }
         Endpoint::Validate => {
@@ -305,7 +364,7 @@ pub fn review(policies: &PolicySet, endpoint: Endpoint, body: &[u8]) -> Result<R
                         ("UPDATE", Some(o)) => Some(parse_pod(Some(o), "request.oldObject")?),
                         _ => None,
                     };
-                    validate(policies, &req, &pod, old.as_ref(), &mut out)?;
+                    validate(r, &req, &pod, old.as_ref(), &mut out)?;
                 }
             } else if kind.group.is_empty() && kind.kind == "EphemeralContainers" {
                 if matches!(operation, "CREATE" | "UPDATE") {
@@ -314,7 +373,11 @@ pub fn review(policies: &PolicySet, endpoint: Endpoint, body: &[u8]) -> Result<R
                         "request.object",
                         "an EphemeralContainers object",
                     )?;
-                    validate_ephemeral(policies, &req, &obj.ephemeral_containers, &mut out)?;
+                    validate_ephemeral(r, &req, &obj.ephemeral_containers, &mut out)?;
+                }
+            } else if let Some(subresource) = connect_subresource(kind) {
+                if operation == "CONNECT" {
+                    validate_connect(r, &req, subresource, &mut out)?;
                 }
             } else if kind.group == POLICY_GROUP && kind.kind == "WorkspacePolicy" {
                 if matches!(operation, "CREATE" | "UPDATE") {
@@ -326,6 +389,19 @@ pub fn review(policies: &PolicySet, endpoint: Endpoint, body: &[u8]) -> Result<R
         }
     }
     Ok(out.finish(&req))
+}
+
+/// The CONNECT subresource whose options `kind` is.
+fn connect_subresource(kind: &GroupVersionKind<'_>) -> Option<&'static str> {
+    if !kind.group.is_empty() {
+        return None;
+    }
+    match &*kind.kind {
+        "PodExecOptions" => Some("exec"),
+        "PodAttachOptions" => Some("attach"),
+        "PodPortForwardOptions" => Some("portforward"),
+        _ => None,
+    }
 }
 
 fn bad(message: String) -> Error {
@@ -340,7 +416,9 @@ fn not_handled(endpoint: Endpoint, kind: &GroupVersionKind<'_>) -> Error {
     };
     let want = match endpoint {
         Endpoint::Mutate => "Pod or EphemeralContainers",
-        Endpoint::Validate => "Pod, EphemeralContainers or WorkspacePolicy",
+        Endpoint::Validate => {
+            "Pod, EphemeralContainers, WorkspacePolicy, or the exec, attach and portforward options"
+        }
     };
     bad(format!(
         "request.kind {what:?} is not handled by /{} (want {want})",
@@ -445,15 +523,17 @@ impl Evaluation {
         }
     }
 
-    /// The covering policies that apply to this requester; exemptions are recorded.
+    /// The covering policies, as enforced at `now`, that apply to this requester; exemptions
+    /// are recorded.
     fn applicable<'p>(
         &mut self,
         policies: &'p PolicySet,
         namespace: &'p str,
         who: Requester<'_>,
+        now: Timestamp,
     ) -> Vec<&'p CompiledPolicy> {
         let mut list = Vec::new();
-        for p in policies.covering(namespace) {
+        for p in policies.covering_at(namespace, now) {
             match p.exemption(who.username, who.groups) {
                 Some(why) => self.exempted(why),
                 None => list.push(p),
@@ -463,20 +543,22 @@ impl Evaluation {
     }
 }
 
-/// Applies every policy covering `namespace` to a pod (CREATE, or UPDATE with `old`).
+/// Applies every policy covering `namespace`, as enforced at `now`, to a pod (CREATE, or
+/// UPDATE with `old`).
 pub fn evaluate_pod(
     policies: &PolicySet,
     namespace: &str,
     pod: &PodView<'_>,
     old: Option<&PodView<'_>>,
     who: Requester<'_>,
+    now: Timestamp,
 ) -> Evaluation {
     let mut ev = Evaluation::default();
     let ctx = RequestContext {
         username: who.username,
         old,
     };
-    for p in ev.applicable(policies, namespace, who) {
+    for p in ev.applicable(policies, namespace, who, now) {
         let violations = validate_pod(p, pod, ctx);
         ev.add(p.mode(), violations);
     }
@@ -490,9 +572,10 @@ pub fn mutation(
     namespace: &str,
     pod: &PodView<'_>,
     who: Requester<'_>,
+    now: Timestamp,
 ) -> (Vec<json_patch::PatchOperation>, Evaluation) {
     let mut ev = Evaluation::default();
-    let list = ev.applicable(policies, namespace, who);
+    let list = ev.applicable(policies, namespace, who, now);
     for p in &list {
         ev.applied(p.mode());
     }
@@ -589,15 +672,53 @@ fn requester<'r>(req: &'r RequestIn<'_>) -> Requester<'r> {
     }
 }
 
+fn caller<'r>(req: &'r RequestIn<'_>) -> Caller<'r> {
+    let pod_name = match req.user_info.extra.pod_name.as_deref() {
+        Some([one]) => Some(one.as_str()),
+        _ => None,
+    };
+    Caller {
+        username: &req.user_info.username,
+        groups: &req.user_info.groups,
+        pod_name,
+    }
+}
+
+/// Whether the webhook stamps [`labels::CREATED_BY`] on this pod: a workspace pod (by its
+/// identity labels or a covering policy's selector) created by the control plane.
+fn stamps_creator(r: &Reviewer<'_>, ns: &str, pod: &PodView<'_>, username: &str) -> bool {
+    r.identities.is_control_plane(username)
+        && r.policies.guards(ns)
+        && (isolation::pod_identity(pod.metadata.labels.as_ref()) != PodIdentity::None
+            || r.policies
+                .covering(ns)
+                .any(|p| p.is_workspace(pod.metadata.labels.as_ref())))
+}
+
 fn mutate(
-    policies: &PolicySet,
+    r: &Reviewer<'_>,
     req: &RequestIn<'_>,
     pod: &PodView<'_>,
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, Some(pod))?;
-    let (ops, ev) = mutation(policies, ns, pod, requester(req));
+    let (mut ops, ev) = mutation(r.policies, ns, pod, requester(req), r.clock());
     out.ev = ev;
+    let user = &*req.user_info.username;
+    if stamps_creator(r, ns, pod, user) {
+        let annotations = pod.metadata.annotations.as_ref();
+        match annotations {
+            None => ops.push(add(
+                &["metadata", "annotations"],
+                serde_json::json!({ labels::CREATED_BY: user }),
+            )),
+            Some(a) if a.get(labels::CREATED_BY).map(|v| &**v) != Some(user) => ops.push(add(
+                &["metadata", "annotations", labels::CREATED_BY],
+                serde_json::json!(user),
+            )),
+            Some(_) => {}
+        }
+    }
     if !ops.is_empty() {
         let json = serde_json::to_vec(&ops).expect("patch operations always serialize");
         out.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
@@ -605,46 +726,95 @@ fn mutate(
     Ok(())
 }
 
+fn add(tokens: &[&str], value: serde_json::Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens.iter().copied()),
+        value,
+    })
+}
+
 fn validate(
-    policies: &PolicySet,
+    r: &Reviewer<'_>,
     req: &RequestIn<'_>,
     pod: &PodView<'_>,
     old: Option<&PodView<'_>>,
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, Some(pod))?;
-    out.ev = evaluate_pod(policies, ns, pod, old, requester(req));
+    out.ev = evaluate_pod(r.policies, ns, pod, old, requester(req), r.clock());
+    if r.policies.guards(ns) {
+        let violations = isolation::check_pod(r.identities, caller(req), pod, old);
+        if !violations.is_empty() {
+            out.ev.add(PolicyMode::Enforce, violations);
+        }
+    }
     Ok(())
 }
 
 fn validate_ephemeral(
-    policies: &PolicySet,
+    r: &Reviewer<'_>,
     req: &RequestIn<'_>,
     containers: &[ContainerView<'_>],
     out: &mut Answer<'_>,
 ) -> Result<(), Error> {
     let ns = namespace_of(req, None)?;
     let mut ev = Evaluation::default();
-    for p in ev.applicable(policies, ns, requester(req)) {
+    for p in ev.applicable(r.policies, ns, requester(req), r.clock()) {
         let violations = validate_ephemeral_containers(p, containers);
         ev.add(p.mode(), violations);
+    }
+    if r.policies.guards(ns) {
+        let violations = isolation::check_ephemeral_containers(containers);
+        if !violations.is_empty() {
+            ev.add(PolicyMode::Enforce, violations);
+        }
     }
     out.ev = ev;
     Ok(())
 }
 
+/// `exec`, `attach` or `portforward` into a pod: the pod is named by `request.name`.
+fn validate_connect(
+    r: &Reviewer<'_>,
+    req: &RequestIn<'_>,
+    subresource: &str,
+    out: &mut Answer<'_>,
+) -> Result<(), Error> {
+    let ns = namespace_of(req, None)?;
+    let name = req
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad("request.name is missing (the pod of a CONNECT)".into()))?;
+    if !r.policies.guards(ns) {
+        return Ok(());
+    }
+    out.ev.applied(PolicyMode::Enforce);
+    if let Err(message) = isolation::check_connect(r.identities, caller(req), ns, name, subresource)
+    {
+        out.deny_messages.push(message);
+    }
+    Ok(())
+}
+
 /// A broken policy is denied at `kubectl apply` with every problem, instead of being ignored
-/// later by the watch.
+/// later by the watch. An UPDATE is judged as a change from the old object (a policy may not
+/// stop guarding `lumie-dev` without a break-glass lift).
 fn validate_policy_object(req: &RequestIn<'_>, out: &mut Answer<'_>) -> Result<(), Error> {
-    let raw = raw(req.object.as_ref()).ok_or_else(|| bad("request.object is missing".into()))?;
+    let raw_object =
+        raw(req.object.as_ref()).ok_or_else(|| bad("request.object is missing".into()))?;
     let name = req.name.as_deref().unwrap_or("");
     out.ev.mode = ModeLabel::Enforce;
-    match serde_json::from_str::<WorkspacePolicy>(raw.get()) {
+    // An old object that cannot be read is no evidence of what was guarded: judged as new.
+    let previous = raw(req.old_object.as_ref())
+        .and_then(|o| serde_json::from_str::<WorkspacePolicy>(o.get()).ok());
+    match serde_json::from_str::<WorkspacePolicy>(raw_object.get()) {
         Err(e) => out
             .deny_messages
             .push(format!("WorkspacePolicy {name:?} cannot be read: {e}")),
         Ok(policy) => {
-            if let Err(problems) = policy.spec.validate() {
+            let previous = previous.as_ref().map(|p| &p.spec);
+            if let Err(problems) = policy.spec.validate_change(previous, Timestamp::now()) {
                 out.deny_messages.push(format!(
                     "WorkspacePolicy {name:?} is invalid: {}",
                     problems.join("; ")

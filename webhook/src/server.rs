@@ -19,9 +19,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::isolation::Identities;
 use crate::metrics::{Decision, Metrics, ModeLabel};
 use crate::policy::PolicySet;
-use crate::review::{Endpoint, MAX_BODY_BYTES, review};
+use crate::review::{Endpoint, MAX_BODY_BYTES, Reviewer};
 use crate::tls::{CertReloader, serve_tls, server_config};
 
 /// State shared by every request: cheap to clone.
@@ -31,21 +32,33 @@ pub struct AppState(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     policies: RwLock<Arc<PolicySet>>,
+    identities: Identities,
     synced: AtomicBool,
     metrics: Metrics,
 }
 
 impl AppState {
-    /// State serving `policies`; `synced` says whether readiness holds from the start (a static
-    /// policy) or waits for [`AppState::mark_synced`] (the watch).
+    /// State serving `policies` with the default identities; `synced` says whether readiness
+    /// holds from the start (a static policy) or waits for [`AppState::mark_synced`] (the watch).
     pub fn new(policies: PolicySet, synced: bool) -> Self {
+        Self::with_identities(policies, synced, Identities::default())
+    }
+
+    /// [`AppState::new`] with who the control plane and the admins are.
+    pub fn with_identities(policies: PolicySet, synced: bool, identities: Identities) -> Self {
         let metrics = Metrics::new();
         metrics.set_generation(policies.generation());
         AppState(Arc::new(Inner {
             policies: RwLock::new(Arc::new(policies)),
+            identities,
             synced: AtomicBool::new(synced),
             metrics,
         }))
+    }
+
+    /// Who the control plane and the admins are.
+    pub fn identities(&self) -> &Identities {
+        &self.0.identities
     }
 
     /// The policies in force now.
@@ -133,7 +146,12 @@ async fn admission(State(state): State<AppState>, endpoint: Endpoint, body: Body
         }
     };
     let policies = state.policies();
-    match review(&policies, endpoint, &bytes) {
+    let reviewer = Reviewer {
+        policies: &policies,
+        identities: state.identities(),
+        now: None,
+    };
+    match reviewer.review(endpoint, &bytes) {
         Ok(reviewed) => {
             if let Some(d) = &reviewed.denial {
                 tracing::info!(
@@ -212,6 +230,8 @@ pub struct ServeConfig {
     pub cert_poll: Duration,
     /// How long shutdown waits for requests in flight.
     pub drain: Duration,
+    /// Who the control plane and the admins are (workspace isolation).
+    pub identities: Identities,
 }
 
 impl ServeConfig {
@@ -230,6 +250,7 @@ impl ServeConfig {
             policy: PolicySource::Builtin,
             cert_poll: crate::tls::DEFAULT_POLL,
             drain: Duration::from_secs(10),
+            identities: Identities::default(),
         }
     }
 }
@@ -270,7 +291,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
         PolicySource::File(path) => (crate::policy_file::load(path)?, true),
         PolicySource::Watch(_) => (PolicySet::builtin(), false),
     };
-    let state = AppState::new(initial, synced);
+    let state = AppState::with_identities(initial, synced, config.identities.clone());
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -320,7 +341,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
         )
         .await;
     });
-    tracing::info!(%addr, %health_addr, policy = ?config.policy, "lumie-webhook serving");
+    tracing::info!(
+        %addr,
+        %health_addr,
+        policy = ?config.policy,
+        control_plane = ?config.identities.control_plane,
+        admin_groups = ?config.identities.admin_groups,
+        "lumie-webhook serving"
+    );
     Ok(RunningServer {
         addr,
         health_addr,

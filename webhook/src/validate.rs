@@ -94,7 +94,8 @@ pub struct Violation {
     pub value: Option<String>,
     /// The rule, in words.
     pub rule: String,
-    /// The policy that set the rule.
+    /// The policy that set the rule; empty for the rules no policy changes
+    /// ([`crate::isolation`]).
     pub policy: Arc<str>,
 }
 
@@ -104,7 +105,11 @@ impl fmt::Display for Violation {
             Some(v) => write!(f, "{}: {}={} is not allowed", self.subject, self.field, v)?,
             None => write!(f, "{}: {} is required", self.subject, self.field)?,
         }
-        write!(f, " ({}, WorkspacePolicy {:?})", self.rule, &*self.policy)
+        if self.policy.is_empty() {
+            write!(f, " ({})", self.rule)
+        } else {
+            write!(f, " ({}, WorkspacePolicy {:?})", self.rule, &*self.policy)
+        }
     }
 }
 

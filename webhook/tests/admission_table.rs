@@ -3,7 +3,9 @@
 //! with `json-patch` and re-reviewed for idempotency) and unreadable input.
 
 use json_patch::Patch;
-use lumie_contract::policy::{PolicyMode, WorkspacePolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use lumie_contract::policy::{BreakGlass, PolicyMode, WorkspacePolicySpec};
 use lumie_webhook::Error;
 use lumie_webhook::metrics::Decision;
 use lumie_webhook::policy::PolicySet;
@@ -62,6 +64,10 @@ struct Req {
     object: Value,
     old: Option<Value>,
     dry_run: bool,
+    /// `request.name` when it is not the object's (a CONNECT names the pod).
+    name: Option<&'static str>,
+    /// `userInfo.extra["authentication.kubernetes.io/pod-name"]`.
+    pod_name: Option<&'static str>,
 }
 
 impl Req {
@@ -77,6 +83,8 @@ impl Req {
             object,
             old: None,
             dry_run: false,
+            name: None,
+            pod_name: None,
         }
     }
     fn mutate(user: &'static str, object: Value) -> Self {
@@ -86,6 +94,14 @@ impl Req {
         }
     }
     fn body(&self) -> Vec<u8> {
+        let name = self
+            .name
+            .map_or_else(|| self.object["metadata"]["name"].clone(), |n| json!(n));
+        let mut user = json!({"username": self.user, "groups": self.groups});
+        if let Some(p) = self.pod_name {
+            user["extra"] = json!({"authentication.kubernetes.io/pod-name": [p],
+                "authentication.kubernetes.io/pod-uid": ["0d4b"]});
+        }
         serde_json::to_vec(&json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -94,10 +110,10 @@ impl Req {
                 "kind": {"group": self.kind.0, "version": "v1", "kind": self.kind.1},
                 "resource": {"group": self.kind.0, "version": "v1", "resource": "pods"},
                 "subResource": self.sub_resource,
-                "name": self.object["metadata"]["name"],
+                "name": name,
                 "namespace": self.namespace,
                 "operation": self.operation,
-                "userInfo": {"username": self.user, "groups": self.groups},
+                "userInfo": user,
                 "object": self.object,
                 "oldObject": self.old,
                 "dryRun": self.dry_run
@@ -129,6 +145,14 @@ fn run(set: &PolicySet, req: &Req) -> Value {
 
 fn builtin() -> PolicySet {
     PolicySet::builtin()
+}
+
+/// A break-glass lift for an hour: what a policy below the floor needs.
+fn lift(spec: &mut WorkspacePolicySpec) {
+    spec.break_glass = Some(BreakGlass {
+        reason: "INC-1: table test".into(),
+        expires: Time(Timestamp::now() + SignedDuration::from_secs(3600)),
+    });
 }
 
 fn with_policy(edit: impl FnOnce(&mut WorkspacePolicySpec)) -> PolicySet {
@@ -243,6 +267,16 @@ fn validation_table_workspace_pods() {
             Want::Deny(&[
                 r#"container "dind": securityContext.privileged=true is not allowed (image "ubuntu:22.04" is not an allowed image for "dind": docker:*dind*"#,
             ]),
+        ),
+        (
+            "dind from a registry host named docker",
+            CONTROL_PLANE,
+            |p| {
+                set_container(p, "dind", |c| {
+                    c["image"] = json!("docker:5000/attacker/dind")
+                })
+            },
+            Want::Deny(&[r#"image "docker:5000/attacker/dind" is not an allowed image"#]),
         ),
         (
             "dind with a look-alike registry",
@@ -682,14 +716,20 @@ fn modes_and_exemptions() {
     let cases: Vec<(&str, PolicySet, &'static str, Vec<&'static str>, Want)> = vec![
         (
             "Warn allows and warns",
-            with_policy(|p| p.mode = PolicyMode::Warn),
+            with_policy(|p| {
+                p.mode = PolicyMode::Warn;
+                lift(p);
+            }),
             DEVELOPER,
             vec![],
             Want::Warn(&[r#"container \"main\": securityContext.privileged=true"#]),
         ),
         (
             "Audit allows and annotates",
-            with_policy(|p| p.mode = PolicyMode::Audit),
+            with_policy(|p| {
+                p.mode = PolicyMode::Audit;
+                lift(p);
+            }),
             DEVELOPER,
             vec![],
             Want::Audit(&["violations", "securityContext.privileged=true"]),
@@ -731,6 +771,7 @@ fn every_covering_policy_applies_most_secure_wins() {
     let mut warn = WorkspacePolicySpec::contract_default();
     warn.mode = PolicyMode::Warn;
     warn.exempt_users = vec![DEVELOPER.into()];
+    lift(&mut warn);
     let set = PolicySet::from_objects([("a-warn", &warn), ("b-enforce", &enforce)], None);
     let mut pod = plain_pod();
     pod["spec"]["hostIPC"] = json!(true);
@@ -850,9 +891,41 @@ fn workspace_policy_objects_are_validated() {
     let cases: Vec<(&str, Value, Want)> = vec![
         ("defaults", json!({}), Want::Allow),
         (
-            "Warn on two namespaces",
-            json!({"mode": "Warn", "namespaces": ["lumie-dev", "lumie-staging"]}),
+            "Warn on two namespaces, with break-glass",
+            json!({"mode": "Warn", "namespaces": ["lumie-dev", "lumie-staging"],
+                "breakGlass": {"reason": "INC-9", "expires": "2999-01-01T00:00:00Z"}}),
             Want::Allow,
+        ),
+        (
+            "Warn on lumie-dev without break-glass",
+            json!({"mode": "Warn"}),
+            Want::Deny(&[
+                r#"WorkspacePolicy "strict" is invalid: spec.mode: "Warn" leaves Enforce in "lumie-dev", below the floor"#,
+                "set spec.breakGlass {reason, expires}",
+            ]),
+        ),
+        (
+            "Warn on another namespace only",
+            json!({"mode": "Warn", "namespaces": ["lumie-staging"]}),
+            Want::Allow,
+        ),
+        (
+            "Audit with an expired break-glass",
+            json!({"mode": "Audit",
+                "breakGlass": {"reason": "INC-9", "expires": "2020-01-01T00:00:00Z"}}),
+            Want::Deny(&["spec.breakGlass expired at 2020-01-01T00:00:00Z"]),
+        ),
+        (
+            "exempting the workspace ServiceAccount's group",
+            json!({"exemptGroups": ["system:serviceaccounts:lumie-dev"]}),
+            Want::Deny(&[
+                r#"spec.exemptGroups[0]: "system:serviceaccounts:lumie-dev" would exempt the workspace pods themselves"#,
+            ]),
+        ),
+        (
+            "exempting every authenticated user",
+            json!({"exemptGroups": ["system:authenticated"]}),
+            Want::Deny(&["below the floor"]),
         ),
         (
             "empty namespace list",
@@ -881,6 +954,27 @@ fn workspace_policy_objects_are_validated() {
         req.namespace = "";
         check(name, &run(&builtin(), &req), &want);
     }
+    // An UPDATE that stops guarding lumie-dev needs break-glass; a new policy elsewhere not.
+    let mut req = Req::validate("admin", policy(json!({"namespaces": ["team-b"]})));
+    req.kind = ("coder.lumie-infra.com", "WorkspacePolicy");
+    req.namespace = "";
+    check("a new team-b policy", &run(&builtin(), &req), &Want::Allow);
+    req.operation = "UPDATE";
+    req.old = Some(policy(json!({})));
+    check(
+        "lumie-dev dropped",
+        &run(&builtin(), &req),
+        &Want::Deny(&[
+            r#"spec.namespaces: stops covering "lumie-dev", which the previous version guarded"#,
+        ]),
+    );
+    req.object = policy(json!({"namespaces": ["team-b"],
+        "breakGlass": {"reason": "INC-9", "expires": "2999-01-01T00:00:00Z"}}));
+    check(
+        "lumie-dev dropped with break-glass",
+        &run(&builtin(), &req),
+        &Want::Allow,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -951,7 +1045,9 @@ fn mutation_of_a_bare_workspace_pod_makes_it_valid() {
                         {"key": MASTER, "operator": "DoesNotExist"}
                     ]}
                 ]}
-            }}}
+            }}},
+            {"op": "add", "path": "/metadata/annotations",
+             "value": {"coder.lumie-infra.com/created-by": CONTROL_PLANE}}
         ])
     );
     check(
@@ -1214,6 +1310,44 @@ fn unreadable_input_is_a_bad_request_never_an_allow() {
             "request.object is not a Pod",
         ),
         (
+            "spec.securityContext is an array",
+            Endpoint::Validate,
+            edit(|v| v["request"]["object"]["spec"]["securityContext"] = json!([])),
+            "request.object is not a Pod: spec.securityContext: invalid type: sequence, expected a JSON object",
+        ),
+        (
+            "a container's securityContext is an array, on /mutate",
+            Endpoint::Mutate,
+            edit(|v| {
+                v["request"]["object"]["spec"]["containers"][2]["securityContext"] = json!([true])
+            }),
+            "request.object is not a Pod: spec.containers[2].securityContext: invalid type: sequence",
+        ),
+        (
+            "metadata is a string",
+            Endpoint::Validate,
+            edit(|v| v["request"]["object"]["metadata"] = json!("coder-alice-main")),
+            "request.object is not a Pod: metadata: invalid type: string",
+        ),
+        (
+            "a volume is an array",
+            Endpoint::Validate,
+            edit(|v| v["request"]["object"]["spec"]["volumes"] = json!([["home"]])),
+            "request.object is not a Pod: spec.volumes[0]: invalid type: sequence",
+        ),
+        (
+            "a CONNECT without the pod's name",
+            Endpoint::Validate,
+            edit(|v| {
+                v["request"]["kind"] =
+                    json!({"group": "", "version": "v1", "kind": "PodExecOptions"});
+                v["request"]["operation"] = json!("CONNECT");
+                v["request"]["object"] = json!({"kind": "PodExecOptions", "apiVersion": "v1"});
+                v["request"].as_object_mut().unwrap().remove("name");
+            }),
+            "request.name is missing",
+        ),
+        (
             "containers is not a list",
             Endpoint::Validate,
             edit(|v| v["request"]["object"]["spec"]["containers"] = json!("dev")),
@@ -1284,4 +1418,655 @@ fn an_unreadable_object_the_review_does_not_need_changes_nothing() {
         );
         assert_eq!(got.decision, want.decision, "{name}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspace isolation: no developer can become another
+
+const WORKSPACE_SA: &str = "system:serviceaccount:lumie-dev:dev-workspace";
+
+/// Workspace `alice/dev`'s pod as the control plane creates it, after mutation: its identity
+/// labels, the stamp, its own home volume and agent token.
+fn identity_pod() -> Value {
+    let mut pod = workspace_pod();
+    pod["metadata"]["name"] = json!("coder-alice-dev");
+    pod["metadata"]["labels"] = json!({
+        "app.kubernetes.io/name": "dev-workspace",
+        "app.kubernetes.io/managed-by": "lumie-coder",
+        "coder.lumie-infra.com/owner": "alice",
+        "coder.lumie-infra.com/workspace": "dev",
+        "coder.lumie-infra.com/workspace-id": "7b0c1d2e-0000-4000-8000-000000000001"
+    });
+    pod["metadata"]["annotations"] = json!({"coder.lumie-infra.com/created-by": CONTROL_PLANE});
+    pod["spec"]["volumes"] = json!([
+        {"name": "home", "persistentVolumeClaim": {"claimName": "coder-alice-dev-home"}},
+        {"name": "docker", "emptyDir": {}}
+    ]);
+    set_container(&mut pod, "dev", |c| {
+        c["env"] = json!([
+            {"name": "CODER_AGENT_URL", "value": "http://coder.coder.svc.cluster.local"},
+            {"name": "CODER_AGENT_TOKEN", "valueFrom": {"secretKeyRef":
+                {"name": "coder-alice-dev-agent", "key": "token"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+        ])
+    });
+    pod
+}
+
+fn add_volume(pod: &mut Value, volume: Value) {
+    pod["spec"]["volumes"].as_array_mut().unwrap().push(volume);
+}
+
+#[test]
+fn isolation_table_pod_create() {
+    type Case = (&'static str, &'static str, fn() -> Value, Edit, Want);
+    let cases: Vec<Case> = vec![
+        (
+            "own workspace pod",
+            CONTROL_PLANE,
+            identity_pod,
+            |_| {},
+            Want::Allow,
+        ),
+        (
+            "another workspace's home volume",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                add_volume(
+                    p,
+                    json!({"name": "bob", "persistentVolumeClaim": {"claimName": "coder-bob-dev-home"}}),
+                )
+            },
+            Want::Deny(&[
+                r#"pod: spec.volumes[2].persistentVolumeClaim.claimName="coder-bob-dev-home" is not allowed (workspace isolation: a workspace's home volume is read only by its own pod; this is workspace alice/dev's pod)"#,
+            ]),
+        ),
+        (
+            "another workspace's token through env",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                set_container(p, "agents", |c| {
+                    c["env"] = json!([{"name": "T", "valueFrom": {"secretKeyRef":
+                        {"name": "coder-bob-dev-agent", "key": "token"}}}])
+                })
+            },
+            Want::Deny(&[
+                r#"container "agents": env[0].valueFrom.secretKeyRef.name="coder-bob-dev-agent" is not allowed (workspace isolation: a workspace's agent token Secret"#,
+            ]),
+        ),
+        (
+            "another workspace's token through envFrom",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                set_container(p, "dev", |c| {
+                    c["envFrom"] = json!([{"secretRef": {"name": "coder-bob-dev-agent"}}])
+                })
+            },
+            Want::Deny(&[r#"container "dev": envFrom[0].secretRef.name="coder-bob-dev-agent""#]),
+        ),
+        (
+            "another workspace's token as a secret volume",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                add_volume(
+                    p,
+                    json!({"name": "t", "secret": {"secretName": "coder-bob-dev-agent"}}),
+                )
+            },
+            Want::Deny(&[r#"spec.volumes[2].secret.secretName="coder-bob-dev-agent""#]),
+        ),
+        (
+            "another workspace's token as a projected source",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                add_volume(
+                    p,
+                    json!({"name": "t", "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "sa"}},
+                        {"secret": {"name": "coder-bob-dev-agent"}}
+                    ]}}),
+                )
+            },
+            Want::Deny(&[
+                r#"spec.volumes[2].projected.sources[1].secret.name="coder-bob-dev-agent""#,
+            ]),
+        ),
+        (
+            "another workspace's token as a CSI secret",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                add_volume(
+                    p,
+                    json!({"name": "t", "csi": {"driver": "x",
+                        "nodePublishSecretRef": {"name": "coder-bob-dev-agent"}}}),
+                )
+            },
+            Want::Deny(&[r#"spec.volumes[2].csi.nodePublishSecretRef.name="coder-bob-dev-agent""#]),
+        ),
+        (
+            "another workspace's token in an init container",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                p["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox",
+                    "envFrom": [{"secretRef": {"name": "coder-bob-dev-agent"}}]}])
+            },
+            Want::Deny(&[r#"init container "setup": envFrom[0].secretRef.name"#]),
+        ),
+        (
+            "a long, shortened name is still protected",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                add_volume(
+                    p,
+                    json!({"name": "x", "persistentVolumeClaim":
+                        {"claimName": "coder-oooooooooooooooooooooooooooooooooooooo-0123456789-home"}}),
+                )
+            },
+            Want::Deny(&["claimName"]),
+        ),
+        (
+            "other claims and Secrets are fine",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                add_volume(
+                    p,
+                    json!({"name": "d", "persistentVolumeClaim": {"claimName": "shared-cache"}}),
+                );
+                add_volume(
+                    p,
+                    json!({"name": "s", "secret": {"secretName": "coder-tls"}}),
+                );
+            },
+            Want::Allow,
+        ),
+        (
+            "no stamp: the mutating webhook did not run",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                p["metadata"].as_object_mut().unwrap().remove("annotations");
+            },
+            Want::Deny(&["is /mutate registered?"]),
+        ),
+        (
+            "a stamp naming someone else",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| p["metadata"]["annotations"]["coder.lumie-infra.com/created-by"] = json!("bob"),
+            Want::Deny(&["coder.lumie-infra.com/created-by"]),
+        ),
+        (
+            "a name that is not the workspace's",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| p["metadata"]["name"] = json!("coder-bob-dev"),
+            Want::Deny(&[
+                r#"pod: metadata.name="coder-bob-dev" is not allowed (workspace isolation: workspace alice/dev's pod is named "coder-alice-dev""#,
+            ]),
+        ),
+        (
+            "identity labels half set",
+            CONTROL_PLANE,
+            identity_pod,
+            |p| {
+                p["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("coder.lumie-infra.com/owner");
+            },
+            Want::Deny(&[r#"pod: metadata.labels is required"#, "missing"]),
+        ),
+        (
+            "a developer creating a workspace pod",
+            WORKSPACE_SA,
+            identity_pod,
+            |_| {},
+            Want::Deny(&[
+                r#"pod: metadata.labels["coder.lumie-infra.com/workspace-id"]="7b0c1d2e-0000-4000-8000-000000000001" is not allowed (workspace isolation: only the control plane ("system:serviceaccount:coder:coder") creates workspace pods)"#,
+                r#"metadata.labels["coder.lumie-infra.com/owner"]"#,
+                r#"metadata.annotations["coder.lumie-infra.com/created-by"]"#,
+                r#"pod: metadata.name="coder-alice-dev" is not allowed"#,
+            ]),
+        ),
+        (
+            "a plain pod mounting a home volume",
+            WORKSPACE_SA,
+            plain_pod,
+            |p| {
+                p["spec"]["volumes"] = json!([{"name": "h",
+                    "persistentVolumeClaim": {"claimName": "coder-alice-dev-home"}}])
+            },
+            Want::Deny(&[
+                r#"pod: spec.volumes[0].persistentVolumeClaim.claimName="coder-alice-dev-home" is not allowed (workspace isolation: a workspace's home volume is read only by its own pod; this is no workspace pod)"#,
+            ]),
+        ),
+        (
+            "a plain pod reading an agent token",
+            WORKSPACE_SA,
+            plain_pod,
+            |p| {
+                p["spec"]["containers"][0]["env"] = json!([{"name": "T", "valueFrom":
+                    {"secretKeyRef": {"name": "coder-alice-dev-agent", "key": "token"}}}])
+            },
+            Want::Deny(&[
+                r#"container "main": env[0].valueFrom.secretKeyRef.name="coder-alice-dev-agent""#,
+            ]),
+        ),
+        (
+            "a plain pod with its own volumes",
+            WORKSPACE_SA,
+            plain_pod,
+            |p| {
+                p["spec"]["volumes"] = json!([{"name": "c",
+                    "persistentVolumeClaim": {"claimName": "my-cache"}}])
+            },
+            Want::Allow,
+        ),
+        (
+            "a plain pod named like a workspace pod",
+            WORKSPACE_SA,
+            plain_pod,
+            |p| p["metadata"]["name"] = json!("coder-bob-dev"),
+            Want::Deny(&[r#"pod names starting with "coder-" are workspace pods"#]),
+        ),
+        (
+            "a plain pod with a workspace generateName",
+            WORKSPACE_SA,
+            plain_pod,
+            |p| {
+                p["metadata"]["generateName"] = json!("coder-");
+                p["metadata"].as_object_mut().unwrap().remove("name");
+            },
+            Want::Deny(&[r#"metadata.generateName="coder-""#]),
+        ),
+        (
+            "a plain pod carrying another workspace's id",
+            WORKSPACE_SA,
+            plain_pod,
+            |p| p["metadata"]["labels"]["coder.lumie-infra.com/workspace-id"] = json!("7b0c"),
+            Want::Deny(&[r#"metadata.labels["coder.lumie-infra.com/workspace-id"]="7b0c""#]),
+        ),
+        (
+            "a plain pod stamping itself",
+            "lumie-admin",
+            plain_pod,
+            |p| {
+                p["metadata"]["annotations"] =
+                    json!({"coder.lumie-infra.com/created-by": CONTROL_PLANE})
+            },
+            Want::Deny(&["the webhook sets it"]),
+        ),
+    ];
+    let set = builtin();
+    for (name, user, base, edit, want) in &cases {
+        let mut pod = base();
+        edit(&mut pod);
+        check(name, &run(&set, &Req::validate(user, pod)), want);
+    }
+}
+
+#[test]
+fn isolation_holds_whatever_the_policy_mode_or_exemptions() {
+    let mut pod = plain_pod();
+    pod["spec"]["volumes"] = json!([{"name": "h",
+        "persistentVolumeClaim": {"claimName": "coder-alice-dev-home"}}]);
+    for (name, set) in [
+        (
+            "Audit",
+            with_policy(|p| {
+                p.mode = PolicyMode::Audit;
+                lift(p);
+            }),
+        ),
+        (
+            "exempt user",
+            with_policy(|p| p.exempt_users = vec![DEVELOPER.into()]),
+        ),
+        (
+            "a policy for another namespace only",
+            with_policy(|p| p.namespaces = vec!["team-b".into()]),
+        ),
+    ] {
+        let resp = run(&set, &Req::validate(DEVELOPER, pod.clone()));
+        check(name, &resp, &Want::Deny(&["workspace isolation"]));
+    }
+    // Outside the guarded namespaces nothing applies.
+    let mut req = Req::validate(DEVELOPER, pod);
+    req.namespace = "kube-system";
+    check("kube-system", &run(&builtin(), &req), &Want::Allow);
+}
+
+#[test]
+fn isolation_table_pod_update() {
+    let update = |user: &'static str, old: Value, new: Value| {
+        let mut req = Req::validate(user, new);
+        req.operation = "UPDATE";
+        req.old = Some(old);
+        req
+    };
+    let relabel = |key: &str, value: Option<&str>| {
+        let mut p = identity_pod();
+        let labels = p["metadata"]["labels"].as_object_mut().unwrap();
+        match value {
+            Some(v) => labels.insert(key.into(), json!(v)),
+            None => labels.remove(key),
+        };
+        p
+    };
+    let unstamped = {
+        let mut p = identity_pod();
+        p["metadata"]["annotations"] = json!({});
+        p
+    };
+    let mut plain_with_id = plain_pod();
+    plain_with_id["metadata"]["labels"]["coder.lumie-infra.com/workspace-id"] = json!("7b0c");
+    let mut mounted = plain_pod();
+    mounted["spec"]["volumes"] = json!([{"name": "h",
+        "persistentVolumeClaim": {"claimName": "coder-alice-dev-home"}}]);
+    let mut mounted_relabelled = mounted.clone();
+    mounted_relabelled["metadata"]["labels"]["team"] = json!("x");
+    let mut other_label = identity_pod();
+    other_label["metadata"]["labels"]["team"] = json!("a");
+    let cases = vec![
+        (
+            "a developer points a pod at another workspace",
+            update(
+                WORKSPACE_SA,
+                identity_pod(),
+                relabel("coder.lumie-infra.com/workspace-id", Some("bob-id")),
+            ),
+            Want::Deny(&[
+                r#"metadata.labels["coder.lumie-infra.com/workspace-id"]="bob-id" is not allowed (workspace isolation: only the control plane ("system:serviceaccount:coder:coder") changes a pod's workspace labels (was "7b0c1d2e-0000-4000-8000-000000000001"))"#,
+            ]),
+        ),
+        (
+            "a developer adds a workspace label to a plain pod",
+            update(WORKSPACE_SA, plain_pod(), plain_with_id),
+            Want::Deny(&["changes a pod's workspace labels"]),
+        ),
+        (
+            "a developer removes the owner label",
+            update(
+                WORKSPACE_SA,
+                identity_pod(),
+                relabel("coder.lumie-infra.com/owner", None),
+            ),
+            Want::Deny(&[r#"metadata.labels["coder.lumie-infra.com/owner"]"#]),
+        ),
+        (
+            "an admin removes the stamp",
+            update("lumie-admin", identity_pod(), unstamped.clone()),
+            Want::Deny(&[r#"metadata.annotations["coder.lumie-infra.com/created-by"]"#]),
+        ),
+        (
+            "a developer stamps a pod",
+            update(WORKSPACE_SA, unstamped, identity_pod()),
+            Want::Deny(&["coder.lumie-infra.com/created-by"]),
+        ),
+        (
+            "other labels may change",
+            update(WORKSPACE_SA, identity_pod(), other_label),
+            Want::Allow,
+        ),
+        (
+            "the control plane may relabel",
+            update(
+                CONTROL_PLANE,
+                identity_pod(),
+                relabel("coder.lumie-infra.com/workspace-id", Some("new-id")),
+            ),
+            Want::Allow,
+        ),
+        (
+            "a pod admitted before the rules is not wedged by a label change",
+            update(WORKSPACE_SA, mounted, mounted_relabelled),
+            Want::Allow,
+        ),
+    ];
+    for (name, req, want) in cases {
+        check(name, &run(&builtin(), &req), &want);
+    }
+}
+
+#[test]
+fn mutation_stamps_control_plane_workspace_pods_only() {
+    let mut bare = identity_pod();
+    bare["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    let (_, mutated) = mutate_roundtrip(&builtin(), CONTROL_PLANE, bare.clone());
+    assert_eq!(
+        mutated["metadata"]["annotations"]["coder.lumie-infra.com/created-by"],
+        CONTROL_PLANE
+    );
+    check(
+        "the mutated pod validates",
+        &run(&builtin(), &Req::validate(CONTROL_PLANE, mutated)),
+        &Want::Allow,
+    );
+    // Other annotations are kept; a forged stamp is overwritten with the real creator.
+    let mut forged = bare.clone();
+    forged["metadata"]["annotations"] =
+        json!({"note": "x", "coder.lumie-infra.com/created-by": "mallory"});
+    let (_, m) = mutate_roundtrip(&builtin(), CONTROL_PLANE, forged);
+    assert_eq!(m["metadata"]["annotations"]["note"], "x");
+    assert_eq!(
+        m["metadata"]["annotations"]["coder.lumie-infra.com/created-by"],
+        CONTROL_PLANE
+    );
+    // Nobody else's pods are stamped, nor plain pods of the control plane.
+    let (_, m) = mutate_roundtrip(&builtin(), WORKSPACE_SA, bare);
+    assert!(m["metadata"].get("annotations").is_none(), "{m}");
+    let (ops, _) = mutate_roundtrip(&builtin(), CONTROL_PLANE, plain_pod());
+    assert!(ops.is_none());
+}
+
+#[test]
+fn connect_table_exec_attach_portforward() {
+    let connect = |kind: &'static str,
+                   sub: &'static str,
+                   user: &'static str,
+                   groups: Vec<&'static str>,
+                   target: &'static str,
+                   pod_name: Option<&'static str>| {
+        let mut req = Req::validate(
+            user,
+            json!({"kind": kind, "apiVersion": "v1",
+            "stdin": true, "tty": true, "container": "dind", "command": ["sh"]}),
+        );
+        req.kind = ("", kind);
+        req.operation = "CONNECT";
+        req.sub_resource = Some(sub);
+        req.name = Some(target);
+        req.groups = groups;
+        req.pod_name = pod_name;
+        req
+    };
+    let sa = || {
+        vec![
+            "system:serviceaccounts",
+            "system:serviceaccounts:lumie-dev",
+            "system:authenticated",
+        ]
+    };
+    let cases = vec![
+        (
+            "exec into another workspace's pod",
+            connect(
+                "PodExecOptions",
+                "exec",
+                WORKSPACE_SA,
+                sa(),
+                "coder-bob-dev",
+                Some("coder-alice-dev"),
+            ),
+            Want::Deny(&[
+                r#"exec into workspace pod lumie-dev/coder-bob-dev is allowed only to the control plane ("system:serviceaccount:coder:coder"), admins (groups "system:masters") and the workspace's own pod; "system:serviceaccount:lumie-dev:dev-workspace" from pod "coder-alice-dev" is none of them"#,
+            ]),
+        ),
+        (
+            "attach to another workspace's pod",
+            connect(
+                "PodAttachOptions",
+                "attach",
+                WORKSPACE_SA,
+                sa(),
+                "coder-bob-dev",
+                Some("coder-alice-dev"),
+            ),
+            Want::Deny(&["attach into workspace pod lumie-dev/coder-bob-dev"]),
+        ),
+        (
+            "port-forward to another workspace's pod",
+            connect(
+                "PodPortForwardOptions",
+                "portforward",
+                WORKSPACE_SA,
+                sa(),
+                "coder-bob-dev",
+                None,
+            ),
+            Want::Deny(&["portforward into workspace pod"]),
+        ),
+        (
+            "exec into its own pod",
+            connect(
+                "PodExecOptions",
+                "exec",
+                WORKSPACE_SA,
+                sa(),
+                "coder-alice-dev",
+                Some("coder-alice-dev"),
+            ),
+            Want::Allow,
+        ),
+        (
+            "the control plane",
+            connect(
+                "PodExecOptions",
+                "exec",
+                CONTROL_PLANE,
+                sa(),
+                "coder-bob-dev",
+                None,
+            ),
+            Want::Allow,
+        ),
+        (
+            "an admin",
+            connect(
+                "PodPortForwardOptions",
+                "portforward",
+                "lumie-admin",
+                vec!["system:masters"],
+                "coder-bob-dev",
+                None,
+            ),
+            Want::Allow,
+        ),
+        (
+            "exec into a plain pod",
+            connect(
+                "PodExecOptions",
+                "exec",
+                WORKSPACE_SA,
+                sa(),
+                "scratch",
+                None,
+            ),
+            Want::Allow,
+        ),
+    ];
+    for (name, req, want) in cases {
+        check(name, &run(&builtin(), &req), &want);
+    }
+    // Outside the guarded namespaces nothing applies; admin groups are configurable.
+    let mut req = connect(
+        "PodExecOptions",
+        "exec",
+        WORKSPACE_SA,
+        sa(),
+        "coder-bob-dev",
+        None,
+    );
+    req.namespace = "kube-system";
+    check("kube-system", &run(&builtin(), &req), &Want::Allow);
+    let ids = lumie_webhook::isolation::Identities {
+        control_plane: vec!["system:serviceaccount:coder:lumie-server".into()],
+        admin_groups: vec!["platform-admins".into()],
+    };
+    let set = builtin();
+    let reviewer = lumie_webhook::review::Reviewer {
+        policies: &set,
+        identities: &ids,
+        now: None,
+    };
+    for (user, groups, allowed) in [
+        ("lumie-admin", vec!["platform-admins"], true),
+        ("lumie-admin", vec!["system:masters"], false),
+        ("system:serviceaccount:coder:lumie-server", vec![], true),
+        (CONTROL_PLANE, vec![], false),
+    ] {
+        let req = connect(
+            "PodExecOptions",
+            "exec",
+            user,
+            groups.clone(),
+            "coder-bob-dev",
+            None,
+        );
+        let out = reviewer.review(Endpoint::Validate, &req.body()).unwrap();
+        assert_eq!(
+            out.decision == Decision::Allowed,
+            allowed,
+            "{user} {groups:?}"
+        );
+    }
+}
+
+#[test]
+fn an_expired_break_glass_reverts_to_enforce_with_the_floor() {
+    let now = Timestamp::now();
+    let mut spec = WorkspacePolicySpec::contract_default();
+    spec.mode = PolicyMode::Warn;
+    spec.exempt_groups = vec!["system:serviceaccounts:lumie-dev".into()];
+    spec.break_glass = Some(BreakGlass {
+        reason: "INC-3".into(),
+        expires: Time(now + SignedDuration::from_secs(600)),
+    });
+    let set = PolicySet::single("default", spec).unwrap();
+    let mut pod = plain_pod();
+    pod["spec"]["hostPID"] = json!(true);
+    let req = Req::validate(WORKSPACE_SA, pod);
+    let mut req = req;
+    req.groups = vec!["system:serviceaccounts:lumie-dev"];
+    let ids = lumie_webhook::isolation::Identities::default();
+    let at = |t: Timestamp| {
+        let out = lumie_webhook::review::Reviewer {
+            policies: &set,
+            identities: &ids,
+            now: Some(t),
+        }
+        .review(Endpoint::Validate, &req.body())
+        .unwrap();
+        serde_json::from_slice::<Value>(&out.body).unwrap()["response"].clone()
+    };
+    check("during the lift", &at(now), &Want::Exempt("exemptGroups"));
+    check(
+        "after it",
+        &at(now + SignedDuration::from_secs(601)),
+        &Want::Deny(&[
+            r#"pod: spec.hostPID=true is not allowed (Pod Security baseline: host namespaces may not be shared, WorkspacePolicy "default")"#,
+        ]),
+    );
 }

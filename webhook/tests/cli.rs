@@ -78,7 +78,8 @@ fn review_with_a_policy_file() {
     std::fs::write(
         &policy,
         "apiVersion: coder.lumie-infra.com/v1alpha1\nkind: WorkspacePolicy\n\
-         metadata: {name: audit-only}\nspec: {mode: Audit}\n",
+         metadata: {name: audit-only}\nspec:\n  mode: Audit\n  \
+         breakGlass: {reason: INC-5, expires: \"2999-01-01T00:00:00Z\"}\n",
     )
     .unwrap();
     let mut cmd = bin();

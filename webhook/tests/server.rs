@@ -98,6 +98,12 @@ async fn validate_and_mutate_over_http() {
     // A policy change applies to the next request.
     let mut warn = WorkspacePolicySpec::contract_default();
     warn.mode = PolicyMode::Warn;
+    warn.break_glass = Some(lumie_contract::policy::BreakGlass {
+        reason: "INC-5".into(),
+        expires: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2999-01-01T00:00:00Z".parse().unwrap(),
+        ),
+    });
     state.set_policies(PolicySet::from_objects(
         [("relaxed", &warn)],
         Some(&state.policies()),

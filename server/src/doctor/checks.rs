@@ -935,7 +935,7 @@ pub fn effective_policies(
     let mut invalid = Vec::new();
     let mut valid = Vec::new();
     for (name, spec) in objects {
-        match spec.validate() {
+        match spec.validate(k8s_openapi::jiff::Timestamp::now()) {
             Ok(()) => valid.push((name.clone(), spec.clone())),
             Err(problems) => invalid.push(format!("{name} ({})", problems.join("; "))),
         }

@@ -18,7 +18,7 @@ use lumie_server::api::WorkspaceJson;
 use lumie_server::config::Config;
 use lumie_server::serve::Running;
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
-use lumie_tests::{Cluster, admission, bootstrap, control_plane};
+use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane};
 use lumie_webhook::server::{PolicySource, ServeConfig};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
@@ -115,6 +115,9 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
         key,
     );
     webhook_config.policy = PolicySource::Watch(admin.clone());
+    // The server's identity in the harness: the webhook stamps it on the pods it creates, and
+    // the server trusts only pods carrying it.
+    webhook_config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
     let webhook = lumie_webhook::server::start(webhook_config).await.unwrap();
     admission::register_webhooks(
         &admin,

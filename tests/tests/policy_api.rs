@@ -191,7 +191,9 @@ async fn admins_read_and_write_the_cluster_policy_with_conflicts_validation_and_
     let mut bad = WorkspacePolicySpec::contract_default();
     bad.namespaces.clear();
     bad.privileged_containers[0].images = vec!["docker:[dind".into()];
-    let problems = bad.validate().unwrap_err();
+    let problems = bad
+        .validate(k8s_openapi::jiff::Timestamp::now())
+        .unwrap_err();
     let (status, body) = api
         .call(
             "PUT",

@@ -182,7 +182,8 @@ impl PodDirectory for Stores {
         let pod = self
             .pods
             .get(&ObjectRef::new(name).within(&self.namespace))?;
-        if !self.trusted(&pod) || pod.metadata.deletion_timestamp.is_some() {
+        // A terminating pod still counts: its agent reports `shutting_down` and `off` then.
+        if !self.trusted(&pod) {
             return None;
         }
         Some(TrustedPod {

@@ -312,3 +312,96 @@ pub fn start_watchers(
         scheduling,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CP: &str = "system:serviceaccount:coder:coder";
+
+    fn pod(name: &str, uid: &str, ws: &str, created_by: Option<&str>, ip: &str) -> Pod {
+        let mut annotations = serde_json::Map::new();
+        if let Some(c) = created_by {
+            annotations.insert(labels::CREATED_BY.into(), c.into());
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "lumie-dev", "uid": uid,
+                "labels": {labels::MANAGED_BY: labels::MANAGED_BY_LUMIE, labels::WORKSPACE_ID: ws},
+                "annotations": annotations},
+            "spec": {"containers": []},
+            "status": {"phase": "Running", "podIP": ip}
+        }))
+        .unwrap()
+    }
+
+    /// Stores over fixed pods (no PVCs, Secrets or events).
+    fn stores(pods: Vec<Pod>) -> Stores {
+        let (store, mut writer) = reflector::store::<Pod>();
+        for p in pods {
+            writer.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        let (pvcs, _) = reflector::store();
+        let (secrets, _) = reflector::store();
+        Stores {
+            namespace: "lumie-dev".into(),
+            control_plane: CP.into(),
+            pods: store,
+            pvcs,
+            secrets,
+            scheduling: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn only_pods_the_control_plane_created_are_a_workspaces() {
+        let s = stores(vec![
+            pod("coder-a-dev", "u1", "ws-1", Some(CP), "127.1.0.2"),
+            // Posing as ws-1 and ws-2: no stamp, and the developer's stamp.
+            pod("posing-1", "u2", "ws-1", None, "127.1.0.3"),
+            pod(
+                "posing-2",
+                "u3",
+                "ws-2",
+                Some("system:serviceaccount:lumie-dev:dev-workspace"),
+                "127.1.0.4",
+            ),
+        ]);
+        let views = s.views();
+        assert_eq!(views.len(), 1, "{views:?}");
+        let v = &views["ws-1"];
+        assert_eq!(
+            v.pod.as_ref().unwrap().pod_ip.as_deref(),
+            Some("127.1.0.2"),
+            "the workspace's view (and so the proxy) has the real pod"
+        );
+        let mut impostors: Vec<_> = s
+            .impostors()
+            .into_iter()
+            .map(|i| (i.name, i.workspace_id, i.created_by))
+            .collect();
+        impostors.sort();
+        assert_eq!(
+            impostors,
+            [
+                ("posing-1".to_string(), "ws-1".to_string(), None),
+                (
+                    "posing-2".to_string(),
+                    "ws-2".to_string(),
+                    Some("system:serviceaccount:lumie-dev:dev-workspace".to_string())
+                ),
+            ]
+        );
+        let labelled: Vec<_> = s.labelled().into_iter().map(|l| l.name).collect();
+        assert_eq!(labelled, ["coder-a-dev"], "impostors are not orphans");
+        assert_eq!(
+            s.trusted_pod("coder-a-dev"),
+            Some(TrustedPod {
+                uid: "u1".into(),
+                workspace_id: "ws-1".into()
+            })
+        );
+        assert_eq!(s.trusted_pod("posing-1"), None);
+        assert_eq!(s.trusted_pod("posing-2"), None);
+        assert_eq!(s.trusted_pod("missing"), None);
+    }
+}

@@ -126,6 +126,12 @@ pub trait PodDirectory: Send + Sync {
     /// The pod named `name` in the workspace namespace, when it is a workspace pod the control
     /// plane created.
     fn trusted_pod(&self, name: &str) -> Option<TrustedPod>;
+
+    /// Whether the directory has had its first complete list (before that, absence proves
+    /// nothing and the agent is told to retry).
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Whether a reviewed token is the agent of a workspace, and which: the workspace
@@ -285,6 +291,11 @@ impl AgentAuth {
                 r
             }
         };
+        if !backend.pods.ready() {
+            return Err(Error::Unavailable(
+                "the control plane is still listing workspace pods; retry shortly".into(),
+            ));
+        }
         let pod = reviewed
             .pod_name
             .as_deref()

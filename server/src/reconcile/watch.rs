@@ -191,6 +191,10 @@ impl PodDirectory for Stores {
             workspace_id: ws_label(&pod.metadata)?,
         })
     }
+
+    fn ready(&self) -> bool {
+        futures::FutureExt::now_or_never(self.pods.wait_until_ready()).is_some_and(|r| r.is_ok())
+    }
 }
 
 /// Drives one reflector; every touched object marks its workspace.

@@ -6,6 +6,9 @@
 # environment:
 #   CODER_AGENT_URL          required; control plane URL as seen from the pod
 #                            (http://coder.coder.svc.cluster.local)
+#   CODER_AGENT_TOKEN_FILE   required by the agent (passed on through exec with the rest of
+#                            the environment); the pod's projected ServiceAccount token,
+#                            audience lumie-coder-agent, kept current by the kubelet
 #   LUMIE_AGENT_OS           default linux  } downloads $CODER_AGENT_URL/bin/lumie-agent-$OS-$ARCH
 #   LUMIE_AGENT_ARCH         default amd64  }
 #   LUMIE_AGENT_CA_BUNDLE    optional PEM file of a private CA (curl --cacert, wget

@@ -34,13 +34,60 @@ pub struct AppConfig {
     pub health: HealthCheck,
 }
 
+/// Where the agent's token comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file the kubelet keeps current (the pod's projected ServiceAccount token,
+    /// `CODER_AGENT_TOKEN_FILE`): read again for every request, so a refreshed token is used
+    /// as soon as it is written.
+    File(PathBuf),
+    /// A fixed token (`CODER_AGENT_TOKEN`), for development and stand-in control planes; the
+    /// server accepts only projected tokens.
+    Fixed(String),
+}
+
+impl TokenSource {
+    /// The token to send now.
+    pub fn current(&self) -> Result<String, Error> {
+        match self {
+            TokenSource::Fixed(t) => Ok(t.clone()),
+            TokenSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Token {
+                    path: path.clone(),
+                    source,
+                })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(Error::Config(format!(
+                        "token file {} is empty (is the projected volume mounted?)",
+                        path.display()
+                    )));
+                }
+                Ok(token.to_string())
+            }
+        }
+    }
+}
+
+impl From<&str> for TokenSource {
+    fn from(t: &str) -> Self {
+        TokenSource::Fixed(t.to_string())
+    }
+}
+
+impl From<String> for TokenSource {
+    fn from(t: String) -> Self {
+        TokenSource::Fixed(t)
+    }
+}
+
 /// Everything the agent needs to run; built from [`Cli`] or directly by tests.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Control plane base URL (`CODER_AGENT_URL`).
     pub agent_url: Url,
-    /// Agent token (`CODER_AGENT_TOKEN`).
-    pub token: String,
+    /// Agent token: the projected token file, or a fixed token.
+    pub token: TokenSource,
     /// Pod IP to listen on for forwarding; `None` disables forwarding.
     pub pod_ip: Option<IpAddr>,
     /// Address the apps listen on inside the pod (forward target, TCP health checks).
@@ -71,7 +118,7 @@ pub struct Config {
 
 impl Config {
     /// A config with the contract's apps and the defaults of every tunable.
-    pub fn new(agent_url: Url, token: impl Into<String>) -> Self {
+    pub fn new(agent_url: Url, token: impl Into<TokenSource>) -> Self {
         Self {
             agent_url,
             token: token.into(),
@@ -107,14 +154,25 @@ pub struct Cli {
     /// Control plane URL as seen from the pod.
     #[arg(long, env = "CODER_AGENT_URL", value_name = "CODER_AGENT_URL")]
     pub agent_url: Url,
-    /// Agent token from the workspace's Secret.
+    /// File holding the agent's token: the pod's projected ServiceAccount token (audience
+    /// `lumie-coder-agent`), refreshed by the kubelet and read again for every request.
+    #[arg(
+        long,
+        env = "CODER_AGENT_TOKEN_FILE",
+        value_name = "CODER_AGENT_TOKEN_FILE",
+        required_unless_present = "token",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// A fixed agent token instead (development, stand-in control planes); lumie-server accepts
+    /// only projected tokens.
     #[arg(
         long,
         env = "CODER_AGENT_TOKEN",
         value_name = "CODER_AGENT_TOKEN",
         hide_env_values = true
     )]
-    pub token: String,
+    pub token: Option<String>,
     /// Pod IP (downward API); the agent listens there on each app port. Unset: no forwarding.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<IpAddr>,
@@ -177,7 +235,16 @@ pub struct Cli {
 impl Cli {
     /// Turns the parsed flags into a [`Config`], checking the per-app settings.
     pub fn into_config(self) -> Result<Config, Error> {
-        let mut config = Config::new(self.agent_url, self.token);
+        let token = match (self.token_file, self.token) {
+            (Some(path), _) => TokenSource::File(path),
+            (None, Some(t)) => TokenSource::Fixed(t),
+            (None, None) => {
+                return Err(Error::Config(
+                    "no agent token: set CODER_AGENT_TOKEN_FILE (--token-file)".into(),
+                ));
+            }
+        };
+        let mut config = Config::new(self.agent_url, token);
         config.pod_ip = self.pod_ip;
         config.app_host = self.app_host;
         config.report_interval = self.report_interval;
@@ -304,6 +371,43 @@ mod tests {
         assert_eq!(c.health_threshold, 3);
         assert_eq!(c.home_dir, PathBuf::from("/home/coder"));
         assert_eq!(c.copy_mode, CopyMode::Buffers);
+        assert_eq!(c.token, TokenSource::Fixed("t".into()));
+    }
+
+    #[test]
+    fn token_file_is_read_for_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let argv = [
+            "lumie-agent",
+            "--agent-url",
+            "http://cp:8080",
+            "--token-file",
+            path.to_str().unwrap(),
+        ];
+        let c = Cli::try_parse_from(argv).unwrap().into_config().unwrap();
+        assert_eq!(c.token, TokenSource::File(path.clone()));
+        let e = c.token.current().unwrap_err().to_string();
+        assert!(e.contains("token file") && e.contains("token"), "{e}");
+        std::fs::write(&path, "first\n").unwrap();
+        assert_eq!(c.token.current().unwrap(), "first");
+        std::fs::write(&path, "refreshed").unwrap();
+        assert_eq!(c.token.current().unwrap(), "refreshed");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(c.token.current().unwrap_err().to_string().contains("empty"));
+        // Neither, or both: refused.
+        let none = Cli::try_parse_from(["lumie-agent", "--agent-url", "http://cp:8080"]);
+        assert!(none.is_err());
+        let both = Cli::try_parse_from([
+            "lumie-agent",
+            "--agent-url",
+            "http://cp:8080",
+            "--token-file",
+            "/x",
+            "--token",
+            "y",
+        ]);
+        assert!(both.is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use reqwest::Url;
 use tokio::sync::watch;
 
 use crate::backoff::{self, Backoff};
-use crate::config::Config;
+use crate::config::{Config, TokenSource};
 use crate::lifecycle::Lifecycle;
 use crate::stats::StatsCollector;
 use crate::{Error, error_chain};
@@ -43,12 +43,12 @@ impl Report {
     }
 }
 
-/// Posts heartbeats with the agent token.
+/// Posts heartbeats with the agent token (read from its source for every request).
 #[derive(Clone, Debug)]
 pub struct HeartbeatClient {
     http: reqwest::Client,
     url: Url,
-    token: String,
+    token: TokenSource,
 }
 
 impl HeartbeatClient {
@@ -91,10 +91,12 @@ impl HeartbeatClient {
 
     /// Sends one heartbeat and returns the server's answer.
     pub async fn send(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, Error> {
+        // Read per request: the kubelet rewrites a projected token before it expires.
+        let token = self.token.current()?;
         let resp = self
             .http
             .post(self.url.clone())
-            .header(AGENT_TOKEN_HEADER, &self.token)
+            .header(AGENT_TOKEN_HEADER, token)
             .json(request)
             .send()
             .await

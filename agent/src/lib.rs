@@ -43,6 +43,14 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The token file cannot be read.
+    #[error("reading the agent token file {path}: {source}")]
+    Token {
+        /// The file's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The HTTP client cannot be built.
     #[error("building the HTTP client: {0}")]
     Client(reqwest::Error),

@@ -29,9 +29,23 @@ pub const HOME_MOUNT_PATH: &str = "/home/coder";
 
 /// Env var carrying the control plane URL to the agent.
 pub const ENV_AGENT_URL: &str = "CODER_AGENT_URL";
-/// Env var carrying the agent token (from the workspace's Secret).
+/// Env var carrying a fixed agent token (development and the agent's own tests; the server
+/// authenticates agents by their projected token, [`ENV_AGENT_TOKEN_FILE`]).
 pub const ENV_AGENT_TOKEN: &str = "CODER_AGENT_TOKEN";
+/// Env var naming the file that holds the agent's projected ServiceAccount token. The kubelet
+/// refreshes the file; the agent reads it for each request.
+pub const ENV_AGENT_TOKEN_FILE: &str = "CODER_AGENT_TOKEN_FILE";
+/// Audience of the agent's projected token: the server's TokenReview asks for exactly this one,
+/// so the pod's API token (audience: the apiserver) is no agent token and vice versa.
+pub const AGENT_TOKEN_AUDIENCE: &str = "lumie-coder-agent";
+/// Lifetime requested for the agent's projected token; the kubelet refreshes it at 80 %.
+pub const AGENT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+/// Where the projected token volume is mounted in `dev`.
+pub const AGENT_TOKEN_DIR: &str = "/var/run/secrets/coder.lumie-infra.com/agent";
+/// The token's file name in [`AGENT_TOKEN_DIR`].
+pub const AGENT_TOKEN_FILE_NAME: &str = "token";
 /// Env var carrying the pod IP (downward API) so the agent listens where the Service reaches.
 pub const ENV_POD_IP: &str = "POD_IP";
-/// Key of the agent token in the per-workspace Secret.
+/// Key of the agent token in the per-workspace Secret of older versions (no longer created;
+/// a leftover one is deleted with its workspace).
 pub const SECRET_TOKEN_KEY: &str = "token";

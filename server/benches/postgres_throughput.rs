@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use lumie_contract::agent_api::{AppHealth, HeartbeatRequest, LifecycleState, ResourceStats};
 use lumie_server::config::Config;
-use lumie_server::db::hash_token;
 use lumie_server::state::AppState;
 use lumie_server::template::Template;
 
@@ -123,11 +122,8 @@ async fn main() {
                 "agent-token-{o}-{w}-{}",
                 lumie_server::db::random_secret(16)
             );
-            db.reset_agent(&c.agent_id, Some(&hash_token(&tok)))
-                .await
-                .unwrap();
+            agent_tokens.push((tok, c.workspace.id.clone()));
             ids.push(c.workspace.id);
-            agent_tokens.push(tok);
         }
     }
     println!(
@@ -144,6 +140,16 @@ async fn main() {
     )
     .await
     .unwrap();
+    // No cluster to review agent tokens: each token stands for its workspace's pod (the
+    // cached-review path a heartbeat takes in production after its first).
+    let fixed = Arc::new(lumie_server::agent_api::FixedAgents::new(
+        state.agent_auth.expected_username(),
+    ));
+    for (tok, id) in &agent_tokens {
+        fixed.add(tok, id);
+    }
+    state.agent_auth.install(fixed.clone(), fixed);
+    let agent_tokens: Vec<String> = agent_tokens.into_iter().map(|(t, _)| t).collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, lumie_server::router(state.clone())).into_future());

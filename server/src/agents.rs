@@ -1,11 +1,11 @@
 //! The agent table: heartbeats, connection status and agent metrics, in memory and batched to
 //! the database. The HTTP handler for heartbeats is in [`crate::api`].
 //!
-//! Heartbeats are cheap by construction: the token is checked against an in-memory table
-//! (loaded at start, kept current by builds), the heartbeat updates memory, and a flusher writes
-//! every pending heartbeat in one batched statement per interval — never more than one database
-//! write per heartbeat, no database read at all. A restarted server answers every reconnecting
-//! agent from memory.
+//! Heartbeats are cheap by construction: the caller is authenticated before it gets here (by
+//! [`crate::agent_api::AgentAuth`], from memory for a token seen before), the heartbeat updates
+//! memory, and a flusher writes every pending heartbeat in one batched statement per interval —
+//! never more than one database write per heartbeat, no database read at all. A restarted
+//! server answers every reconnecting agent from memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use lumie_contract::agent_api::{
 };
 use tokio::sync::Notify;
 
-use crate::db::{Db, HeartbeatWrite, hash_token};
+use crate::db::{Db, HeartbeatWrite};
 use crate::error::{Error, Result};
 use crate::events::Dirty;
 use crate::metrics::{AgentLabels, AppHealthLabels, Metrics};
@@ -45,7 +45,6 @@ pub fn connection_status(
 
 #[derive(Default)]
 struct Inner {
-    by_token: HashMap<String, String>,
     agents: HashMap<String, AgentRecord>,
     by_workspace: HashMap<String, String>,
     pending: HashMap<String, HeartbeatWrite>,
@@ -73,7 +72,6 @@ impl AgentHub {
     ) -> Result<Self> {
         let mut inner = Inner::default();
         for a in db.live_agents().await? {
-            inner.by_token.insert(a.token_hash.clone(), a.id.clone());
             inner
                 .by_workspace
                 .insert(a.workspace_id.clone(), a.id.clone());
@@ -109,21 +107,17 @@ impl AgentHub {
     /// Records a reset row in memory (see [`AgentHub::restart`]).
     fn reset(&self, record: AgentRecord) {
         let mut g = self.lock();
-        if let Some(old) = g.agents.get(&record.id).map(|a| a.token_hash.clone()) {
-            g.by_token.remove(&old);
-        }
         g.pending.remove(&record.id);
-        g.by_token
-            .insert(record.token_hash.clone(), record.id.clone());
         g.by_workspace
             .insert(record.workspace_id.clone(), record.id.clone());
         g.agents.insert(record.id.clone(), record);
     }
 
     /// A new pod means a fresh agent: resets its database row (lifecycle `created`, connection
-    /// timeout counted from now, and the new token hash when one was issued), then memory.
-    /// The one way to do it, so the two can never disagree about which pod an agent belongs to.
-    pub async fn restart(&self, workspace_id: &str, new_token_hash: Option<&str>) -> Result<()> {
+    /// timeout counted from now), then memory. The one way to do it, so the two can never
+    /// disagree about which pod an agent belongs to. (The row's token hash is no longer used:
+    /// agents authenticate with their pod's projected token.)
+    pub async fn restart(&self, workspace_id: &str) -> Result<()> {
         let known = self.lock().by_workspace.get(workspace_id).cloned();
         let agent_id = match known {
             Some(id) => id,
@@ -135,7 +129,7 @@ impl AgentHub {
                     .id
             }
         };
-        self.db.reset_agent(&agent_id, new_token_hash).await?;
+        self.db.reset_agent(&agent_id, None).await?;
         let fresh = self
             .db
             .agent_for_workspace(workspace_id)
@@ -145,20 +139,18 @@ impl AgentHub {
         Ok(())
     }
 
-    /// Forgets a deleted workspace's agent: its token stops working at once.
+    /// Forgets a deleted workspace's agent: its heartbeats are refused at once.
     pub fn remove_workspace(&self, workspace_id: &str) {
         let mut g = self.lock();
         if let Some(id) = g.by_workspace.remove(workspace_id) {
-            if let Some(a) = g.agents.remove(&id) {
-                g.by_token.remove(&a.token_hash);
-            }
+            g.agents.remove(&id);
             g.pending.remove(&id);
         }
     }
 
-    /// Handles one heartbeat: authenticates the token, updates memory, queues the write.
-    pub fn heartbeat(&self, token: &str, hb: HeartbeatRequest) -> Result<HeartbeatResponse> {
-        let hash = hash_token(token);
+    /// Handles one heartbeat of the agent of `workspace_id` (already authenticated): updates
+    /// memory, queues the write.
+    pub fn heartbeat(&self, workspace_id: &str, hb: HeartbeatRequest) -> Result<HeartbeatResponse> {
         let now = now_ms();
         let apps_json = serde_json::to_string(&hb.apps).unwrap_or_else(|_| "{}".into());
         let stats_json = hb
@@ -168,15 +160,15 @@ impl AgentHub {
         let reason = hb.lifecycle_reason.unwrap_or_default();
         let (workspace_id, changed) = {
             let mut g = self.lock();
-            let Some(agent_id) = g.by_token.get(&hash).cloned() else {
+            let Some(agent_id) = g.by_workspace.get(workspace_id).cloned() else {
                 return Err(Error::Unauthorized(
-                    "unknown agent token: the workspace was deleted or its token rotated".into(),
+                    "no agent for this pod's workspace: the workspace was deleted".into(),
                 ));
             };
             let rec = g
                 .agents
                 .get_mut(&agent_id)
-                .expect("by_token and agents agree");
+                .expect("by_workspace and agents agree");
             let changed = rec.lifecycle != hb.lifecycle
                 || rec.apps != hb.apps
                 || rec.lifecycle_reason != reason

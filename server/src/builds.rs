@@ -53,7 +53,7 @@ impl Executor {
         match build.transition {
             Transition::Start => {
                 let out = self.spawner.ensure_started(&ws, &names).await?;
-                tracing::info!(workspace = %ws.id, owner = %ws.owner_name, name = %ws.name, pod_created = out.pod_created, token_rotated = out.token_rotated, "start applied");
+                tracing::info!(workspace = %ws.id, owner = %ws.owner_name, name = %ws.name, pod_created = out.pod_created, "start applied");
             }
             Transition::Stop => self.spawner.delete_pod(&ws.pod_name).await?,
             Transition::Delete => self.spawner.delete_all(&names).await?,

@@ -95,7 +95,12 @@ pub async fn start_with(
     drift.check_and_record().await;
     let mut tasks = vec![tokio::spawn(drift.run())];
     tasks.push(tokio::spawn(state.agents.clone().run()));
-    let stores = start_watchers(&client, &namespace, &state.dirty);
+    let control_plane = lumie_contract::policy::CONTROL_PLANE_USER;
+    let stores = start_watchers(&client, &namespace, control_plane, &state.dirty);
+    state.agent_auth.install(
+        Arc::new(crate::agent_api::KubeTokenReviewer::new(client.clone())),
+        Arc::new(stores.clone()),
+    );
     let reconciler = Arc::new(Reconciler::new(
         Parts {
             db: state.db.clone(),
@@ -107,6 +112,7 @@ pub async fn start_with(
             metrics: state.metrics.clone(),
             agent_connection_timeout: state.config.agent_connection_timeout,
             orphan_grace: state.config.orphan_grace,
+            control_plane: control_plane.to_string(),
         },
         stores,
     ));

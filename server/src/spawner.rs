@@ -1,6 +1,10 @@
-//! Kubernetes actions for one workspace: server-side apply of the agent Secret, home PVC and
-//! pod (field manager [`FIELD_MANAGER`]), and their deletion. Every action is idempotent, so a
-//! build interrupted by a crash is simply carried out again.
+//! Kubernetes actions for one workspace: server-side apply of the home PVC and pod (field
+//! manager [`FIELD_MANAGER`]), and their deletion. Every action is idempotent, so a build
+//! interrupted by a crash is simply carried out again.
+//!
+//! No agent Secret is created: the agent authenticates with its pod's projected
+//! ServiceAccount token (see [`crate::agent_api`]). Deleting a workspace still deletes the
+//! `coder-…-agent` Secret that versions before that created.
 //!
 //! The control plane never creates, patches or deletes the `dev-workspace` ServiceAccount or
 //! Service; it only reads them.
@@ -12,10 +16,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, ServiceAcco
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use lumie_contract::naming::WorkspaceNames;
-use lumie_contract::workspace;
 
 use crate::agents::AgentHub;
-use crate::db::{Db, hash_token, random_secret};
+use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::model::WorkspaceRecord;
 use crate::template::{Template, WorkspaceRef};
@@ -59,8 +62,6 @@ pub struct Spawner {
 /// What [`Spawner::ensure_started`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StartOutcome {
-    /// The token was (re)issued.
-    pub token_rotated: bool,
     /// A pod was created (it did not exist).
     pub pod_created: bool,
 }
@@ -110,9 +111,7 @@ impl Spawner {
         }
     }
 
-    /// Applies the Secret, PVC and pod of a workspace, reusing what exists:
-    /// - the Secret keeps its token when its hash matches the agent row, else a new token is
-    ///   issued (database first, then the Secret);
+    /// Applies the PVC and pod of a workspace, reusing what exists:
     /// - the PVC is applied (unchanged when it exists);
     /// - a pod that exists (not terminating) is left alone; a terminating one is waited out.
     pub async fn ensure_started(
@@ -125,36 +124,11 @@ impl Spawner {
         self.check_service_account(&template.service_account_name)
             .await?;
         let mut outcome = StartOutcome::default();
-
-        // Secret.
-        let agent = self
-            .db
-            .agent_for_workspace(&ws.id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no agent row for workspace {}", ws.id)))?;
-        let secrets: Api<Secret> = self.api();
-        let current = secrets.get_opt(&names.agent_secret).await?.and_then(|s| {
-            s.data?
-                .get(workspace::SECRET_TOKEN_KEY)
-                .map(|b| String::from_utf8_lossy(&b.0).to_string())
-        });
-        let token_ok = current
-            .as_deref()
-            .is_some_and(|t| hash_token(t) == agent.token_hash);
-        if !token_ok {
-            let token = random_secret(40);
-            // Database and memory first: the Secret never holds a token the server rejects.
-            self.agents
-                .restart(&ws.id, Some(&hash_token(&token)))
-                .await?;
-            secrets
-                .patch(
-                    &names.agent_secret,
-                    &Self::apply_params(),
-                    &Patch::Apply(&template.secret(&wref, &self.namespace, &token)),
-                )
-                .await?;
-            outcome.token_rotated = true;
+        if self.db.agent_for_workspace(&ws.id).await?.is_none() {
+            return Err(Error::NotFound(format!(
+                "no agent row for workspace {}",
+                ws.id
+            )));
         }
 
         // Home PVC.
@@ -174,7 +148,7 @@ impl Spawner {
     }
 
     /// Creates a workspace's pod again after it was deleted behind the control plane's back
-    /// (Secret and PVC are left as they are). Returns whether a pod was created.
+    /// (the PVC is left as it is). Returns whether a pod was created.
     pub async fn recreate_pod(&self, workspace_id: &str, names: &WorkspaceNames) -> Result<bool> {
         self.ensure_pod(&WorkspaceRef {
             id: workspace_id,
@@ -206,7 +180,7 @@ impl Spawner {
                 None => break,
             }
         }
-        self.agents.restart(wref.id, None).await?;
+        self.agents.restart(wref.id).await?;
         pods.patch(
             &wref.names.pod,
             &Self::apply_params(),
@@ -225,7 +199,8 @@ impl Spawner {
         )
     }
 
-    /// Deletes the pod, the home PVC and the Secret.
+    /// Deletes the pod, the home PVC and the agent Secret older versions created (a missing one
+    /// is fine: the upgrade path).
     pub async fn delete_all(&self, names: &WorkspaceNames) -> Result<()> {
         self.delete_pod(&names.pod).await?;
         Self::ignore_missing(

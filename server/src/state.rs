@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::Notify;
 
+use crate::agent_api::AgentAuth;
 use crate::agents::AgentHub;
 use crate::caller::AuthChain;
 use crate::config::Config;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub readiness: Arc<RwLock<ReadinessState>>,
     /// Agents, in memory.
     pub agents: Arc<AgentHub>,
+    /// Who an agent is (TokenReview of its pod's projected token); installed by `serve`.
+    pub agent_auth: Arc<AgentAuth>,
     /// The workspace pod template.
     pub template: Arc<Template>,
     /// Kube client (absent in API-only tests).
@@ -68,7 +71,12 @@ impl AppState {
             )
             .await?,
         );
+        let agent_auth = Arc::new(AgentAuth::new(
+            &config.namespace,
+            &template.service_account_name,
+        ));
         Ok(AppState {
+            agent_auth,
             auth: Arc::new(AuthChain::api_tokens(db.clone())),
             config: Arc::new(config),
             db,

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use lumie_contract::agent_api::{AppHealth, ConnectionStatus, LifecycleState};
-use lumie_contract::workspace;
+use lumie_contract::{labels, workspace};
 
 use crate::model::{
     AgentView, BuildRecord, BuildStatus, DesiredState, Transition, WorkspaceStatus,
@@ -39,6 +39,22 @@ pub struct PodObservation {
     pub container_problem: Option<String>,
     /// Pod-level failure message.
     pub failure: Option<String>,
+}
+
+/// The webhook's created-by stamp on a pod ([`labels::CREATED_BY`]), when it has one.
+pub fn created_by(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(labels::CREATED_BY)
+        .map(String::as_str)
+}
+
+/// Whether a pod with the workspace labels is one the control plane created: the webhook
+/// stamps [`labels::CREATED_BY`] with the creator's username and lets nobody else set it, so
+/// a pod without the control plane's name there was made by someone else, labels or not.
+pub fn created_by_control_plane(created_by: Option<&str>, control_plane: &str) -> bool {
+    created_by == Some(control_plane)
 }
 
 /// Reads a pod into a [`PodObservation`].
@@ -98,14 +114,14 @@ pub fn observe_pod(pod: &Pod) -> PodObservation {
     }
 }
 
-/// What the cluster shows for one workspace.
+/// What the cluster shows for one workspace (its pod only when the control plane created it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterView {
     /// The pod, when it exists.
     pub pod: Option<PodObservation>,
     /// The home PVC exists.
     pub pvc_exists: bool,
-    /// The agent Secret exists.
+    /// An agent Secret exists (older versions created one; it is deleted with the workspace).
     pub secret_exists: bool,
     /// Latest FailedScheduling event message for the pod (used when the condition lacks one).
     pub scheduling_event: Option<String>,
@@ -140,16 +156,11 @@ pub fn pod_just_created(build: Option<&BuildRecord>, now_ms: i64) -> bool {
     })
 }
 
-/// What besides the pod a running workspace lacks (its home volume, its agent Secret), when a
-/// recreated pod alone could not start: the reconciler does not recreate it then, and the
-/// status says so. One rule for both.
+/// What besides the pod a running workspace lacks (its home volume), when a recreated pod
+/// alone could not start: the reconciler does not recreate it then, and the status says so.
+/// One rule for both. (No agent Secret is needed: the agent uses its pod's projected token.)
 pub fn missing_home_parts(cluster: &ClusterView) -> Option<&'static str> {
-    match (cluster.pvc_exists, cluster.secret_exists) {
-        (true, true) => None,
-        (false, true) => Some("its home volume"),
-        (true, false) => Some("its agent Secret"),
-        (false, false) => Some("its home volume and agent Secret"),
-    }
+    (!cluster.pvc_exists).then_some("its home volume")
 }
 
 /// The status and reason of a workspace at `now_ms`.
@@ -172,19 +183,13 @@ pub fn derive(
                 );
             }
             (BuildStatus::Running, Transition::Start) => {
-                return (
-                    S::Starting,
-                    "creating the Secret, home volume and pod".into(),
-                );
+                return (S::Starting, "creating the home volume and pod".into());
             }
             (BuildStatus::Running, Transition::Stop) => {
                 return (S::Stopping, "deleting the pod".into());
             }
             (BuildStatus::Running, Transition::Delete) => {
-                return (
-                    S::Deleting,
-                    "deleting the pod, home volume and Secret".into(),
-                );
+                return (S::Deleting, "deleting the pod and home volume".into());
             }
             (BuildStatus::Failed, t) => {
                 return (
@@ -204,7 +209,7 @@ pub fn derive(
             if cluster.pod.is_some() || cluster.pvc_exists || cluster.secret_exists {
                 (
                     S::Deleting,
-                    "waiting for the pod, home volume and Secret to be removed".into(),
+                    "waiting for the pod and home volume (and any agent Secret an older version left) to be removed".into(),
                 )
             } else {
                 (S::Deleted, String::new())
@@ -548,13 +553,31 @@ mod tests {
                 "is missing and so is its home volume; start the workspace again",
             ),
             (
-                "pod gone with its agent Secret",
+                "pod gone, no agent Secret (none is needed): recreated",
                 D::Running,
                 Some(&old_start),
                 &pvc_only,
                 None,
+                S::Starting,
+                "missing; recreating",
+            ),
+            (
+                "pod gone with its home volume, no Secret",
+                D::Running,
+                Some(&old_start),
+                &none,
+                None,
                 S::Failed,
-                "is missing and so is its agent Secret",
+                "is missing and so is its home volume; start the workspace again",
+            ),
+            (
+                "deleted, only an old version's agent Secret left",
+                D::Deleted,
+                None,
+                &secret_only,
+                None,
+                S::Deleting,
+                "agent Secret an older version left",
             ),
             (
                 "pod created, not reported by the watch yet",

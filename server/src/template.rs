@@ -1,5 +1,9 @@
 //! The workspace template: a config file (images, resources, env, home volume) and the pure
-//! functions that turn it plus a workspace into the Secret, PVC and Pod the server applies.
+//! functions that turn it plus a workspace into the PVC and Pod the server applies.
+//!
+//! The agent authenticates with the pod's own projected ServiceAccount token (audience
+//! [`workspace::AGENT_TOKEN_AUDIENCE`], mounted read-only into `dev`, refreshed by the kubelet):
+//! no Secret that every `dev-workspace` holder could read.
 //!
 //! The pod passes the webhook by construction: ServiceAccount `dev-workspace`, required node
 //! affinity away from the contract's avoid labels, only `dind` privileged (with a `docker:*dind*`
@@ -8,12 +12,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, ResourceRequirements, Secret,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, ProjectedVolumeSource, ResourceRequirements,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::core::v1::{
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
@@ -30,6 +34,18 @@ use crate::error::{Error, Result};
 /// The agent bootstrap script (`agent/init-script.sh`, no placeholders: it reads the pod's
 /// environment), run as the `dev` container's entry and served at `/api/v2/init-script/…`.
 pub const INIT_SCRIPT: &str = include_str!("../../agent/init-script.sh");
+
+/// The projected volume holding the agent's token.
+pub const AGENT_TOKEN_VOLUME: &str = "agent-token";
+
+/// Where the agent's token file is inside `dev` (`CODER_AGENT_TOKEN_FILE`).
+pub fn agent_token_path() -> String {
+    format!(
+        "{}/{}",
+        workspace::AGENT_TOKEN_DIR,
+        workspace::AGENT_TOKEN_FILE_NAME
+    )
+}
 
 /// Images of the three containers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,6 +202,7 @@ impl Template {
             if [
                 workspace::ENV_AGENT_URL,
                 workspace::ENV_AGENT_TOKEN,
+                workspace::ENV_AGENT_TOKEN_FILE,
                 workspace::ENV_POD_IP,
             ]
             .contains(&e.name.as_str())
@@ -214,19 +231,6 @@ impl Template {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             labels: Some(labels),
-            ..Default::default()
-        }
-    }
-
-    /// The agent-token Secret.
-    pub fn secret(&self, ws: &WorkspaceRef<'_>, namespace: &str, token: &str) -> Secret {
-        Secret {
-            metadata: Self::meta(&ws.names.agent_secret, namespace, Self::labels(ws)),
-            type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([(
-                workspace::SECRET_TOKEN_KEY.into(),
-                ByteString(token.as_bytes().to_vec()),
-            )])),
             ..Default::default()
         }
     }
@@ -279,18 +283,7 @@ impl Template {
         };
         let mut env = vec![
             value(workspace::ENV_AGENT_URL, agent_url),
-            EnvVar {
-                name: workspace::ENV_AGENT_TOKEN.into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: ws.names.agent_secret.clone(),
-                        key: workspace::SECRET_TOKEN_KEY.into(),
-                        optional: Some(false),
-                    }),
-                    ..Default::default()
-                }),
-            },
+            value(workspace::ENV_AGENT_TOKEN_FILE, &agent_token_path()),
             EnvVar {
                 name: workspace::ENV_POD_IP.into(),
                 value: None,
@@ -317,11 +310,19 @@ impl Template {
             ports: Some(vec![Self::port(apps::TILT), Self::port(apps::CODE_SERVER)]),
             resources: Some(self.resources.dev.clone()),
             security_context: Some(Self::baseline_security()),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "home".into(),
-                mount_path: workspace::HOME_MOUNT_PATH.into(),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: "home".into(),
+                    mount_path: workspace::HOME_MOUNT_PATH.into(),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: AGENT_TOKEN_VOLUME.into(),
+                    mount_path: workspace::AGENT_TOKEN_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+            ]),
             working_dir: Some(workspace::HOME_MOUNT_PATH.into()),
             ..Default::default()
         };
@@ -391,6 +392,23 @@ impl Template {
                     Volume {
                         name: "docker".into(),
                         empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    },
+                    Volume {
+                        name: AGENT_TOKEN_VOLUME.into(),
+                        projected: Some(ProjectedVolumeSource {
+                            sources: Some(vec![VolumeProjection {
+                                service_account_token: Some(ServiceAccountTokenProjection {
+                                    audience: Some(workspace::AGENT_TOKEN_AUDIENCE.into()),
+                                    expiration_seconds: Some(
+                                        workspace::AGENT_TOKEN_EXPIRATION_SECONDS,
+                                    ),
+                                    path: workspace::AGENT_TOKEN_FILE_NAME.into(),
+                                }),
+                                ..Default::default()
+                            }]),
+                            default_mode: None,
+                        }),
                         ..Default::default()
                     },
                 ]),
@@ -473,14 +491,53 @@ mod tests {
             env["CODER_AGENT_URL"].value.as_deref(),
             Some("http://coder.coder.svc.cluster.local")
         );
-        let token_ref = env["CODER_AGENT_TOKEN"]
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
+        // The agent's token: the pod's own projected token, no Secret.
+        assert!(!env.contains_key("CODER_AGENT_TOKEN"));
+        assert_eq!(
+            env["CODER_AGENT_TOKEN_FILE"].value.as_deref(),
+            Some("/var/run/secrets/coder.lumie-infra.com/agent/token")
+        );
+        let mount = dev
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == AGENT_TOKEN_VOLUME)
             .unwrap();
-        assert_eq!(token_ref.name, "coder-alice-dev-agent");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/var/run/secrets/coder.lumie-infra.com/agent", Some(true))
+        );
+        let projected = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == AGENT_TOKEN_VOLUME)
+            .and_then(|v| v.projected.as_ref())
+            .unwrap();
+        let sources = projected.sources.as_ref().unwrap();
+        assert_eq!(sources.len(), 1);
+        let sat = sources[0].service_account_token.as_ref().unwrap();
+        assert_eq!(
+            (
+                sat.audience.as_deref(),
+                sat.expiration_seconds,
+                sat.path.as_str()
+            ),
+            (Some("lumie-coder-agent"), Some(3600), "token")
+        );
+        assert!(
+            spec.volumes.iter().flatten().all(|v| v.secret.is_none()),
+            "no Secret volume"
+        );
+        assert!(
+            spec.containers
+                .iter()
+                .all(|c| c.env.iter().flatten().all(|e| e
+                    .value_from
+                    .as_ref()
+                    .is_none_or(|f| f.secret_key_ref.is_none()))),
+            "no Secret env"
+        );
         assert_eq!(
             env["POD_IP"]
                 .value_from
@@ -498,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn pvc_and_secret_from_the_template() {
+    fn pvc_from_the_template() {
         let t = Template::default();
         let n = names();
         let ws = WorkspaceRef {
@@ -514,8 +571,6 @@ mod tests {
             spec.resources.unwrap().requests.unwrap()["storage"],
             Quantity("30Gi".into())
         );
-        let s = t.secret(&ws, "lumie-dev", "tok");
-        assert_eq!(s.data.unwrap()["token"], ByteString(b"tok".to_vec()));
     }
 
     #[test]
@@ -540,6 +595,10 @@ mod tests {
             ("avoidNodeLabels: []\n", "avoidNodeLabels"),
             (
                 "env:\n  - name: CODER_AGENT_TOKEN\n    value: x\n",
+                "set by the server",
+            ),
+            (
+                "env:\n  - name: CODER_AGENT_TOKEN_FILE\n    value: /x\n",
                 "set by the server",
             ),
             ("images: [\n", "t.yaml"),

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use lumie_contract::agent_api::{AppHealth, HeartbeatRequest, LifecycleState};
 use lumie_server::api::{BuildJson, KeyJson, ReadyJson, UserJson, WorkspaceJson, WorkspacesJson};
 use lumie_server::config::Config;
-use lumie_server::db::{Db, hash_token};
+use lumie_server::db::Db;
 use lumie_server::model::{AgentRecord, WorkspaceStatus};
 use lumie_server::state::AppState;
 use lumie_server::status::{ClusterView, PodObservation};
@@ -23,6 +23,8 @@ use tower::ServiceExt;
 
 struct Api {
     state: AppState,
+    /// The agents the agent API knows (no cluster here to review their tokens).
+    agents: std::sync::Arc<lumie_server::agent_api::FixedAgents>,
     admin_token: String,
     _dir: tempfile::TempDir,
 }
@@ -34,8 +36,13 @@ async fn api_with(db: Db, dir: tempfile::TempDir, edit: impl FnOnce(&mut Config)
     let state = AppState::new(config, db, Template::default(), None)
         .await
         .unwrap();
+    let agents = std::sync::Arc::new(lumie_server::agent_api::FixedAgents::new(
+        state.agent_auth.expected_username(),
+    ));
+    state.agent_auth.install(agents.clone(), agents.clone());
     Api {
         state,
+        agents,
         admin_token,
         _dir: dir,
     }
@@ -430,7 +437,7 @@ async fn health_ready_and_metrics() {
     assert!(message(&b).contains("no route"));
 }
 
-/// Makes the agent of a workspace known with `token`, as a start build does.
+/// Makes the agent of a workspace known with `token`, as a start build and its pod do.
 async fn give_agent_token(api: &Api, workspace_id: &str, token: &str) -> AgentRecord {
     let agent = api
         .state
@@ -439,11 +446,8 @@ async fn give_agent_token(api: &Api, workspace_id: &str, token: &str) -> AgentRe
         .await
         .unwrap()
         .unwrap();
-    api.state
-        .agents
-        .restart(workspace_id, Some(&hash_token(token)))
-        .await
-        .unwrap();
+    api.state.agents.restart(workspace_id).await.unwrap();
+    api.agents.add(token, workspace_id);
     let fresh = api
         .state
         .db

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -18,6 +18,9 @@ use lumie_contract::workspace;
 const MANAGER: &str = "lumie-harness";
 /// The Role the control plane's ServiceAccount holds in `lumie-dev`, as the chart grants it.
 pub const CONTROL_PLANE_ROLE: &str = "lumie-coder-server";
+/// The ClusterRole (and binding) letting the control plane review agents' tokens, as the
+/// chart grants it.
+pub const CONTROL_PLANE_TOKEN_REVIEWS: &str = "lumie-coder-server-tokenreviews";
 
 /// Installs everything the tests expect a cluster to have.
 pub async fn install(client: &Client) -> Result<(), HarnessError> {
@@ -62,6 +65,27 @@ pub async fn install(client: &Client) -> Result<(), HarnessError> {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": CONTROL_PLANE_ROLE, "namespace": workspace::NAMESPACE},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROL_PLANE_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": "coder", "namespace": workspace::CONTROL_PLANE_NAMESPACE}]
+        }),
+    )
+    .await?;
+    apply(
+        &Api::<ClusterRole>::all(client.clone()),
+        CONTROL_PLANE_TOKEN_REVIEWS,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": CONTROL_PLANE_TOKEN_REVIEWS},
+            "rules": [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+        }),
+    )
+    .await?;
+    apply(
+        &Api::<ClusterRoleBinding>::all(client.clone()),
+        CONTROL_PLANE_TOKEN_REVIEWS,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": CONTROL_PLANE_TOKEN_REVIEWS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROL_PLANE_TOKEN_REVIEWS},
             "subjects": [{"kind": "ServiceAccount", "name": "coder", "namespace": workspace::CONTROL_PLANE_NAMESPACE}]
         }),
     )

@@ -282,10 +282,7 @@ impl Cluster {
         let admin = cluster.client().await;
         crate::bootstrap::install(&admin).await?;
         crate::nodes::create_all(&admin).await?;
-        cluster
-            .simulator
-            .clone()
-            .run(admin, cluster.dir.join("pids"));
+        cluster.simulator.clone().run(admin, cluster.dir.clone());
 
         if shared {
             // Statics are never dropped: from here on the watchdog owns the cleanup.

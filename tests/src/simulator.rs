@@ -1,7 +1,11 @@
 //! Stand-ins for the parts of a node and of kube-controller-manager the tests need:
 //! - a kubelet (kwok-like): every pod the real scheduler binds is set Running with a distinct
 //!   pod IP in 127.0.0.0/8 and Ready conditions, and a configurable [`PodAction`] runs for it as a
-//!   local process (the workspace agent, say); deleting the pod stops that process;
+//!   local process (the workspace agent, say); deleting the pod stops that process. Its
+//!   projected ServiceAccount token volumes are filled as the kubelet fills them: a TokenRequest
+//!   bound to the pod, with the source's audience and lifetime, written to a local folder per
+//!   volume ([`PodContext::local_path`] maps a container path into it) and refreshed at 80 % of
+//!   the lifetime;
 //! - the token controller: every ServiceAccount gets a `kubernetes.io/service-account-token`
 //!   Secret, so the ServiceAccount admission plugin admits pods that use it;
 //! - a PV binder: every pending claim gets a PersistentVolume and is bound to it.
@@ -16,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
 };
@@ -36,6 +41,87 @@ pub struct PodContext {
     /// Each container's environment, resolved as a kubelet would (values, `fieldRef`,
     /// `secretKeyRef`, `configMapKeyRef`), by container name.
     pub env: BTreeMap<String, BTreeMap<String, String>>,
+    /// The local folder of each volume the simulator fills (projected ServiceAccount tokens),
+    /// by volume name.
+    pub volumes: BTreeMap<String, PathBuf>,
+}
+
+impl PodContext {
+    /// A container's resolved environment with every value that is a path under a filled
+    /// volume's mount mapped to where that is on this machine (`CODER_AGENT_TOKEN_FILE`, say),
+    /// as the local process sees the pod's files.
+    pub fn local_env(&self, container: &str) -> BTreeMap<String, String> {
+        self.env
+            .get(container)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let v = match self.local_path(container, v) {
+                    Some(p) if v.starts_with('/') => p.display().to_string(),
+                    _ => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Where `path` inside `container` is on this machine, when it lies under a mount of a
+    /// volume the simulator fills (the longest matching mount path wins).
+    pub fn local_path(&self, container: &str, path: &str) -> Option<PathBuf> {
+        let spec = self.pod.spec.as_ref()?;
+        let c = spec.containers.iter().find(|c| c.name == container)?;
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| {
+                let dir = self.volumes.get(&m.name)?;
+                let mount = m.mount_path.trim_end_matches('/');
+                let rest = path.strip_prefix(mount)?;
+                (rest.is_empty() || rest.starts_with('/')).then(|| {
+                    let rest = rest.trim_start_matches('/');
+                    (
+                        mount.len(),
+                        if rest.is_empty() {
+                            dir.clone()
+                        } else {
+                            dir.join(rest)
+                        },
+                    )
+                })
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, p)| p)
+    }
+}
+
+/// A token of `namespace/service_account` for `audience`, valid `expiration_seconds`, bound to
+/// `pod` (name, uid) when given — what the kubelet asks for a projected token (and, unbound,
+/// what anyone holding the account may ask for).
+pub async fn request_token(
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    audience: &str,
+    expiration_seconds: i64,
+    pod: Option<(&str, &str)>,
+) -> Result<String, kube::Error> {
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_string()],
+            expiration_seconds: Some(expiration_seconds),
+            bound_object_ref: pod.map(|(name, uid)| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(name.into()),
+                uid: Some(uid.into()),
+            }),
+        },
+        ..Default::default()
+    };
+    let answer = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &req)
+        .await?;
+    Ok(answer.status.map(|s| s.token).unwrap_or_default())
 }
 
 /// Something the simulator runs for a started pod.
@@ -57,15 +143,19 @@ pub struct Simulator {
 struct Started {
     ip: Ipv4Addr,
     child: Option<Child>,
+    /// Token refreshers and the pod's volume folder, ended and removed with the pod.
+    refreshers: Vec<tokio::task::JoinHandle<()>>,
+    volume_dir: Option<PathBuf>,
 }
 
 impl Simulator {
-    /// Starts the kubelet, token-controller and PV-binder loops.
-    pub(crate) fn run(self: Arc<Self>, client: Client, pid_dir: PathBuf) {
+    /// Starts the kubelet, token-controller and PV-binder loops; pids and pod volumes are kept
+    /// under `dir`.
+    pub(crate) fn run(self: Arc<Self>, client: Client, dir: PathBuf) {
         let me = self.clone();
         let c = client.clone();
         let tasks = vec![
-            tokio::spawn(async move { me.kubelet_loop(c, pid_dir).await }),
+            tokio::spawn(async move { me.kubelet_loop(c, dir).await }),
             tokio::spawn(token_controller_loop(client.clone())),
             tokio::spawn(pv_binder_loop(client)),
         ];
@@ -87,7 +177,7 @@ impl Simulator {
         started.clear();
     }
 
-    async fn kubelet_loop(self: Arc<Self>, client: Client, pid_dir: PathBuf) {
+    async fn kubelet_loop(self: Arc<Self>, client: Client, dir: PathBuf) {
         let pods = Api::<Pod>::all(client.clone());
         loop {
             let mut stream = watcher(pods.clone(), watcher::Config::default())
@@ -105,8 +195,8 @@ impl Simulator {
                     watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                         let me = self.clone();
                         let client = client.clone();
-                        let pid_dir = pid_dir.clone();
-                        tokio::spawn(async move { me.on_pod(client, pod, pid_dir).await });
+                        let dir = dir.clone();
+                        tokio::spawn(async move { me.on_pod(client, pod, dir).await });
                     }
                     watcher::Event::Delete(pod) => {
                         let me = self.clone();
@@ -118,7 +208,8 @@ impl Simulator {
         }
     }
 
-    async fn on_pod(self: Arc<Self>, client: Client, pod: Pod, pid_dir: PathBuf) {
+    async fn on_pod(self: Arc<Self>, client: Client, pod: Pod, dir: PathBuf) {
+        let pid_dir = dir.join("pids");
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             return;
         };
@@ -158,14 +249,33 @@ impl Simulator {
                 ((n / 250) % 250) as u8,
                 (n % 250 + 2) as u8,
             );
-            started.insert(key.clone(), Started { ip, child: None });
+            started.insert(
+                key.clone(),
+                Started {
+                    ip,
+                    child: None,
+                    refreshers: Vec::new(),
+                    volume_dir: None,
+                },
+            );
             ip
         };
         let env = resolve_env(&client, &pod, ip).await;
+        let volume_dir = dir.join("volumes").join(format!(
+            "{ns}-{}-{}",
+            pod.name_any(),
+            pod.uid().unwrap_or_default()
+        ));
+        let (volumes, refreshers) = project_tokens(&client, &pod, &volume_dir).await;
+        if let Some(s) = self.started.lock().expect("simulator lock").get_mut(&key) {
+            s.refreshers = refreshers;
+            s.volume_dir = Some(volume_dir);
+        }
         let ctx = PodContext {
             pod: pod.clone(),
             pod_ip: ip,
             env,
+            volumes,
         };
         let action = self.action.read().expect("action lock").clone();
         if let Some(mut cmd) = action.and_then(|a| a.command(&ctx)) {
@@ -221,6 +331,19 @@ impl Simulator {
             return;
         };
         let _ = s.ip;
+        // Volumes go once the containers are gone, as the kubelet unmounts them.
+        struct Cleanup(Vec<tokio::task::JoinHandle<()>>, Option<PathBuf>);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                for r in self.0.drain(..) {
+                    r.abort();
+                }
+                if let Some(d) = self.1.take() {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
+        let _cleanup = Cleanup(std::mem::take(&mut s.refreshers), s.volume_dir.take());
         let Some(child) = s.child.as_mut() else {
             return;
         };
@@ -262,6 +385,99 @@ fn signal_group(pid: u32, signal: &str) {
         .args([format!("-{signal}"), "--".into(), format!("-{pid}")])
         .stderr(Stdio::null())
         .status();
+}
+
+/// Fills the pod's projected ServiceAccount token volumes under `dir` (one folder per volume)
+/// and starts a refresher for each token, as the kubelet does.
+async fn project_tokens(
+    client: &Client,
+    pod: &Pod,
+    dir: &std::path::Path,
+) -> (BTreeMap<String, PathBuf>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut volumes = BTreeMap::new();
+    let mut refreshers = Vec::new();
+    let ns = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sa = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let (name, uid) = (pod.name_any(), pod.uid().unwrap_or_default());
+    for v in spec.volumes.iter().flatten() {
+        let Some(projected) = &v.projected else {
+            continue;
+        };
+        let vdir = dir.join(&v.name);
+        if let Err(e) = std::fs::create_dir_all(&vdir) {
+            eprintln!("lumie harness: volume {} of pod {ns}/{name}: {e}", v.name);
+            continue;
+        }
+        for src in projected.sources.iter().flatten() {
+            let Some(t) = &src.service_account_token else {
+                continue;
+            };
+            let audience = t.audience.clone().unwrap_or_default();
+            let expiration = t.expiration_seconds.unwrap_or(3600);
+            let file = vdir.join(&t.path);
+            let write = {
+                let (client, ns, sa, name, uid, file) = (
+                    client.clone(),
+                    ns.clone(),
+                    sa.clone(),
+                    name.clone(),
+                    uid.clone(),
+                    file.clone(),
+                );
+                let audience = audience.clone();
+                move || {
+                    let (client, ns, sa, name, uid, file, audience) = (
+                        client.clone(),
+                        ns.clone(),
+                        sa.clone(),
+                        name.clone(),
+                        uid.clone(),
+                        file.clone(),
+                        audience.clone(),
+                    );
+                    async move {
+                        match request_token(
+                            &client,
+                            &ns,
+                            &sa,
+                            &audience,
+                            expiration,
+                            Some((&name, &uid)),
+                        )
+                        .await
+                        {
+                            Ok(token) => {
+                                let tmp = file.with_extension("tmp");
+                                if std::fs::write(&tmp, token)
+                                    .and_then(|_| std::fs::rename(&tmp, &file))
+                                    .is_err()
+                                {
+                                    eprintln!("lumie harness: writing {}", file.display());
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("lumie harness: TokenRequest for pod {ns}/{name}: {e}")
+                            }
+                        }
+                    }
+                }
+            };
+            write().await;
+            let every = Duration::from_secs((expiration.max(1) as u64) * 4 / 5);
+            refreshers.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    write().await;
+                }
+            }));
+        }
+        volumes.insert(v.name.clone(), vdir);
+    }
+    (volumes, refreshers)
 }
 
 async fn resolve_env(

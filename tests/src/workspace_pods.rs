@@ -1,6 +1,7 @@
 //! Running workspace pods for real on the simulated nodes: the `dev` container's entry (the
-//! agent init script) as a local process with the pod's environment, so the script downloads the
-//! agent from the control plane and the agent reports in, as in a real pod.
+//! agent init script) as a local process with the pod's environment (paths into the projected
+//! token volume mapped to where the simulator wrote the token), so the script downloads the
+//! agent from the control plane and the agent reports in with its pod's token, as in a real pod.
 //!
 //! Also the pieces around it: where the built `lumie-agent` binary is, the stand-in apps the
 //! agent checks and forwards to, and the overlay's `dev-workspace` Service.
@@ -77,7 +78,7 @@ impl PodAction for DevContainerRunner {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &home)
-            .envs(ctx.env.get(workspace::CONTAINER_DEV).into_iter().flatten())
+            .envs(ctx.local_env(workspace::CONTAINER_DEV))
             .env("LUMIE_AGENT_BIN_DIR", pod_dir.join("bin"))
             .env("LUMIE_AGENT_HOME_DIR", &home)
             .env("LUMIE_INIT_RETRY_DELAY", "1")

@@ -5,6 +5,12 @@
 //! stand-ins; a killed stand-in turns its app unhealthy within its threshold; a restarted server
 //! is reconnected to; stopping the workspace stops the agent, which reports `off`.
 //!
+//! The agent authenticates with its pod's projected token (the node simulator requests and
+//! writes it as the kubelet does; the server checks it with a TokenReview): tokens of another
+//! audience, of no pod, of another pod, or the developer identity's own are refused, and a pod
+//! posing as the workspace is refused by the webhook or, admitted without it, deleted by the
+//! reconciler and never routed to.
+//!
 //! One test, in order: the stand-in apps listen on the contract's fixed ports on 127.0.0.1, so
 //! only one workspace with a live agent runs at a time in this binary.
 
@@ -13,12 +19,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use lumie_contract::agent_api::AppHealth;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use lumie_contract::agent_api::{AppHealth, HEARTBEAT_PATH};
+use lumie_contract::{labels, workspace};
 use lumie_server::api::WorkspaceJson;
 use lumie_server::config::Config;
 use lumie_server::serve::Running;
+use lumie_tests::simulator::request_token;
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
-use lumie_tests::{Cluster, admission, bootstrap, control_plane};
+use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane};
 use lumie_webhook::server::{PolicySource, ServeConfig};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
@@ -115,6 +126,9 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
         key,
     );
     webhook_config.policy = PolicySource::Watch(admin.clone());
+    // The server's identity in the harness: the webhook stamps it on the pods it creates, and
+    // the server trusts only pods carrying it.
+    webhook_config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
     let webhook = lumie_webhook::server::start(webhook_config).await.unwrap();
     admission::register_webhooks(
         &admin,
@@ -245,6 +259,187 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     }
     socket.close(None).await.ok();
 
+    // Only the workspace pod's own projected token heartbeats for it. Every workspace holds the
+    // same `dev-workspace` account, so the account alone proves nothing.
+    let ns = workspace::NAMESPACE;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let pod = pods.get(&created.pod_name).await.unwrap();
+    let (pod_name, pod_uid) = (pod.name_any(), pod.uid().unwrap());
+    assert_eq!(
+        server.state.agent_auth.reviews(),
+        1,
+        "every heartbeat so far rode one TokenReview of the agent's token"
+    );
+    let heartbeats_so_far = server.state.metrics.heartbeats.get();
+    assert!(heartbeats_so_far >= 2, "{heartbeats_so_far}");
+    let heartbeat = |token: String| {
+        let (http, url) = (stack.http.clone(), format!("{url}{HEARTBEAT_PATH}"));
+        async move {
+            let r = http
+                .post(url)
+                .header("Coder-Session-Token", token)
+                .json(&serde_json::json!({
+                    "lifecycle": "ready", "version": "agent-e2e",
+                    "apps": {"tilt": "healthy", "code-server": "healthy", "agents": "healthy"}
+                }))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let aud = workspace::AGENT_TOKEN_AUDIENCE;
+    let sa = "dev-workspace";
+    let own = request_token(&admin, ns, sa, aud, 600, Some((&pod_name, &pod_uid)))
+        .await
+        .unwrap();
+    assert_eq!(heartbeat(own).await.0, 200, "control: the pod's own token");
+    let wrong_audience = request_token(
+        &admin,
+        ns,
+        sa,
+        "https://kubernetes.default.svc.cluster.local",
+        600,
+        Some((&pod_name, &pod_uid)),
+    )
+    .await
+    .unwrap();
+    let unbound = request_token(&admin, ns, sa, aud, 600, None).await.unwrap();
+    // A pod the developer may create (no workspace labels), running as the same account.
+    let plain: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "plain-dev-pod"},
+        "spec": {"serviceAccountName": sa, "containers": [{"name": "sh", "image": "busybox",
+                 "securityContext": {"allowPrivilegeEscalation": false}}]}
+    }))
+    .unwrap();
+    let developer: Api<Pod> = Api::namespaced(cluster.client_as(Identity::Developer).await, ns);
+    let plain = developer
+        .create(&PostParams::default(), &plain)
+        .await
+        .unwrap();
+    let other_pod = request_token(
+        &admin,
+        ns,
+        sa,
+        aud,
+        600,
+        Some((&plain.name_any(), &plain.uid().unwrap())),
+    )
+    .await
+    .unwrap();
+    for (what, token, reason) in [
+        (
+            "a token of another audience",
+            wrong_audience,
+            "not valid for audience",
+        ),
+        (
+            "the account's token bound to no pod",
+            unbound,
+            "not bound to a pod",
+        ),
+        (
+            "the developer identity's own token",
+            cluster.token(Identity::Developer).to_string(),
+            "not valid for audience",
+        ),
+        (
+            "another (non-workspace) pod's token",
+            other_pod,
+            "plain-dev-pod is not a workspace pod the control plane created",
+        ),
+        ("no token at all", String::new(), "agent token missing"),
+    ] {
+        let (status, body) = heartbeat(token).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body.contains(reason), "{what}: {body}");
+    }
+    developer
+        .delete("plain-dev-pod", &Default::default())
+        .await
+        .unwrap();
+
+    // Posing as the workspace with a pod of one's own: the webhook refuses the labels to
+    // anyone but the control plane...
+    let impostor = |name: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {
+                labels::MANAGED_BY: labels::MANAGED_BY_LUMIE, labels::OWNER: "admin",
+                labels::WORKSPACE: "agent-e2e", labels::WORKSPACE_ID: id}},
+            "spec": {"serviceAccountName": sa, "containers": [{"name": "sh", "image": "busybox",
+                     "securityContext": {"allowPrivilegeEscalation": false}}]}
+        }))
+        .unwrap()
+    };
+    let err = developer
+        .create(&PostParams::default(), &impostor("posing-pod"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only the control plane"), "{err}");
+    // ...and one admitted anyway (here: while the webhook does not guard the namespace, as
+    // before it was installed) is never taken for the workspace's pod: the reconciler deletes
+    // it, and the proxy keeps reaching the real one.
+    admission::register_webhooks(
+        &admin,
+        &format!("https://127.0.0.1:{}", webhook.addr.port()),
+        cluster.ca().cert_pem(),
+        &["lumie-e2e-unguarded"],
+    )
+    .await
+    .unwrap();
+    let admitted = pods
+        .create(&PostParams::default(), &impostor("posing-pod"))
+        .await;
+    admission::register_webhooks(
+        &admin,
+        &format!("https://127.0.0.1:{}", webhook.addr.port()),
+        cluster.ca().cert_pem(),
+        &[],
+    )
+    .await
+    .unwrap();
+    let admitted = admitted.unwrap();
+    assert!(
+        admitted.annotations().get(labels::CREATED_BY).is_none(),
+        "admitted without the webhook's stamp"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert_eq!(
+            server.state.cluster.pod_ip(&id),
+            pods.get(&created.pod_name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.pod_ip),
+            "the workspace's view keeps the real pod"
+        );
+        match pods.get_opt("posing-pod").await.unwrap() {
+            Some(p) if p.metadata.deletion_timestamp.is_none() => {}
+            _ => break,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the impostor pod was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = stack
+        .http
+        .get(format!("{url}/@admin/agent-e2e/apps/tilt/after-impostor"))
+        .header("Coder-Session-Token", &token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "tilt stand-in: /after-impostor");
+    // One review per distinct token: the agent's, the control's, and the four refused ones
+    // (an absent token costs none).
+    assert_eq!(server.state.agent_auth.reviews(), 6);
+
     // A stand-in killed → its app unhealthy within the threshold (2 × 200 ms, reported at once).
     apps.stop_one("agents");
     let killed = Instant::now();
@@ -305,6 +500,15 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     stack
         .wait_for("the workspace to stop", &id, 60, &log, |w| is(w, "stopped"))
         .await;
+
+    // The restarted server saw the agent's heartbeats until `off`, for one TokenReview.
+    let (beats, reviews) = (
+        server.state.metrics.heartbeats.get(),
+        server.state.agent_auth.reviews(),
+    );
+    println!("restarted server: {beats} heartbeats, {reviews} TokenReview(s)");
+    assert!(beats >= 3, "{beats}");
+    assert_eq!(reviews, 1);
 
     cluster.clear_pod_action();
     server.shutdown().await;

@@ -818,6 +818,15 @@ fn rbac_reaches_only_workspace_namespaces_and_policies() {
         assert_eq!(rb["roleRef"]["kind"], "Role");
     }
     for cr in all(&docs, "ClusterRole") {
+        if cr["metadata"]["name"] == "lumie-coder-server-tokenreviews" {
+            // Agents' projected tokens are checked with a TokenReview: create, nothing else.
+            assert_eq!(
+                cr["rules"],
+                json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]),
+                "{cr}"
+            );
+            continue;
+        }
         for rule in cr["rules"].as_array().unwrap() {
             assert_eq!(
                 strings(&rule["apiGroups"]),
@@ -829,6 +838,13 @@ fn rbac_reaches_only_workspace_namespaces_and_policies() {
             }
         }
     }
+    let binding = find(
+        &docs,
+        "ClusterRoleBinding",
+        "lumie-coder-server-tokenreviews",
+    );
+    assert_eq!(binding["subjects"][0]["name"], "coder");
+    assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
     let webhook_role = find(&docs, "ClusterRole", "lumie-webhook-policies");
     for rule in webhook_role["rules"].as_array().unwrap() {
         if strings(&rule["resources"]) == ["workspacepolicies"] {
@@ -1173,6 +1189,12 @@ async fn install() -> Installed {
     ] {
         let _ = rbs.delete(name, &DeleteParams::default()).await;
     }
+    let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
+        .delete(
+            lumie_tests::bootstrap::CONTROL_PLANE_TOKEN_REVIEWS,
+            &DeleteParams::default(),
+        )
+        .await;
     let _ = roles
         .delete(
             lumie_tests::bootstrap::CONTROL_PLANE_ROLE,
@@ -1187,6 +1209,17 @@ async fn install() -> Installed {
         let allowed = can(&client, user, verb, "", resource, ns, None).await;
         before.push((format!("{user} {verb} {resource} in {ns}"), allowed));
     }
+    let allowed = can(
+        &client,
+        SERVER_USER,
+        "create",
+        "authentication.k8s.io",
+        "tokenreviews",
+        "",
+        None,
+    )
+    .await;
+    before.push((format!("{SERVER_USER} create tokenreviews"), allowed));
 
     // The real install: the overlay, then the control plane (hooks excluded: the default
     // policy goes through the webhook, which is not running here).
@@ -1448,6 +1481,7 @@ async fn server_service_account_can_do_exactly_its_job() {
         ("list", "", "events", dev, None),
         ("get", "", "services", dev, Some(workspace::STABLE_SERVICE)),
         ("get", "", "serviceaccounts", dev, Some("dev-workspace")),
+        ("create", "authentication.k8s.io", "tokenreviews", "", None),
         (
             "list",
             "coder.lumie-infra.com",
@@ -1501,6 +1535,14 @@ async fn server_service_account_can_do_exactly_its_job() {
         ),
         ("list", "", "nodes", "", None),
         ("create", "", "namespaces", "", None),
+        ("create", "", "serviceaccounts/token", dev, None),
+        (
+            "create",
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            "",
+            None,
+        ),
         (
             "update",
             "coder.lumie-infra.com",

@@ -7,9 +7,9 @@
 //! its own server, so tests run in parallel without seeing each other's objects — except the
 //! scheduler test, which cordons every worker and so takes the nodes lock for writing.
 //!
-//! Workspace pods run a stand-in agent (a shell loop posting `ready` heartbeats with the token
-//! the kubelet resolved from the workspace Secret), so `running` means what it does in
-//! production: pod Running and agent ready.
+//! Workspace pods run a stand-in agent (a shell loop posting `ready` heartbeats with the pod's
+//! projected token, which the node simulator requested and wrote as the kubelet does), so
+//! `running` means what it does in production: pod Running and agent ready.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,11 +58,11 @@ struct StandInAgent;
 
 impl PodAction for StandInAgent {
     fn command(&self, ctx: &PodContext) -> Option<Command> {
-        let env = ctx.env.get(workspace::CONTAINER_DEV)?;
-        env.get(workspace::ENV_AGENT_TOKEN)?;
+        let env = ctx.local_env(workspace::CONTAINER_DEV);
+        env.get(workspace::ENV_AGENT_TOKEN_FILE)?;
         let mut c = Command::new("sh");
         c.arg("-c").arg(
-            r#"while :; do curl -fsS -m 2 -X POST -H "Coder-Session-Token: $CODER_AGENT_TOKEN" -H 'content-type: application/json' -d '{"lifecycle":"ready","apps":{"tilt":"healthy","code-server":"healthy","agents":"healthy"},"version":"stand-in"}' "$CODER_AGENT_URL/api/v2/workspaceagents/me/heartbeat" >/dev/null 2>&1; sleep 1; done"#,
+            r#"while :; do curl -fsS -m 2 -X POST -H "Coder-Session-Token: $(cat "$CODER_AGENT_TOKEN_FILE")" -H 'content-type: application/json' -d '{"lifecycle":"ready","apps":{"tilt":"healthy","code-server":"healthy","agents":"healthy"},"version":"stand-in"}' "$CODER_AGENT_URL/api/v2/workspaceagents/me/heartbeat" >/dev/null 2>&1; sleep 1; done"#,
         );
         c.env_clear();
         c.env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -102,6 +102,9 @@ fn shared() -> &'static Shared {
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
                 let mut config = lumie_webhook::server::ServeConfig::new(any, any, cert, key);
                 config.policy = lumie_webhook::server::PolicySource::File(policy);
+                // The server's identity in the harness: the webhook stamps it on the pods it
+                // creates, and the server trusts only pods carrying it.
+                config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
                 let server = lumie_webhook::server::start(config).await.unwrap();
                 admission::register_webhooks(
                     &client,
@@ -433,9 +436,20 @@ async fn create_stop_start_delete_through_the_webhook_and_scheduler() {
     assert_eq!(ws.agent.as_ref().unwrap().lifecycle_state, "ready");
 
     let (pods, pvcs, secrets) = objects(&admin, ns, &ws.id).await;
-    assert_eq!((pods.len(), pvcs.len(), secrets.len()), (1, 1, 1));
+    assert_eq!(
+        (pods.len(), pvcs.len(), secrets.len()),
+        (1, 1, 0),
+        "no agent Secret: the agent uses its pod's projected token"
+    );
     let pod = &pods[0];
     assert_eq!(pod.name_any(), "coder-alice-dev");
+    assert_eq!(
+        pod.annotations()
+            .get(labels::CREATED_BY)
+            .map(String::as_str),
+        Some(Identity::ControlPlane.username()),
+        "the webhook stamped the control plane as its creator"
+    );
     let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
     assert!(
         node.starts_with("worker-"),
@@ -461,9 +475,20 @@ async fn create_stop_start_delete_through_the_webhook_and_scheduler() {
         spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
         "30Gi"
     );
-    // The token the pod got is the one the server stored (hashed).
-    let token = String::from_utf8(secrets[0].data.as_ref().unwrap()["token"].0.clone()).unwrap();
-    assert!(token.len() >= 32);
+    let token_volume = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.projected.as_ref())
+        .and_then(|p| p.sources.as_ref()?[0].service_account_token.clone())
+        .unwrap();
+    assert_eq!(
+        token_volume.audience.as_deref(),
+        Some(workspace::AGENT_TOKEN_AUDIENCE)
+    );
 
     // The webhook is live in this namespace: the control plane cannot create a non-compliant pod.
     let cp = Cluster::shared().client_as(Identity::ControlPlane).await;
@@ -472,13 +497,13 @@ async fn create_stop_start_delete_through_the_webhook_and_scheduler() {
         "spec": {"serviceAccountName": "dev-workspace", "containers": [{"name": "dev", "image": "busybox", "securityContext": {"privileged": true}}]}
     }))
     .unwrap();
-    let err = Api::<Pod>::namespaced(cp, ns)
+    let err = Api::<Pod>::namespaced(cp.clone(), ns)
         .create(&PostParams::default(), &bad)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("privileged"), "{err}");
 
-    // Stop: pod gone, PVC and Secret kept.
+    // Stop: pod gone, PVC kept.
     server.build(&ws.id, "stop").await;
     let stopped = server
         .wait_status(&ws.id, WorkspaceStatus::Stopped, Duration::from_secs(60))
@@ -486,7 +511,7 @@ async fn create_stop_start_delete_through_the_webhook_and_scheduler() {
     assert!(stopped.status_reason.contains("home volume is kept"));
     let (pods, pvcs, secrets) = objects(&admin, ns, &ws.id).await;
     assert!(pods.is_empty());
-    assert_eq!((pvcs.len(), secrets.len()), (1, 1));
+    assert_eq!((pvcs.len(), secrets.len()), (1, 0));
     assert_eq!(pvcs[0].uid().unwrap(), pvc_uid);
 
     // The app proxy says "stopped", not 502 (to the owner: path apps are hers only).
@@ -521,6 +546,20 @@ async fn create_stop_start_delete_through_the_webhook_and_scheduler() {
         .find_map(|v| v.persistent_volume_claim.as_ref())
         .unwrap();
     assert_eq!(claim.claim_name, "coder-alice-dev-home");
+
+    // An agent Secret as versions before projected tokens made it: deleted with the workspace.
+    let names = lumie_contract::naming::WorkspaceNames::new("alice", "dev").unwrap();
+    let old_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": names.agent_secret, "labels": {
+            labels::MANAGED_BY: labels::MANAGED_BY_LUMIE, labels::WORKSPACE_ID: ws.id,
+            labels::OWNER: "alice", labels::WORKSPACE: "dev"}},
+        "data": {"token": "b2xkLXRva2Vu"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(cp.clone(), ns)
+        .create(&PostParams::default(), &old_secret)
+        .await
+        .unwrap();
 
     // Delete: everything gone, the workspace too.
     server.build(&ws.id, "delete").await;
@@ -725,7 +764,7 @@ async fn twenty_concurrent_creates_with_one_duplicate() {
         let (pods, pvcs, secrets) = objects(&admin, ns, id).await;
         assert_eq!(
             (pods.len(), pvcs.len(), secrets.len()),
-            (1, 1, 1),
+            (1, 1, 0),
             "workspace {id}"
         );
     }
@@ -763,7 +802,7 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     tokio::time::sleep(Duration::from_millis(40)).await;
     first.kill();
 
-    // A build left `running` with only its Secret applied, as a crash between two steps leaves it.
+    // A build left `running` before it applied anything, as a crash right after it started leaves it.
     let db = lumie_server::db::Db::connect(&config.database)
         .await
         .unwrap();
@@ -773,25 +812,6 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
         .await
         .unwrap();
     db.start_build(&half.build.id).await.unwrap();
-    let names = lumie_contract::naming::WorkspaceNames::new("erin", "half").unwrap();
-    let wref = lumie_server::template::WorkspaceRef {
-        id: &half.workspace.id,
-        names: &names,
-    };
-    let cp = Cluster::shared().client_as(Identity::ControlPlane).await;
-    let secret = lumie_server::template::Template::default().secret(
-        &wref,
-        ns,
-        "stale-token-from-before-the-crash",
-    );
-    Api::<Secret>::namespaced(cp, ns)
-        .patch(
-            &names.agent_secret,
-            &PatchParams::apply("lumie-coder").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .unwrap();
     db.close().await;
     ids.push(half.workspace.id.clone());
 
@@ -808,7 +828,7 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
         let (pods, pvcs, secrets) = objects(&admin, ns, id).await;
         assert_eq!(
             (pods.len(), pvcs.len(), secrets.len()),
-            (1, 1, 1),
+            (1, 1, 0),
             "no duplicate or orphan for {id}"
         );
     }
@@ -820,19 +840,19 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
         db.active_builds().await.unwrap().is_empty(),
         "no build stuck in running"
     );
-    // The stale token was replaced: the Secret's token matches the stored hash.
-    let a = db
-        .agent_for_workspace(&half.workspace.id)
-        .await
-        .unwrap()
-        .unwrap();
-    let s = Api::<Secret>::namespaced(admin, ns)
-        .get(&names.agent_secret)
-        .await
-        .unwrap();
-    let tok = String::from_utf8(s.data.unwrap()["token"].0.clone()).unwrap();
-    assert_ne!(tok, "stale-token-from-before-the-crash");
-    assert_eq!(lumie_server::db::hash_token(&tok), a.token_hash);
+    // The half-done workspace's agent reported in with its pod's token (it is running, and
+    // its agent row shows the contact).
+    eventually(
+        "the half-done workspace's agent contact written",
+        Duration::from_secs(10),
+        || async {
+            db.agent_for_workspace(&half.workspace.id)
+                .await
+                .unwrap()
+                .and_then(|a| a.last_contact_at)
+        },
+    )
+    .await;
 }
 
 async fn server_wait_running_or_report(server: &Server, id: &str) -> WorkspaceJson {
@@ -954,7 +974,7 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
     );
     // The workspace's own objects were never taken for orphans.
     let (_, pvcs, secrets) = objects(&admin, ns, &id).await;
-    assert_eq!((pvcs.len(), secrets.len()), (1, 1));
+    assert_eq!((pvcs.len(), secrets.len()), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,9 @@
 //! [`plan::plan`] for each workspace and [`plan::plan_orphan`] for each labelled object without a
 //! live workspace. This module only performs plans: recreate a pod deleted behind the control
 //! plane's back (with backoff), delete a pod that should not run, delete what a deleted
-//! workspace left, mark it deleted, and delete orphans past their grace period.
+//! workspace left, mark it deleted, delete orphans past their grace period, and delete at once
+//! any pod posing as a workspace's without the control plane having created it (an impostor:
+//! see [`plan::plan_impostor`]).
 
 pub mod plan;
 pub mod watch;
@@ -22,7 +24,7 @@ use crate::metrics::{Metrics, StatusLabels};
 use crate::model::{BuildRecord, WorkspaceRecord, WorkspaceStatus, now_ms};
 use crate::spawner::Spawner;
 use crate::status::{ClusterView, derive};
-use plan::{Action, Facts, Owner, Plan, recreate_delay};
+use plan::{Action, Facts, Owner, Plan, plan_impostor, recreate_delay};
 pub use watch::{Stores, start_watchers};
 
 /// How often every workspace is re-derived even without a change.
@@ -70,6 +72,8 @@ pub struct Parts {
     pub agent_connection_timeout: Duration,
     /// How long an orphaned object is kept before it is deleted.
     pub orphan_grace: Duration,
+    /// The username the webhook stamps on the pods this server creates.
+    pub control_plane: String,
 }
 
 /// Per-workspace pod recreation backoff.
@@ -130,6 +134,9 @@ impl Reconciler {
         let views = self.stores.views();
         p.views.replace(views.clone());
         let stores_ready = self.stores.ready();
+        if stores_ready {
+            self.impostors().await;
+        }
         let full = only.is_none();
         let (workspaces, builds) = self.load(only).await?;
         let empty = ClusterView::default();
@@ -197,7 +204,7 @@ impl Reconciler {
     async fn carry_out(&self, ws: &WorkspaceRecord, plan: Plan) {
         let p = &self.parts;
         match plan.action {
-            Action::Nothing | Action::Wait | Action::DeleteOrphan => {}
+            Action::Nothing | Action::Wait | Action::DeleteOrphan | Action::DeleteImpostor => {}
             Action::Settled => {
                 self.recreate.lock().expect("recreate lock").remove(&ws.id);
             }
@@ -279,6 +286,21 @@ impl Reconciler {
             acting.lock().expect("acting lock").remove(&id);
             dirty.mark(&id);
         });
+    }
+
+    /// Deletes every pod that poses as a workspace's without the control plane having created
+    /// it, and says so as a warning naming it.
+    async fn impostors(&self) {
+        for i in self.stores.impostors() {
+            let Some(plan) = plan_impostor(i.created_by.as_deref(), &self.parts.control_plane)
+            else {
+                continue;
+            };
+            tracing::warn!(pod = %i.name, workspace_id = %i.workspace_id, created_by = ?i.created_by, reason = %plan.reason, "deleting an impostor workspace pod");
+            if let Err(e) = self.parts.spawner.delete_kind("Pod", &i.name).await {
+                tracing::warn!(pod = %i.name, error = %e, "cannot delete the impostor pod");
+            }
+        }
     }
 
     async fn orphans(&self, live: &[WorkspaceRecord]) {

@@ -1,12 +1,13 @@
 //! The reconciler's decisions, as pure functions: from what is known about one workspace (desired
 //! state, latest build, what the cluster shows, what is in flight, the clock) to a [`Plan`], and
-//! from what is known about a labelled object without a live workspace to an orphan plan. The
-//! executor in [`super`] only carries plans out, so every case is a row in a table below.
+//! from what is known about a labelled object without a live workspace to an orphan plan, and
+//! from a labelled pod's created-by stamp to whether it is an impostor. The executor in
+//! [`super`] only carries plans out, so every case is a row in a table below.
 
 use std::time::Duration;
 
 use crate::model::{BuildRecord, BuildStatus, DesiredState, Transition};
-use crate::status::{ClusterView, missing_home_parts, pod_just_created};
+use crate::status::{ClusterView, created_by_control_plane, missing_home_parts, pod_just_created};
 
 /// Longest wait between pod recreation attempts.
 pub const MAX_RECREATE_BACKOFF: Duration = Duration::from_secs(60);
@@ -30,6 +31,8 @@ pub enum Action {
     MarkDeleted,
     /// Delete an object that belongs to no live workspace.
     DeleteOrphan,
+    /// Delete a pod that carries a workspace's labels but was not created by the control plane.
+    DeleteImpostor,
 }
 
 /// An action and why, for the log and the tests.
@@ -202,6 +205,28 @@ pub fn plan_orphan(owner: Owner, age_ms: i64, grace: Duration) -> Plan {
     }
 }
 
+/// The plan for a pod carrying a workspace's labels, by the webhook's created-by stamp: one the
+/// control plane did not create is an impostor (someone with the shared `dev-workspace` account
+/// posing as another workspace), deleted at once whatever its age or workspace. `None`: the
+/// control plane's own pod, judged by [`plan`] and [`plan_orphan`].
+pub fn plan_impostor(created_by: Option<&str>, control_plane: &str) -> Option<Plan> {
+    if created_by_control_plane(created_by, control_plane) {
+        return None;
+    }
+    Some(Plan::new(
+        Action::DeleteImpostor,
+        match created_by {
+            None => format!(
+                "a pod with workspace labels but without the {} stamp: not created by the control plane ({control_plane})",
+                lumie_contract::labels::CREATED_BY
+            ),
+            Some(who) => format!(
+                "a pod with workspace labels created by {who:?}, not by the control plane ({control_plane})"
+            ),
+        },
+    ))
+}
+
 /// How long to wait after the `attempts`-th recreation before the next: 1 s doubling, capped.
 pub fn recreate_delay(attempts: u32) -> Duration {
     Duration::from_secs(1 << attempts.min(6)).min(MAX_RECREATE_BACKOFF)
@@ -301,7 +326,8 @@ mod tests {
             ("running: pod missing, backoff over", D::Running, Some(&started), all(None), true, false, Some(NOW - 1), RecreatePod),
             ("running: pod missing, backoff ends now", D::Running, Some(&started), all(None), true, false, Some(NOW), RecreatePod),
             ("running: pod and PVC lost", D::Running, Some(&started), view(None, false, true), true, false, None, Nothing),
-            ("running: pod and Secret missing", D::Running, Some(&started), view(None, true, false), true, false, None, Nothing),
+            ("running: pod missing, no Secret (none is needed): recreated", D::Running, Some(&started), view(None, true, false), true, false, None, RecreatePod),
+            ("running: pod, PVC and Secret all missing", D::Running, Some(&started), view(None, false, false), true, false, None, Nothing),
             ("running: PVC lost under a running pod", D::Running, Some(&started), view(running(), false, true), true, false, None, Settled),
             ("running: last start failed, no pod", D::Running, Some(&start_failed), all(None), true, false, None, Nothing),
             ("running: no build at all", D::Running, None, view(None, false, false), true, false, None, Nothing),
@@ -386,6 +412,30 @@ mod tests {
         for (name, owner, age, want) in cases {
             let p = plan_orphan(owner, age, grace);
             assert_eq!(p.action, want, "{name}: {}", p.reason);
+        }
+    }
+
+    #[test]
+    fn impostor_plan_table() {
+        let cp = "system:serviceaccount:coder:coder";
+        #[rustfmt::skip]
+        let cases = [
+            ("the control plane's pod", Some(cp), None),
+            ("no created-by stamp (admitted without the webhook)", None, Some("without the coder.lumie-infra.com/created-by stamp")),
+            ("created by the developer identity", Some("system:serviceaccount:lumie-dev:dev-workspace"), Some("created by \"system:serviceaccount:lumie-dev:dev-workspace\"")),
+            ("an empty stamp", Some(""), Some("not by the control plane")),
+            ("a look-alike username", Some("system:serviceaccount:coder:coder2"), Some("coder2")),
+        ];
+        for (name, created_by, want) in cases {
+            let p = plan_impostor(created_by, cp);
+            match (p, want) {
+                (None, None) => {}
+                (Some(p), Some(w)) => {
+                    assert_eq!(p.action, Action::DeleteImpostor, "{name}");
+                    assert!(p.reason.contains(w), "{name}: {}", p.reason);
+                }
+                (p, w) => panic!("{name}: got {p:?}, want {w:?}"),
+            }
         }
     }
 

@@ -33,6 +33,14 @@ pub use workspaces::CreatedWorkspace;
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How long a request waits for a PostgreSQL connection before it is answered 503: long enough
+/// for a busy pool to hand one over, short enough that a database outage is reported at once
+/// rather than after every client's own timeout.
+pub const PG_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The same for SQLite: one connection, so a wait there is queueing behind a writer, not an
+/// outage.
+pub const SQLITE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which database is behind the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
@@ -125,8 +133,10 @@ impl Db {
     /// Errors are one line naming the setting and Secret to check.
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Db> {
         sqlx::any::install_default_drivers();
-        let (url, backend, max) = match cfg {
-            DatabaseConfig::Postgres(url) => (url.clone(), Backend::Postgres, 16),
+        let (url, backend, max, acquire_timeout) = match cfg {
+            DatabaseConfig::Postgres(url) => {
+                (url.clone(), Backend::Postgres, 16, PG_ACQUIRE_TIMEOUT)
+            }
             DatabaseConfig::Sqlite(path) => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| {
@@ -141,6 +151,7 @@ impl Db {
                     format!("sqlite://{}?mode=rwc", path.display()),
                     Backend::Sqlite,
                     1,
+                    SQLITE_ACQUIRE_TIMEOUT,
                 )
             }
         };
@@ -158,7 +169,7 @@ impl Db {
         probe.close().await.ok();
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -628,7 +628,9 @@ mod tests {
     /// then the oldest of anyone.
     #[test]
     fn login_store_bounds_table() {
-        let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+        /// (case, starts as (state, client address), states kept)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 "one client floods: only its own oldest go",
                 &[

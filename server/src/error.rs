@@ -87,10 +87,11 @@ pub enum Error {
 }
 
 /// What a request answers while the database cannot be reached.
-pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable: check that PostgreSQL is \
-     running and reachable at the host/port in CODER_PG_CONNECTION_URL (Secret \
-     coder-db-secret), or with the embedded SQLite that the data volume (LUMIE_DATA_DIR) is \
-     healthy; retry shortly";
+/// A pool timeout is also what an overloaded pool (every connection busy) gives, so it says so.
+pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable (no connection within the \
+     acquire timeout: down, unreachable or overloaded): check that PostgreSQL is running and \
+     reachable at the host/port in CODER_PG_CONNECTION_URL (Secret coder-db-secret), or with \
+     the embedded SQLite that the data volume (LUMIE_DATA_DIR) is healthy; retry shortly";
 
 /// Seconds a client is told to wait before retrying while the database is unavailable.
 pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;

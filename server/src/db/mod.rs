@@ -132,8 +132,19 @@ impl Db {
     /// Opens the database (creating the SQLite file when needed) and runs the migrations.
     /// Errors are one line naming the setting and Secret to check.
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Db> {
+        Self::connect_with_acquire_timeout(cfg, None).await
+    }
+
+    /// [`Db::connect`] with another acquire timeout than the backend's default
+    /// ([`PG_ACQUIRE_TIMEOUT`], [`SQLITE_ACQUIRE_TIMEOUT`]): for test suites on unoptimized
+    /// builds, where opening many PostgreSQL connections at once (SCRAM key derivation) alone
+    /// can take longer than a second.
+    pub async fn connect_with_acquire_timeout(
+        cfg: &DatabaseConfig,
+        acquire_timeout: Option<std::time::Duration>,
+    ) -> Result<Db> {
         sqlx::any::install_default_drivers();
-        let (url, backend, max, acquire_timeout) = match cfg {
+        let (url, backend, max, default_acquire_timeout) = match cfg {
             DatabaseConfig::Postgres(url) => {
                 (url.clone(), Backend::Postgres, 16, PG_ACQUIRE_TIMEOUT)
             }
@@ -169,7 +180,7 @@ impl Db {
         probe.close().await.ok();
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(acquire_timeout)
+            .acquire_timeout(acquire_timeout.unwrap_or(default_acquire_timeout))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

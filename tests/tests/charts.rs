@@ -888,6 +888,14 @@ fn first_admin_token_goes_to_a_secret_the_server_may_only_create() {
         Some(NAMESPACE)
     );
 
+    let notes = install_notes(&[]);
+    assert!(
+        notes.contains(&format!(
+            "kubectl -n {NAMESPACE} get secret lumie-first-admin -o jsonpath='{{.data.token}}' | base64 -d"
+        )),
+        "{notes}"
+    );
+
     // Blank: neither the grant nor the setting.
     let docs = render("lumie-coder", &["server.firstAdminSecret="]);
     assert!(

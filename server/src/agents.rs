@@ -7,7 +7,7 @@
 //! never more than one database write per heartbeat, no database read at all. A restarted
 //! server answers every reconnecting agent from memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use lumie_contract::agent_api::{
 };
 use tokio::sync::Notify;
 
-use crate::db::{Db, HeartbeatWrite};
+use crate::db::{Db, HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 use crate::error::{Error, Result};
 use crate::events::Dirty;
 use crate::metrics::{AgentLabels, AppHealthLabels, Metrics};
@@ -24,6 +24,36 @@ use crate::model::{AgentRecord, AgentView, now_ms};
 
 /// How often pending heartbeats are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Most app entries a heartbeat may carry (the template has a handful; each known slug becomes
+/// a metric label, so the map is bounded before anything else looks at it).
+pub const MAX_HEARTBEAT_APPS: usize = 16;
+/// Longest app slug a heartbeat may name (a DNS label, like the Service port names).
+pub const MAX_APP_SLUG_LEN: usize = 63;
+
+/// The apps of a heartbeat the server keeps: more than [`MAX_HEARTBEAT_APPS`] entries or a slug
+/// longer than [`MAX_APP_SLUG_LEN`] is a malformed request; a slug the workspace template has
+/// no app for ([`lumie_contract::apps`]) is dropped. Returns the kept apps and the dropped slugs.
+pub fn bound_heartbeat_apps(
+    apps: BTreeMap<String, AppHealth>,
+) -> Result<(BTreeMap<String, AppHealth>, Vec<String>)> {
+    if apps.len() > MAX_HEARTBEAT_APPS {
+        return Err(Error::BadRequest(format!(
+            "heartbeat names {} apps; at most {MAX_HEARTBEAT_APPS} are accepted",
+            apps.len()
+        )));
+    }
+    if let Some(slug) = apps.keys().find(|s| s.len() > MAX_APP_SLUG_LEN) {
+        return Err(Error::BadRequest(format!(
+            "heartbeat app slug of {} bytes (starting {:?}); at most {MAX_APP_SLUG_LEN} are accepted",
+            slug.len(),
+            slug.chars().take(16).collect::<String>()
+        )));
+    }
+    let (known, unknown): (BTreeMap<_, _>, BTreeMap<_, _>) = apps
+        .into_iter()
+        .partition(|(slug, _)| lumie_contract::apps::by_slug(slug).is_some());
+    Ok((known, unknown.into_keys().collect()))
+}
 
 /// Connection status from the contact times: `connecting` until first contact, `timeout` when
 /// none came within `timeout` of the agent's (re)start, `connected` while heard from within
@@ -148,9 +178,15 @@ impl AgentHub {
         }
     }
 
-    /// Handles one heartbeat of the agent of `workspace_id` (already authenticated): updates
-    /// memory, queues the write.
-    pub fn heartbeat(&self, workspace_id: &str, hb: HeartbeatRequest) -> Result<HeartbeatResponse> {
+    /// Handles one heartbeat of the agent of `workspace_id` (already authenticated): bounds its
+    /// apps, updates memory, queues the write.
+    pub fn heartbeat(
+        &self,
+        workspace_id: &str,
+        mut hb: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse> {
+        let (apps, unknown) = bound_heartbeat_apps(std::mem::take(&mut hb.apps))?;
+        hb.apps = apps;
         let now = now_ms();
         let apps_json = serde_json::to_string(&hb.apps).unwrap_or_else(|_| "{}".into());
         let stats_json = hb
@@ -199,6 +235,12 @@ impl AgentHub {
             (ws, changed)
         };
         self.metrics.heartbeats.inc();
+        if !unknown.is_empty() {
+            self.metrics
+                .heartbeat_unknown_apps
+                .inc_by(unknown.len() as u64);
+            tracing::debug!(workspace = %workspace_id, apps = ?unknown, "heartbeat named apps the template does not have; dropped");
+        }
         if changed {
             self.dirty.mark(&workspace_id);
             self.flush.notify_one();
@@ -209,16 +251,45 @@ impl AgentHub {
     }
 
     /// Writes every pending heartbeat (one statement per batch). Returns how many.
+    ///
+    /// When a batch fails (the database is down), it and the batches after it go back to the
+    /// queue for the next flush, except where a newer heartbeat of that agent arrived meanwhile
+    /// (it supersedes the old one) or the agent was reset or removed (its old heartbeat must not
+    /// overwrite the reset row): a failed flush never loses the latest heartbeat.
     pub async fn flush(&self) -> Result<usize> {
         let writes: Vec<HeartbeatWrite> = {
             let mut g = self.lock();
             g.pending.drain().map(|(_, w)| w).collect()
         };
-        if writes.is_empty() {
-            return Ok(0);
+        let mut written = 0;
+        for batch in writes.chunks(HEARTBEAT_BATCH_ROWS) {
+            if let Err(e) = self.db.write_heartbeats(batch).await {
+                let requeued = self.requeue(writes[written..].iter().cloned());
+                tracing::debug!(requeued, "heartbeat flush failed; requeued");
+                return Err(e);
+            }
+            written += batch.len();
         }
-        self.db.write_heartbeats(&writes).await?;
-        Ok(writes.len())
+        Ok(written)
+    }
+
+    /// Puts unwritten heartbeats back in the queue (see [`AgentHub::flush`]). Returns how many.
+    fn requeue(&self, unwritten: impl Iterator<Item = HeartbeatWrite>) -> usize {
+        let mut g = self.lock();
+        let mut n = 0;
+        for w in unwritten {
+            // Still the agent's latest contact in memory: not reset (that clears the contact
+            // time) nor removed since.
+            let current = g
+                .agents
+                .get(&w.agent_id)
+                .is_some_and(|a| a.last_contact_at == Some(w.last_contact_at));
+            if current && !g.pending.contains_key(&w.agent_id) {
+                g.pending.insert(w.agent_id.clone(), w);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Recomputes connection statuses at `now`, records changes (memory, database, dirty
@@ -304,6 +375,78 @@ fn missing_agent(workspace_id: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_apps_bounds_table() {
+        fn apps(slugs: &[&str]) -> BTreeMap<String, AppHealth> {
+            slugs
+                .iter()
+                .map(|s| (s.to_string(), AppHealth::Healthy))
+                .collect()
+        }
+        let long = "x".repeat(MAX_APP_SLUG_LEN + 1);
+        let max_len = "y".repeat(MAX_APP_SLUG_LEN);
+        let max_len_dropped = [max_len.as_str()];
+        let many: Vec<String> = (0..=MAX_HEARTBEAT_APPS).map(|i| format!("a{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let at_most: Vec<&str> = many[..MAX_HEARTBEAT_APPS].to_vec();
+        // (name, apps, Ok((kept, dropped)) or Err(words in the message))
+        type Want<'a> = Result<(&'a [&'a str], &'a [&'a str]), &'a [&'a str]>;
+        let cases: Vec<(&str, Vec<&str>, Want)> = vec![
+            ("none", vec![], Ok((&[], &[]))),
+            (
+                "the template's apps",
+                vec!["tilt", "code-server", "agents"],
+                Ok((&["agents", "code-server", "tilt"], &[])),
+            ),
+            (
+                "unknown slugs dropped",
+                vec!["tilt", "grafana", "TILT"],
+                Ok((&["tilt"], &["TILT", "grafana"])),
+            ),
+            (
+                "a slug of the longest length is only unknown",
+                vec![max_len.as_str()],
+                Ok((&[], &max_len_dropped)),
+            ),
+            (
+                "exactly the most entries",
+                at_most.clone(),
+                Ok((&[], &at_most[..])),
+            ),
+            (
+                "one entry too many",
+                many.clone(),
+                Err(&["17 apps", "at most 16"]),
+            ),
+            (
+                "slug too long",
+                vec!["tilt", long.as_str()],
+                Err(&["64 bytes", "at most 63"]),
+            ),
+        ];
+        for (name, input, want) in cases {
+            let got = bound_heartbeat_apps(apps(&input));
+            match (got, want) {
+                (Ok((kept, dropped)), Ok((want_kept, want_dropped))) => {
+                    let kept: Vec<&str> = kept.keys().map(String::as_str).collect();
+                    let mut dropped: Vec<&str> = dropped.iter().map(String::as_str).collect();
+                    dropped.sort();
+                    let mut want_dropped = want_dropped.to_vec();
+                    want_dropped.sort();
+                    assert_eq!(kept, want_kept, "{name}");
+                    assert_eq!(dropped, want_dropped, "{name}");
+                }
+                (Err(e), Err(words)) => {
+                    assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{name}");
+                    for w in words {
+                        assert!(e.to_string().contains(w), "{name}: {w:?} in {e}");
+                    }
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn connection_status_table() {

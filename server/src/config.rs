@@ -130,6 +130,13 @@ pub struct ServeArgs {
     /// Seconds between checks of the `dev-workspace` ServiceAccount and Service.
     #[arg(long, env = "LUMIE_DRIFT_CHECK_INTERVAL_SECS", default_value_t = 60)]
     pub drift_check_interval_secs: u64,
+    /// Kubernetes Secret the first admin's API token is written to on the first start (in
+    /// `--first-admin-secret-namespace`); unset, the token is printed only to a terminal.
+    #[arg(long, env = "LUMIE_FIRST_ADMIN_SECRET")]
+    pub first_admin_secret: Option<String>,
+    /// Namespace of the first admin's Secret (the server's own).
+    #[arg(long, env = "LUMIE_FIRST_ADMIN_SECRET_NAMESPACE", default_value = workspace::CONTROL_PLANE_NAMESPACE)]
+    pub first_admin_secret_namespace: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LUMIE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -252,6 +259,23 @@ pub struct Config {
     pub orphan_grace: Duration,
     /// Interval of the contract drift check.
     pub drift_check_interval: Duration,
+    /// Where the first admin's token goes on the first start; `None`: a terminal only.
+    pub first_admin_secret: Option<SecretRef>,
+}
+
+/// A Secret by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// The warning when no proxy is trusted (`CODER_PROXY_TRUSTED_ORIGINS` has no entry): forwarding
@@ -306,6 +330,7 @@ impl Config {
             agent_connection_timeout: Duration::from_secs(120),
             orphan_grace: Duration::from_secs(600),
             drift_check_interval: Duration::from_secs(60),
+            first_admin_secret: None,
         }
     }
 }
@@ -419,6 +444,10 @@ impl TryFrom<ServeArgs> for Config {
             agent_connection_timeout: Duration::from_secs(a.agent_connection_timeout_secs),
             orphan_grace: Duration::from_secs(a.orphan_grace_secs),
             drift_check_interval: Duration::from_secs(a.drift_check_interval_secs.max(1)),
+            first_admin_secret: non_blank(a.first_admin_secret).map(|name| SecretRef {
+                namespace: a.first_admin_secret_namespace.trim().to_string(),
+                name,
+            }),
         })
     }
 }
@@ -447,6 +476,33 @@ mod tests {
         assert_eq!(c.agent_report_interval, Duration::from_secs(15));
         assert_eq!(c.listen.port(), 8080);
         assert!(c.oidc.is_none());
+    }
+
+    #[test]
+    fn first_admin_secret_names_a_secret_in_the_servers_namespace() {
+        let c = parse(&["--access-url", "http://x"]).unwrap();
+        assert_eq!(c.first_admin_secret, None);
+        let c = parse(&["--access-url", "http://x", "--first-admin-secret", "  "]).unwrap();
+        assert_eq!(c.first_admin_secret, None, "blank is unset");
+        let c = parse(&[
+            "--access-url",
+            "http://x",
+            "--first-admin-secret",
+            "lumie-first-admin",
+        ])
+        .unwrap();
+        let s = c.first_admin_secret.unwrap();
+        assert_eq!(s.to_string(), "coder/lumie-first-admin");
+        let c = parse(&[
+            "--access-url",
+            "http://x",
+            "--first-admin-secret",
+            "a",
+            "--first-admin-secret-namespace",
+            "ops",
+        ])
+        .unwrap();
+        assert_eq!(c.first_admin_secret.unwrap().to_string(), "ops/a");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! Start-up errors are written to be printed as ONE line that names the setting or Secret at
 //! fault and what to check; API errors carry a status code and a Coder-like JSON body.
+//! The database being unreachable at run time (down, restarting, network) is a 503 naming the
+//! database and what to check, answered within the pool's acquire timeout ([`crate::db`]).
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -84,6 +86,16 @@ pub enum Error {
     Identity(#[from] crate::identity::IdentityError),
 }
 
+/// What a request answers while the database cannot be reached.
+/// A pool timeout is also what an overloaded pool (every connection busy) gives, so it says so.
+pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable (no connection within the \
+     acquire timeout: down, unreachable or overloaded): check that PostgreSQL is running and \
+     reachable at the host/port in CODER_PG_CONNECTION_URL (Secret coder-db-secret), or with \
+     the embedded SQLite that the data volume (LUMIE_DATA_DIR) is healthy; retry shortly";
+
+/// Seconds a client is told to wait before retrying while the database is unavailable.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
 /// Result with the server [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -96,9 +108,21 @@ impl Error {
         }
     }
 
+    /// Whether this is the database being unreachable (no connection within the acquire
+    /// timeout, the connection failed or the pool is closed), not a statement that failed.
+    pub fn is_database_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            )
+        )
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
+            e if e.is_database_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -128,6 +152,21 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
+        if self.is_database_unavailable() {
+            let mut response = (
+                status,
+                Json(ErrorBody {
+                    message: DATABASE_UNAVAILABLE.to_string(),
+                    detail: self.to_string(),
+                }),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(DATABASE_RETRY_AFTER_SECS),
+            );
+            return response;
+        }
         // Internal errors keep their cause in `detail`; a 503 names what is unavailable.
         let hidden = status.is_server_error() && !matches!(self, Error::Unavailable(_));
         let message = if hidden {
@@ -141,5 +180,55 @@ impl IntoResponse for Error {
             String::new()
         };
         (status, Json(ErrorBody { message, detail })).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_unreachable_is_a_503_naming_the_database_other_database_errors_500() {
+        let cases: Vec<(&str, sqlx::Error, StatusCode)> = vec![
+            (
+                "pool timeout",
+                sqlx::Error::PoolTimedOut,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                "connection refused",
+                sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                "pool closed",
+                sqlx::Error::PoolClosed,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                "no row",
+                sqlx::Error::RowNotFound,
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                "bad column",
+                sqlx::Error::ColumnNotFound("x".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (name, e, want) in cases {
+            let e = Error::from(e);
+            assert_eq!(e.status(), want, "{name}");
+            let response = e.into_response();
+            assert_eq!(response.status(), want, "{name}");
+            let retry = response.headers().get(axum::http::header::RETRY_AFTER);
+            assert_eq!(
+                retry.is_some(),
+                want == StatusCode::SERVICE_UNAVAILABLE,
+                "{name}: Retry-After only when unavailable"
+            );
+        }
+        assert!(DATABASE_UNAVAILABLE.contains("CODER_PG_CONNECTION_URL"));
+        assert!(DATABASE_UNAVAILABLE.contains(crate::config::DB_SECRET));
     }
 }

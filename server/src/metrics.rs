@@ -61,6 +61,8 @@ pub struct Metrics {
     pub heartbeat_latency: Histogram,
     /// Heartbeats received.
     pub heartbeats: Counter,
+    /// App entries dropped from heartbeats because the template has no app of that slug.
+    pub heartbeat_unknown_apps: Counter,
     /// Apps by health, over every agent.
     pub app_health: Family<AppHealthLabels, Gauge>,
     /// Workspaces by status.
@@ -95,6 +97,7 @@ impl Metrics {
             agents: Family::default(),
             heartbeat_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             heartbeats: Counter::default(),
+            heartbeat_unknown_apps: Counter::default(),
             app_health: Family::default(),
             workspaces: Family::default(),
             builds: Family::default(),
@@ -121,6 +124,11 @@ impl Metrics {
             "agent_heartbeats",
             "Agent heartbeats received",
             m.heartbeats.clone(),
+        );
+        registry.register(
+            "agent_heartbeat_unknown_apps",
+            "App entries dropped from heartbeats: no app of that slug in the workspace template",
+            m.heartbeat_unknown_apps.clone(),
         );
         registry.register(
             "agent_apps",

@@ -1,12 +1,23 @@
 //! Start-up and the running server: checks, first admin, background tasks, the listener.
+//!
+//! The first admin's API token exists in clear only once, on the first start. It goes to the
+//! Kubernetes Secret `LUMIE_FIRST_ADMIN_SECRET` names (the chart sets it, and grants the server
+//! `create` on Secrets in its own namespace and nothing else there), or, without one, to stdout
+//! when that is a terminal; never into a log a Deployment keeps.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
 use tokio::task::JoinHandle;
 
 use crate::builds::Executor;
-use crate::config::Config;
+use crate::config::{Config, SecretRef};
 use crate::db::Db;
 use crate::drift::DriftCheck;
 use crate::error::{Error, Result};
@@ -17,6 +28,10 @@ use crate::template::Template;
 
 /// Username of the admin created on first start.
 pub const FIRST_ADMIN: &str = "admin";
+/// Key of the token in the first admin's Secret.
+pub const FIRST_ADMIN_TOKEN_KEY: &str = "token";
+/// Key of the username in the first admin's Secret.
+pub const FIRST_ADMIN_USERNAME_KEY: &str = "username";
 
 /// A started server.
 pub struct Running {
@@ -26,6 +41,8 @@ pub struct Running {
     pub state: AppState,
     /// The first admin's token, when this start created it.
     pub first_admin_token: Option<String>,
+    /// The Secret this start wrote the first admin's token to.
+    pub first_admin_secret: Option<SecretRef>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -62,7 +79,29 @@ pub async fn start_with(
     client: kube::Client,
 ) -> Result<Running> {
     crate::preflight::check_kube(&client, &config.namespace).await?;
-    let first_admin_token = db.bootstrap_admin(FIRST_ADMIN).await?.map(|(_, t)| t);
+    let first_admin_token = bootstrap_first_admin(&db, &client, &config).await?;
+    let first_admin_secret = match (&first_admin_token, &config.first_admin_secret) {
+        (Some(token), Some(secret)) => {
+            match create_first_admin_secret(&client, secret, token, false).await {
+                Ok(()) => {
+                    tracing::info!(
+                        secret = %secret,
+                        "first start: created user {FIRST_ADMIN:?} (admin); its API token is in Secret {secret}: {}",
+                        read_command(secret)
+                    );
+                    Some(secret.clone())
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "first start: created user {FIRST_ADMIN:?} (admin) but {}",
+                        explain_secret_error(secret, &e)
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::InvalidSetting {
@@ -137,8 +176,105 @@ pub async fn start_with(
         addr,
         state,
         first_admin_token,
+        first_admin_secret,
         tasks,
     })
+}
+
+/// Creates the first admin when there is no user yet. With a Secret configured, first checks
+/// (a dry-run create) that the Secret can be written, so a missing grant or a leftover Secret
+/// stops the start before a token exists that could not be handed over.
+async fn bootstrap_first_admin(
+    db: &Db,
+    client: &kube::Client,
+    config: &Config,
+) -> Result<Option<String>> {
+    if let Some(secret) = &config.first_admin_secret
+        && db.count_users().await? == 0
+    {
+        create_first_admin_secret(client, secret, "", true)
+            .await
+            .map_err(|e| Error::KubeStartup(explain_secret_error(secret, &e)))?;
+    }
+    Ok(db.bootstrap_admin(FIRST_ADMIN).await?.map(|(_, t)| t))
+}
+
+/// The first admin's Secret: immutable, created once (the server may create Secrets in its
+/// namespace but not read, update or delete any).
+fn first_admin_secret_object(secret: &SecretRef, token: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret.name.clone()),
+            namespace: Some(secret.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/name".to_string(),
+                    "lumie-coder".to_string(),
+                ),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "first-admin".to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        immutable: Some(true),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([
+            (
+                FIRST_ADMIN_USERNAME_KEY.to_string(),
+                FIRST_ADMIN.to_string(),
+            ),
+            (FIRST_ADMIN_TOKEN_KEY.to_string(), token.to_string()),
+        ])),
+        ..Secret::default()
+    }
+}
+
+async fn create_first_admin_secret(
+    client: &kube::Client,
+    secret: &SecretRef,
+    token: &str,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &secret.namespace);
+    let pp = PostParams {
+        dry_run,
+        field_manager: Some("lumie-server".into()),
+    };
+    api.create(&pp, &first_admin_secret_object(secret, token))
+        .await
+        .map(|_| ())
+}
+
+/// How an operator reads the token.
+fn read_command(secret: &SecretRef) -> String {
+    format!(
+        "kubectl -n {} get secret {} -o jsonpath='{{.data.{FIRST_ADMIN_TOKEN_KEY}}}' | base64 -d",
+        secret.namespace, secret.name
+    )
+}
+
+/// One line on why the first admin's Secret cannot be written, and what to do.
+fn explain_secret_error(secret: &SecretRef, e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => format!(
+            "Secret {secret} (LUMIE_FIRST_ADMIN_SECRET) already exists while the database has no user: it holds the token of an earlier database; delete it (kubectl -n {} delete secret {}) and start again",
+            secret.namespace, secret.name
+        ),
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "the kube API forbids creating Secret {secret} (LUMIE_FIRST_ADMIN_SECRET): {} — grant the server's ServiceAccount `create` on secrets in namespace {} (chart: rbac.create)",
+            s.message, secret.namespace
+        ),
+        kube::Error::Api(s) if s.code == 404 => format!(
+            "namespace {} of Secret {secret} not found — fix LUMIE_FIRST_ADMIN_SECRET_NAMESPACE",
+            secret.namespace
+        ),
+        other => format!(
+            "cannot create Secret {secret} (LUMIE_FIRST_ADMIN_SECRET): {}",
+            lumie_contract::diagnostics::error_chain(other)
+        ),
+    }
 }
 
 /// `lumie-server serve`: start, print the first admin token once, run until SIGTERM/Ctrl-C.
@@ -151,11 +287,19 @@ pub async fn run(config: Config) -> Result<()> {
     let db = Db::connect(&config.database).await?;
     let client = crate::preflight::kube_client().await?;
     let running = start_with(config, template, db, client).await?;
-    if let Some(token) = &running.first_admin_token {
-        // Printed once, on the first start only: only its hash is stored.
-        println!(
-            "lumie-server: first start: created user {FIRST_ADMIN:?} (admin); API token, shown only now: {token}"
-        );
+    if let Some(token) = &running.first_admin_token
+        && running.first_admin_secret.is_none()
+    {
+        if std::io::stdout().is_terminal() {
+            // Shown once, on the first start only: only its hash is stored.
+            println!(
+                "lumie-server: first start: created user {FIRST_ADMIN:?} (admin); API token, shown only now: {token}"
+            );
+        } else {
+            tracing::warn!(
+                "first start: created user {FIRST_ADMIN:?} (admin), but its API token is not shown: stdout is not a terminal (a log would keep it) and no Secret took it — set LUMIE_FIRST_ADMIN_SECRET (the chart does) and start again on an empty database"
+            );
+        }
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -170,5 +314,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_admin_secret_object_and_read_command() {
+        let secret = SecretRef {
+            namespace: "coder".into(),
+            name: "lumie-first-admin".into(),
+        };
+        let s = first_admin_secret_object(&secret, "tok");
+        assert_eq!(s.metadata.name.as_deref(), Some("lumie-first-admin"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("coder"));
+        assert_eq!(s.immutable, Some(true));
+        let data = s.string_data.unwrap();
+        assert_eq!(data[FIRST_ADMIN_TOKEN_KEY], "tok");
+        assert_eq!(data[FIRST_ADMIN_USERNAME_KEY], FIRST_ADMIN);
+        assert_eq!(
+            read_command(&secret),
+            "kubectl -n coder get secret lumie-first-admin -o jsonpath='{.data.token}' | base64 -d"
+        );
     }
 }

@@ -584,6 +584,94 @@ async fn heartbeats_authenticate_update_memory_and_batch_writes() {
 }
 
 #[tokio::test]
+async fn heartbeat_apps_are_the_templates_and_bounded() {
+    let api = api().await;
+    let (_, tok) = api.user("fay").await;
+    let ws: WorkspaceJson = api
+        .json(
+            "POST",
+            "/api/v2/users/me/workspaces",
+            &tok,
+            Some(serde_json::json!({"name": "w"})),
+            StatusCode::CREATED,
+        )
+        .await;
+    give_agent_token(&api, &ws.id, "agent-w").await;
+    let send = |apps: BTreeMap<String, AppHealth>| {
+        let body = serde_json::to_value(HeartbeatRequest {
+            lifecycle: LifecycleState::Ready,
+            apps,
+            ..Default::default()
+        })
+        .unwrap();
+        api.call(
+            "POST",
+            "/api/v2/workspaceagents/me/heartbeat",
+            Some("agent-w"),
+            Some(body),
+        )
+    };
+
+    // Slugs the template has no app for are dropped (and counted); the known one is kept.
+    let (s, _, b) = send(BTreeMap::from([
+        ("tilt".into(), AppHealth::Healthy),
+        ("grafana".into(), AppHealth::Healthy),
+        ("x-1".into(), AppHealth::Unhealthy),
+    ]))
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let agent = api.state.agents.view(&ws.id).unwrap();
+    assert_eq!(
+        agent.apps,
+        BTreeMap::from([("tilt".to_string(), AppHealth::Healthy)])
+    );
+    assert_eq!(api.state.agents.flush().await.unwrap(), 1);
+    let row = api
+        .state
+        .db
+        .agent_for_workspace(&ws.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.apps, agent.apps, "only the template's apps are stored");
+    api.state
+        .agents
+        .sweep(lumie_server::model::now_ms())
+        .await
+        .unwrap();
+    let (_, _, m) = api.call("GET", "/metrics", None, None).await;
+    let m = String::from_utf8(m.to_vec()).unwrap();
+    assert!(
+        m.contains("lumie_agent_heartbeat_unknown_apps_total 2"),
+        "{m}"
+    );
+    assert!(!m.contains("grafana"), "no label for an unknown app: {m}");
+
+    // Too many entries, or a slug too long: 400 naming the limit; memory keeps the last good one.
+    let many: BTreeMap<String, AppHealth> = (0..=lumie_server::agents::MAX_HEARTBEAT_APPS)
+        .map(|i| (format!("app-{i}"), AppHealth::Healthy))
+        .collect();
+    let long = BTreeMap::from([("a".repeat(64), AppHealth::Healthy)]);
+    for (apps, words) in [
+        (many, ["17 apps", "at most 16"]),
+        (long, ["64 bytes", "at most 63"]),
+    ] {
+        let (s, _, b) = send(apps).await;
+        assert_eq!(
+            s,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
+        let msg = message(&b);
+        for w in words {
+            assert!(msg.contains(w), "{w:?} in {msg}");
+        }
+    }
+    assert_eq!(api.state.agents.view(&ws.id).unwrap().apps, agent.apps);
+}
+
+#[tokio::test]
 async fn agent_binary_and_init_script() {
     let (db, dir) = common::sqlite_db().await;
     let bin_dir = dir.path().join("bin");

@@ -43,6 +43,8 @@ struct Setup {
     issuer_override: Option<String>,
     proxy: TrustedProxy,
     host_guard: bool,
+    /// Bound on logins in progress, instead of the default.
+    max_pending_logins: Option<usize>,
 }
 
 impl Default for Setup {
@@ -54,6 +56,7 @@ impl Default for Setup {
             issuer_override: None,
             proxy: TrustedProxy::default(),
             host_guard: false,
+            max_pending_logins: None,
         }
     }
 }
@@ -106,6 +109,9 @@ impl Server {
         let (db, dir) = common::sqlite_db().await;
         let mut options = IdentityOptions::new(access.clone());
         options.proxy = setup.proxy.clone();
+        if let Some(max) = setup.max_pending_logins {
+            options.max_pending_logins = max;
+        }
         let state = IdentityState::new(oidc, db.clone(), options);
         let guard = HostGuard::new(access);
 
@@ -861,4 +867,86 @@ async fn provider_login_hint_signs_in_without_the_form() {
     let me = server.me(&b).await;
     assert_eq!(me.login, "dave");
     assert_eq!(me.role, Role::Admin);
+}
+
+/// Starts `n` logins as fast as a few connections allow, each from the address `client(i)`
+/// names (the server trusts loopback's X-Forwarded-For here); every one must be redirected to
+/// the provider, i.e. no login is ever refused.
+async fn flood_logins(server: &Server, n: usize, client: impl Fn(usize) -> String) {
+    use futures::StreamExt;
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let url = server.url("/api/v2/users/oidc/login");
+    let statuses: Vec<StatusCode> = futures::stream::iter(0..n)
+        .map(|i| {
+            let request = http
+                .get(url.clone())
+                .header("x-forwarded-for", client(i))
+                .send();
+            async move { request.await.unwrap().status() }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::SEE_OTHER),
+        "every flooding login start is answered like a real one"
+    );
+}
+
+#[tokio::test]
+async fn login_flood_cannot_lock_real_users_out_and_memory_stays_bounded() {
+    let server = Server::start(Setup {
+        proxy: TrustedProxy::new(&["X-Forwarded-For".into()], &["127.0.0.0/8".into()]).unwrap(),
+        ..Setup::default()
+    })
+    .await;
+    // Alice starts signing in (from 127.0.0.1, no forwarding header) before the flood.
+    let alice = Browser::new();
+    let alice_authorize = alice.start_login(&server, "/api/v2/users/oidc/login").await;
+
+    // 10,000 unauthenticated login starts from one address: only its own logins are displaced.
+    flood_logins(&server, 10_000, |_| "203.0.113.7".into()).await;
+    let kept = server.state.pending_logins();
+    assert!(
+        kept <= 1 + lumie_server::identity::routes::DEFAULT_MAX_PENDING_LOGINS_PER_CLIENT,
+        "one address holds at most its own small share: {kept} kept"
+    );
+
+    // Alice's login, started before, finishes; Bob's, started after, too.
+    let callback = alice
+        .sign_in_at_provider(alice_authorize, "alice", "alice-password")
+        .await;
+    let r = alice.get(&callback).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(server.me(&alice).await.login, "alice");
+    let bob = login(&server, &Browser::new(), "bob", "bob-password").await;
+    assert_eq!(bob.login, "bob");
+}
+
+#[tokio::test]
+async fn login_flood_from_many_addresses_evicts_the_oldest_and_new_logins_still_work() {
+    let server = Server::start(Setup {
+        proxy: TrustedProxy::new(&["X-Forwarded-For".into()], &["127.0.0.0/8".into()]).unwrap(),
+        max_pending_logins: Some(500),
+        ..Setup::default()
+    })
+    .await;
+    // 2,000 starts, each from its own address: the store keeps the newest 500.
+    flood_logins(&server, 2_000, |i| {
+        format!("10.1.{}.{}", i / 250, i % 250 + 1)
+    })
+    .await;
+    assert_eq!(server.state.pending_logins(), 500);
+    // A real login started now is not refused and completes.
+    let erin = login(&server, &Browser::new(), "erin", "erin-password").await;
+    assert_eq!(erin.login, "erin");
+    assert!(server.state.pending_logins() <= 500);
 }

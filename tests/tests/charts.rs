@@ -774,7 +774,11 @@ fn rbac_reaches_only_workspace_namespaces_and_policies() {
         "lumie-coder",
         &["serviceAccount.workspaceNamespaces={lumie-dev,team-b}"],
     );
-    let roles = all(&docs, "Role");
+    // The first admin's create-only Role in the release namespace has its own test.
+    let roles: Vec<&Value> = all(&docs, "Role")
+        .into_iter()
+        .filter(|r| r["metadata"]["name"] != "lumie-coder-first-admin")
+        .collect();
     let namespaces: BTreeSet<&str> = roles
         .iter()
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
@@ -863,6 +867,61 @@ fn rbac_reaches_only_workspace_namespaces_and_policies() {
         strings(&server_role["rules"][0]["verbs"]),
         ["get", "list", "watch"]
     );
+}
+
+#[test]
+fn first_admin_token_goes_to_a_secret_the_server_may_only_create() {
+    let docs = render("lumie-coder", &[]);
+    let role = find(&docs, "Role", "lumie-coder-first-admin");
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{role}");
+    assert_eq!(strings(&rules[0]["resources"]), ["secrets"]);
+    assert_eq!(
+        strings(&rules[0]["verbs"]),
+        ["create"],
+        "create only: no read, no update"
+    );
+    let rb = find(&docs, "RoleBinding", "lumie-coder-first-admin");
+    assert_eq!(rb["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(rb["roleRef"]["name"], "lumie-coder-first-admin");
+    assert_eq!(rb["subjects"][0]["name"], "coder");
+    let deployment = find(&docs, "Deployment", "coder");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let value = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        value("LUMIE_FIRST_ADMIN_SECRET").as_deref(),
+        Some("lumie-first-admin")
+    );
+    assert_eq!(
+        value("LUMIE_FIRST_ADMIN_SECRET_NAMESPACE").as_deref(),
+        Some(NAMESPACE)
+    );
+
+    let notes = install_notes(&[]);
+    assert!(
+        notes.contains(&format!(
+            "kubectl -n {NAMESPACE} get secret lumie-first-admin -o jsonpath='{{.data.token}}' | base64 -d"
+        )),
+        "{notes}"
+    );
+
+    // Blank: neither the grant nor the setting.
+    let docs = render("lumie-coder", &["server.firstAdminSecret="]);
+    assert!(
+        all(&docs, "Role")
+            .iter()
+            .all(|r| r["metadata"]["name"] != "lumie-coder-first-admin")
+    );
+    let deployment = find(&docs, "Deployment", "coder");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(!env.contains("LUMIE_FIRST_ADMIN_SECRET"), "{env}");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! projected token, which the node simulator requested and wrote as the kubelet does), so
 //! `running` means what it does in production: pod Running and agent ready.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -202,6 +203,8 @@ struct Server {
     http: reqwest::Client,
     kill: Option<std::sync::mpsc::Sender<()>>,
     done: Option<std::thread::JoinHandle<()>>,
+    /// The real `lumie-server` process, when it is one ([`Server::spawn_binary`]).
+    process: Option<std::process::Child>,
 }
 
 fn server_config(data_dir: PathBuf, ns: &str) -> Config {
@@ -209,6 +212,101 @@ fn server_config(data_dir: PathBuf, ns: &str) -> Config {
     c.database = DatabaseConfig::Sqlite(data_dir.join("lumie.db"));
     c.namespace = ns.into();
     c
+}
+
+/// The `lumie-server` binary of this build (`CARGO_BIN_EXE_*` only exists for the crate's own
+/// tests), next to the test executable: `cargo build` (same profile) brings it up to date first.
+fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test>
+        let mut profile_dir = exe.parent().unwrap().to_path_buf();
+        if profile_dir.ends_with("deps") {
+            profile_dir.pop();
+        }
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // Without what `cargo test` set for this process (package variables, the library
+        // path): build scripts that watch them would rebuild here, and again in the next
+        // `cargo test`.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().to_string();
+            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str());
+            if (k.starts_with("CARGO_") && !keep) || k == "LD_LIBRARY_PATH" || k == "OUT_DIR" {
+                cargo.env_remove(&k);
+            }
+        }
+        cargo
+            .args(["build", "-p", "lumie-server", "--bin", "lumie-server"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .stdout(std::process::Stdio::null());
+        if profile_dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build -p lumie-server");
+        let bin = profile_dir.join("lumie-server");
+        assert!(
+            status.success() && bin.exists(),
+            "cargo build -p lumie-server: {status}, expected {}",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A throwaway PostgreSQL server for this test process (`scripts/start-postgres.sh`, stopped by
+/// its watchdog when the process exits): the URL of its empty `lumie` database.
+fn postgres_url() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-postgres.sh");
+    let out = Command::new(script)
+        .args(["--watch-pid", &std::process::id().to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run scripts/start-postgres.sh");
+    assert!(out.status.success(), "start-postgres.sh failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .expect("a url line")
+        .trim()
+        .to_string()
+}
+
+/// Every object with the managed-by label in `ns`: (pods, PVCs, Secrets).
+async fn managed_objects(
+    client: &Client,
+    ns: &str,
+) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
+    let lp = ListParams::default().labels(&labels::managed_selector());
+    (
+        Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items,
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items,
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items,
+    )
+}
+
+/// How many objects carry each workspace id (`None`: no workspace-id label at all).
+fn by_workspace<K: ResourceExt>(objects: &[K]) -> BTreeMap<Option<String>, usize> {
+    let mut counts = BTreeMap::new();
+    for o in objects {
+        let id = o.labels().get(labels::WORKSPACE_ID).cloned();
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
 }
 
 impl Server {
@@ -251,10 +349,74 @@ impl Server {
             http: reqwest::Client::new(),
             kill: Some(kill),
             done: Some(done),
+            process: None,
+        }
+    }
+
+    /// Runs the real `lumie-server` binary ([`server_binary`]) listening on `addr` with `env`
+    /// (its settings) on the harness as the control plane, and waits (bounded) until it listens.
+    /// Its output goes to the test's stderr.
+    fn spawn_binary(addr: SocketAddr, env: &[(&str, String)], token: String) -> Server {
+        let base = format!("http://{addr}");
+        let mut child = Command::new(server_binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("LUMIE_LISTEN_ADDR", addr.to_string())
+            .env("CODER_ACCESS_URL", &base)
+            .env("LUMIE_AGENT_URL", &base)
+            .env(
+                "KUBECONFIG",
+                Cluster::shared().kubeconfig(Identity::ControlPlane),
+            )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run lumie-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("lumie-server[{addr}]: {line}");
+                if line.contains("lumie-server listening")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        // Listening within a minute, or the process ended (the sender is dropped at EOF).
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "lumie-server did not start listening on {addr}: {:?}",
+                child.wait()
+            );
+        }
+        Server {
+            addr,
+            token,
+            http: reqwest::Client::new(),
+            kill: None,
+            done: None,
+            process: Some(child),
         }
     }
 
     fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            // SIGKILL: no shutdown hook runs, nothing is flushed.
+            let _ = p.kill();
+            let _ = p.wait();
+        }
         drop(self.kill.take());
         if let Some(d) = self.done.take() {
             d.join().unwrap();
@@ -780,6 +942,9 @@ async fn twenty_concurrent_creates_with_one_duplicate() {
     );
 }
 
+/// The real `lumie-server` process on PostgreSQL, SIGKILLed with five builds in flight, then
+/// started again: every build finishes, and every object with the managed-by label belongs to
+/// exactly one workspace, one Pod, PVC and Secret each (no orphan, no duplicate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_build_then_restarted_finishes_cleanly() {
     shared();
@@ -787,11 +952,23 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     let ns = "lumie-e2e-restart";
     prepare_namespace(ns, true, ServiceShape::Contract).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = server_config(dir.path().into(), ns);
-    let mut first = Server::start(config.clone(), None);
-    let token = first.token.clone();
+    let pg = postgres_url();
+    let database = DatabaseConfig::Postgres(pg.clone());
+    // The admin exists before the first start (the binary shows its own first admin's token
+    // only on a terminal).
+    let db = lumie_server::db::Db::connect(&database).await.unwrap();
+    let (_, token) = db.bootstrap_admin("admin").await.unwrap().unwrap();
+    db.close().await;
+    let env = [
+        ("CODER_PG_CONNECTION_URL", pg.clone()),
+        ("LUMIE_DATA_DIR", dir.path().display().to_string()),
+        ("LUMIE_WORKSPACE_NAMESPACE", ns.to_string()),
+    ];
+    // One address for both starts: the pods the first one made call back to it.
+    let addr = control_plane::free_loopback_addr().unwrap();
+    let mut first = Server::spawn_binary(addr, &env, token.clone());
     first.user("erin").await;
-    // Five workspaces at once, killed a few milliseconds in: builds are pending or half done.
+    // Five workspaces at once, SIGKILLed a few milliseconds in: builds are pending or half done.
     let mut ids = vec![];
     let names: Vec<String> = (0..5).map(|i| format!("w{i}")).collect();
     let creates: Vec<_> = names.iter().map(|n| first.create("erin", n)).collect();
@@ -802,20 +979,19 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     tokio::time::sleep(Duration::from_millis(40)).await;
     first.kill();
 
+    let db = lumie_server::db::Db::connect(&database).await.unwrap();
+    let in_flight = db.active_builds().await.unwrap().len();
+    eprintln!("builds in flight at the kill: {in_flight} of {}", ids.len());
     // A build left `running` before it applied anything, as a crash right after it started leaves it.
-    let db = lumie_server::db::Db::connect(&config.database)
-        .await
-        .unwrap();
     let erin = db.user_by_name("erin").await.unwrap().unwrap();
     let half = db
         .create_workspace(&erin, "half", "coder-erin-half", None)
         .await
         .unwrap();
     db.start_build(&half.build.id).await.unwrap();
-    db.close().await;
     ids.push(half.workspace.id.clone());
 
-    let second = Server::start(config, Some(token));
+    let second = Server::spawn_binary(addr, &env, token);
     let admin = Cluster::shared().client().await;
     for id in &ids {
         let ws = server_wait_running_or_report(&second, id).await;
@@ -825,17 +1001,26 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
             (1, BuildStatus::Succeeded),
             "the interrupted build finished"
         );
-        let (pods, pvcs, secrets) = objects(&admin, ns, id).await;
-        assert_eq!(
-            (pods.len(), pvcs.len(), secrets.len()),
-            (1, 1, 0),
-            "no duplicate or orphan for {id}"
-        );
     }
-    let db =
-        lumie_server::db::Db::connect(&DatabaseConfig::Sqlite(dir.path().join("lumie.db"))).await;
-    // The server holds the only SQLite connection slot of its own pool; a second pool is fine.
-    let db = db.unwrap();
+    // Everything lumie-coder manages in the namespace, not only what names a known workspace.
+    let (pods, pvcs, secrets) = managed_objects(&admin, ns).await;
+    let want: BTreeMap<Option<String>, usize> =
+        ids.iter().map(|id| (Some(id.clone()), 1)).collect();
+    assert_eq!(
+        by_workspace(&pods),
+        want,
+        "one pod per workspace, nothing else"
+    );
+    assert_eq!(
+        by_workspace(&pvcs),
+        want,
+        "one home PVC per workspace, nothing else"
+    );
+    assert!(
+        secrets.is_empty(),
+        "no Secret at all (agents use their pod's token): {:?}",
+        by_workspace(&secrets)
+    );
     assert!(
         db.active_builds().await.unwrap().is_empty(),
         "no build stuck in running"
@@ -853,6 +1038,7 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
         },
     )
     .await;
+    db.close().await;
 }
 
 async fn server_wait_running_or_report(server: &Server, id: &str) -> WorkspaceJson {

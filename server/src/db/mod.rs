@@ -35,6 +35,14 @@ pub use workspaces::CreatedWorkspace;
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How long a request waits for a PostgreSQL connection before it is answered 503: long enough
+/// for a busy pool to hand one over, short enough that a database outage is reported at once
+/// rather than after every client's own timeout.
+pub const PG_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The same for SQLite: one connection, so a wait there is queueing behind a writer, not an
+/// outage.
+pub const SQLITE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which database is behind the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
@@ -126,9 +134,22 @@ impl Db {
     /// Opens the database (creating the SQLite file when needed) and runs the migrations.
     /// Errors are one line naming the setting and Secret to check.
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Db> {
+        Self::connect_with_acquire_timeout(cfg, None).await
+    }
+
+    /// [`Db::connect`] with another acquire timeout than the backend's default
+    /// ([`PG_ACQUIRE_TIMEOUT`], [`SQLITE_ACQUIRE_TIMEOUT`]): for test suites on unoptimized
+    /// builds, where opening many PostgreSQL connections at once (SCRAM key derivation) alone
+    /// can take longer than a second.
+    pub async fn connect_with_acquire_timeout(
+        cfg: &DatabaseConfig,
+        acquire_timeout: Option<std::time::Duration>,
+    ) -> Result<Db> {
         sqlx::any::install_default_drivers();
-        let (url, backend, max) = match cfg {
-            DatabaseConfig::Postgres(url) => (url.clone(), Backend::Postgres, 16),
+        let (url, backend, max, default_acquire_timeout) = match cfg {
+            DatabaseConfig::Postgres(url) => {
+                (url.clone(), Backend::Postgres, 16, PG_ACQUIRE_TIMEOUT)
+            }
             DatabaseConfig::Sqlite(path) => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| {
@@ -143,6 +164,7 @@ impl Db {
                     format!("sqlite://{}?mode=rwc", path.display()),
                     Backend::Sqlite,
                     1,
+                    SQLITE_ACQUIRE_TIMEOUT,
                 )
             }
         };
@@ -160,7 +182,7 @@ impl Db {
         probe.close().await.ok();
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout.unwrap_or(default_acquire_timeout))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -1,7 +1,8 @@
 //! The browser login routes and what they need from the rest of the server.
 //!
 //! - `GET /api/v2/users/oidc/login[?redirect=/path]`: starts a login. The PKCE verifier, `state`
-//!   and `nonce` stay on the server (a bounded in-memory store, 10 minutes); the browser gets the
+//!   and `nonce` stay on the server (an in-memory store, 5 minutes, bounded per client address
+//!   and overall by evicting the oldest, so a flood never locks real users out); the browser gets the
 //!   `state` in a short-lived cookie scoped to the callback path, which binds the login to the
 //!   browser that started it (no login CSRF), and is sent to the provider.
 //! - `GET /api/v2/users/oidc/callback`: checks `state` against that cookie and the store (each
@@ -13,7 +14,8 @@
 //!
 //! Requests after the login are authenticated by [`crate::caller`], the same way as API tokens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,10 +47,14 @@ pub const LOGIN_PATH: &str = "/api/v2/users/oidc/login";
 pub const LOGOUT_PATH: &str = "/api/v2/users/logout";
 /// Cookie carrying the login's `state` to the callback.
 pub const LOGIN_COOKIE: &str = "lumie_oidc_state";
-/// How long a started login may take.
-pub const DEFAULT_LOGIN_TTL: Duration = Duration::from_secs(600);
-/// Logins in progress kept at most (unauthenticated callers create them).
+/// How long a started login may take (the provider's login form included).
+pub const DEFAULT_LOGIN_TTL: Duration = Duration::from_secs(300);
+/// Logins in progress kept at most (unauthenticated callers create them); beyond it the oldest
+/// is forgotten, a new login is never refused.
 pub const DEFAULT_MAX_PENDING_LOGINS: usize = 10_000;
+/// Logins in progress kept at most per client address (IPv6: per /64); beyond it that client's
+/// oldest is forgotten. Room for an office behind one NAT address logging in at once.
+pub const DEFAULT_MAX_PENDING_LOGINS_PER_CLIENT: usize = 32;
 
 /// A user as an OIDC login leaves it ([`Db::upsert_oidc_user`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +88,10 @@ pub struct IdentityOptions {
     pub proxy: TrustedProxy,
     /// How long a started login may take.
     pub login_ttl: Duration,
-    /// Bound on logins in progress.
+    /// Bound on logins in progress (the oldest is evicted).
     pub max_pending_logins: usize,
+    /// Bound on logins in progress per client address (that client's oldest is evicted).
+    pub max_pending_logins_per_client: usize,
 }
 
 impl IdentityOptions {
@@ -97,6 +105,7 @@ impl IdentityOptions {
             proxy: TrustedProxy::default(),
             login_ttl: DEFAULT_LOGIN_TTL,
             max_pending_logins: DEFAULT_MAX_PENDING_LOGINS,
+            max_pending_logins_per_client: DEFAULT_MAX_PENDING_LOGINS_PER_CLIENT,
         }
     }
 }
@@ -121,7 +130,11 @@ struct Inner {
 impl IdentityState {
     /// State over an OIDC client and the database that keeps users and sessions.
     pub fn new(oidc: Arc<OidcClient>, db: Db, options: IdentityOptions) -> Self {
-        let logins = LoginStore::new(options.login_ttl, options.max_pending_logins);
+        let logins = LoginStore::new(
+            options.login_ttl,
+            options.max_pending_logins,
+            options.max_pending_logins_per_client,
+        );
         IdentityState(Arc::new(Inner {
             oidc,
             db,
@@ -150,6 +163,12 @@ impl IdentityState {
         );
     }
 
+    /// Logins in progress kept in memory (used ones included, until they would have expired):
+    /// never more than [`IdentityOptions::max_pending_logins`].
+    pub fn pending_logins(&self) -> usize {
+        self.0.logins.len()
+    }
+
     /// Logins so far with this result (`ok` or an [`IdentityError::kind`]).
     pub fn login_results(&self, result: &'static str) -> u64 {
         self.0.results.get_or_create(&ResultLabel { result }).get()
@@ -170,7 +189,12 @@ struct LoginQuery {
     redirect: Option<String>,
 }
 
-async fn login(State(state): State<IdentityState>, Query(q): Query<LoginQuery>) -> Response {
+async fn login(
+    State(state): State<IdentityState>,
+    Query(q): Query<LoginQuery>,
+    req: Request,
+) -> Response {
+    let client_ip = client_ip_of(req.extensions(), req.headers(), &state.0.options.proxy);
     let return_to = local_path(q.redirect.as_deref());
     let result = async {
         let (url, pending) = state.0.oidc.begin_login(&return_to).await?;
@@ -181,7 +205,7 @@ async fn login(State(state): State<IdentityState>, Query(q): Query<LoginQuery>) 
             state.0.options.login_ttl,
             state.0.options.cookie.secure,
         );
-        state.0.logins.insert(pending)?;
+        state.0.logins.insert(pending, client_ip);
         Ok::<_, IdentityError>((url, cookie))
     }
     .await;
@@ -333,51 +357,193 @@ enum LoginEntry {
     Used,
 }
 
-/// Logins in progress, by `state`; a used one is remembered until it would have expired, so a
-/// replayed login response is named as such.
-struct LoginStore {
-    entries: Mutex<HashMap<String, (Instant, LoginEntry)>>,
-    ttl: Duration,
-    max: usize,
+/// Who started a login, for the per-client bound: the IPv4 address, or the IPv6 /64 (one host
+/// usually holds a whole /64, so rotating addresses inside it is still one client).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum ClientKey {
+    /// No address known (no connection info: in-process callers).
+    Unknown,
+    /// An IPv4 client (IPv4-mapped IPv6 included).
+    V4(std::net::Ipv4Addr),
+    /// The /64 prefix of an IPv6 client.
+    V6(u64),
 }
 
-impl LoginStore {
-    fn new(ttl: Duration, max: usize) -> Self {
-        LoginStore {
-            entries: Mutex::new(HashMap::new()),
-            ttl,
-            max: max.max(1),
+impl ClientKey {
+    fn of(ip: Option<IpAddr>) -> Self {
+        match ip {
+            None => ClientKey::Unknown,
+            Some(IpAddr::V4(v4)) => ClientKey::V4(v4),
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(v4),
+                None => ClientKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+struct Slot {
+    seq: u64,
+    at: Instant,
+    client: ClientKey,
+    entry: LoginEntry,
+}
+
+/// The store's maps: `by_state` holds the entries, `order` every entry's sequence number oldest
+/// first (with stale ones left by per-client evictions, dropped lazily and compacted), and
+/// `by_client` each client's entries oldest first (always exact).
+#[derive(Default)]
+struct Logins {
+    by_state: HashMap<String, Slot>,
+    order: VecDeque<(u64, String)>,
+    by_client: HashMap<ClientKey, VecDeque<(u64, String)>>,
+    next_seq: u64,
+}
+
+impl Logins {
+    /// Removes the globally oldest entry (skipping stale order records); false when empty.
+    fn pop_oldest(&mut self, only_if_older_than: Option<Duration>) -> bool {
+        while let Some((seq, state)) = self.order.front() {
+            let live = self.by_state.get(state).filter(|s| s.seq == *seq);
+            let Some(slot) = live else {
+                self.order.pop_front();
+                continue;
+            };
+            if only_if_older_than.is_some_and(|ttl| slot.at.elapsed() < ttl) {
+                return false;
+            }
+            let (seq, state) = self.order.pop_front().expect("front exists");
+            let slot = self.by_state.remove(&state).expect("live above");
+            self.forget_client_front(slot.client, seq);
+            return true;
+        }
+        false
+    }
+
+    /// Drops `seq` from the front of its client's queue: entries leave in age order, so the
+    /// globally oldest entry of a client is that client's oldest.
+    fn forget_client_front(&mut self, client: ClientKey, seq: u64) {
+        if let Some(q) = self.by_client.get_mut(&client) {
+            if q.front().is_some_and(|(s, _)| *s == seq) {
+                q.pop_front();
+            }
+            if q.is_empty() {
+                self.by_client.remove(&client);
+            }
         }
     }
 
-    fn insert(&self, login: PendingLogin) -> Result<(), IdentityError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.max {
-            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
-            if entries.len() >= self.max {
-                return Err(IdentityError::TooManyLogins);
+    /// Removes the oldest entry of `client` (its record in `order` goes stale).
+    fn pop_oldest_of(&mut self, client: ClientKey) {
+        if let Some(q) = self.by_client.get_mut(&client) {
+            if let Some((_, state)) = q.pop_front() {
+                self.by_state.remove(&state);
+            }
+            if q.is_empty() {
+                self.by_client.remove(&client);
             }
         }
-        entries.insert(
-            login.state.clone(),
-            (Instant::now(), LoginEntry::Pending(login)),
+    }
+
+    fn client_count(&self, client: ClientKey) -> usize {
+        self.by_client.get(&client).map_or(0, VecDeque::len)
+    }
+
+    /// Drops stale `order` records once they outnumber the live entries, so a flood from one
+    /// client (each start evicting that client's oldest) cannot grow `order` without bound.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.by_state.len() + 64 {
+            let by_state = &self.by_state;
+            self.order
+                .retain(|(seq, state)| by_state.get(state).is_some_and(|s| s.seq == *seq));
+        }
+    }
+}
+
+/// Logins in progress, by `state`; a used one is remembered until it would have expired, so a
+/// replayed login response is named as such.
+///
+/// Unauthenticated callers create these, so the store is bounded twice, and neither bound ever
+/// refuses a new login: each client (address, or IPv6 /64) keeps at most `per_client` (its
+/// oldest goes first), and the whole store at most `max` (the oldest entry of anyone goes
+/// first). A flood from one address thus only ever displaces its own logins; a flood from many
+/// displaces the oldest logins, while every new login (a real user's among them) still starts.
+struct LoginStore {
+    inner: Mutex<Logins>,
+    ttl: Duration,
+    max: usize,
+    per_client: usize,
+}
+
+impl LoginStore {
+    fn new(ttl: Duration, max: usize, per_client: usize) -> Self {
+        LoginStore {
+            inner: Mutex::new(Logins::default()),
+            ttl,
+            max: max.max(1),
+            per_client: per_client.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Logins> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a started login; always succeeds, evicting as described on [`LoginStore`].
+    fn insert(&self, login: PendingLogin, client_ip: Option<IpAddr>) {
+        let client = ClientKey::of(client_ip);
+        let mut g = self.lock();
+        while g.pop_oldest(Some(self.ttl)) {}
+        while g.client_count(client) >= self.per_client {
+            g.pop_oldest_of(client);
+        }
+        while g.by_state.len() >= self.max && g.pop_oldest(None) {}
+        g.compact();
+        let seq = g.next_seq;
+        g.next_seq += 1;
+        let state = login.state.clone();
+        if let Some(old) = g.by_state.remove(&state) {
+            // A repeated `state` (random, 128 bits: never in practice): the old one goes.
+            if let Some(q) = g.by_client.get_mut(&old.client) {
+                q.retain(|(s, _)| *s != old.seq);
+            }
+        }
+        g.order.push_back((seq, state.clone()));
+        g.by_client
+            .entry(client)
+            .or_default()
+            .push_back((seq, state.clone()));
+        g.by_state.insert(
+            state,
+            Slot {
+                seq,
+                at: Instant::now(),
+                client,
+                entry: LoginEntry::Pending(login),
+            },
         );
-        Ok(())
+    }
+
+    /// Entries kept (pending and used), for the bound's tests and metrics.
+    fn len(&self) -> usize {
+        self.lock().by_state.len()
     }
 
     /// The pending login for `state`, once; `cookie` is the browser's login cookie.
     fn take(&self, state: &str, cookie: Option<&str>) -> Result<PendingLogin, IdentityError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let live = entries
-            .get(state)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, e)| matches!(e, LoginEntry::Pending(_)));
+        let mut g = self.lock();
+        let slot = g
+            .by_state
+            .get_mut(state)
+            .filter(|slot| slot.at.elapsed() < self.ttl);
+        let live = slot
+            .as_ref()
+            .map(|s| matches!(s.entry, LoginEntry::Pending(_)));
         match (live, cookie) {
             (Some(false), _) => Err(IdentityError::ReplayedCallback),
             (Some(true), Some(c)) if c == state => {
-                let (at, entry) = entries.remove(state).expect("checked above");
-                entries.insert(state.to_string(), (at, LoginEntry::Used));
-                match entry {
+                let slot = slot.expect("checked above");
+                match std::mem::replace(&mut slot.entry, LoginEntry::Used) {
                     LoginEntry::Pending(p) => Ok(p),
                     LoginEntry::Used => Err(IdentityError::ReplayedCallback),
                 }
@@ -402,9 +568,9 @@ mod tests {
 
     #[test]
     fn login_store_table() {
-        let store = LoginStore::new(Duration::from_secs(600), 100);
-        store.insert(pending("s1")).unwrap();
-        store.insert(pending("s2")).unwrap();
+        let store = LoginStore::new(Duration::from_secs(600), 100, 10);
+        store.insert(pending("s1"), None);
+        store.insert(pending("s2"), None);
         // Cookie from another login: tampered state (or another browser).
         assert_eq!(
             store.take("s1", Some("s2")).unwrap_err().kind(),
@@ -437,26 +603,114 @@ mod tests {
         assert_eq!(store.take("s2", Some("s2")).unwrap().state, "s2");
     }
 
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
     #[test]
-    fn login_store_expiry_and_bound() {
-        let store = LoginStore::new(Duration::ZERO, 2);
-        store.insert(pending("old")).unwrap();
+    fn login_store_expiry() {
+        let store = LoginStore::new(Duration::ZERO, 2, 2);
+        store.insert(pending("old"), None);
         assert_eq!(
             store.take("old", Some("old")).unwrap_err().kind(),
             "unknown_state"
         );
-        let bounded = LoginStore::new(Duration::from_secs(600), 2);
-        bounded.insert(pending("a")).unwrap();
-        bounded.insert(pending("b")).unwrap();
-        assert_eq!(
-            bounded.insert(pending("c")).unwrap_err().kind(),
-            "too_many_logins"
-        );
-        // Expired entries make room.
-        let short = LoginStore::new(Duration::from_millis(1), 1);
-        short.insert(pending("a")).unwrap();
+        // Expired entries go first, at the next start.
+        let short = LoginStore::new(Duration::from_millis(1), 10, 10);
+        short.insert(pending("a"), ip("192.0.2.1"));
         std::thread::sleep(Duration::from_millis(5));
-        short.insert(pending("b")).unwrap();
+        short.insert(pending("b"), ip("192.0.2.2"));
+        assert_eq!(short.len(), 1);
+    }
+
+    /// (starts as (state, client), what is still there afterwards) for a store of at most 4
+    /// logins, 2 per client: a new login is never refused; the client's own oldest goes first,
+    /// then the oldest of anyone.
+    #[test]
+    fn login_store_bounds_table() {
+        /// (case, starts as (state, client address), states kept)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                "one client floods: only its own oldest go",
+                &[
+                    ("real", "198.51.100.9"),
+                    ("f1", "203.0.113.7"),
+                    ("f2", "203.0.113.7"),
+                    ("f3", "203.0.113.7"),
+                    ("f4", "203.0.113.7"),
+                ],
+                &["real", "f3", "f4"],
+            ),
+            (
+                "many clients flood: the oldest of anyone goes, the newest login stays",
+                &[
+                    ("a", "192.0.2.1"),
+                    ("b", "192.0.2.2"),
+                    ("c", "192.0.2.3"),
+                    ("d", "192.0.2.4"),
+                    ("e", "192.0.2.5"),
+                    ("real", "198.51.100.9"),
+                ],
+                &["c", "d", "e", "real"],
+            ),
+            (
+                "one IPv6 /64 is one client",
+                &[
+                    ("x1", "2001:db8:1:2::1"),
+                    ("x2", "2001:db8:1:2::2"),
+                    ("x3", "2001:db8:1:2:ffff::3"),
+                    ("y", "2001:db8:1:3::1"),
+                ],
+                &["x2", "x3", "y"],
+            ),
+            (
+                "IPv4-mapped IPv6 is the IPv4 client",
+                &[
+                    ("m1", "::ffff:192.0.2.1"),
+                    ("m2", "192.0.2.1"),
+                    ("m3", "::ffff:192.0.2.1"),
+                ],
+                &["m2", "m3"],
+            ),
+        ];
+        for (name, starts, kept) in cases {
+            let store = LoginStore::new(Duration::from_secs(600), 4, 2);
+            for (state, client) in *starts {
+                store.insert(pending(state), ip(client));
+            }
+            let mut have: Vec<&str> = starts
+                .iter()
+                .map(|(s, _)| *s)
+                .filter(|s| store.take(s, Some(s)).is_ok())
+                .collect();
+            have.sort();
+            let mut want = kept.to_vec();
+            want.sort();
+            assert_eq!(have, want, "{name}");
+        }
+    }
+
+    /// A sustained flood from one address keeps every structure of the store bounded.
+    #[test]
+    fn login_store_memory_stays_bounded_under_a_flood() {
+        let store = LoginStore::new(Duration::from_secs(600), 1000, 8);
+        for i in 0..50_000 {
+            store.insert(pending(&format!("flood-{i}")), ip("203.0.113.7"));
+        }
+        for i in 0..5_000 {
+            let client = format!("10.0.{}.{}", i / 256, i % 256);
+            store.insert(pending(&format!("many-{i}")), ip(&client));
+        }
+        store.insert(pending("real"), ip("198.51.100.9"));
+        let g = store.lock();
+        assert_eq!(g.by_state.len(), 1000);
+        assert!(g.order.len() <= 2 * 1000 + 64, "order: {}", g.order.len());
+        let queued: usize = g.by_client.values().map(VecDeque::len).sum();
+        assert_eq!(queued, 1000, "client queues hold exactly the entries");
+        assert!(g.by_client.len() <= 1000);
+        drop(g);
+        assert_eq!(store.take("real", Some("real")).unwrap().state, "real");
     }
 
     #[test]

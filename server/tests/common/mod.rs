@@ -50,9 +50,15 @@ pub async fn pg_db_with_url() -> (Db, String) {
         .expect("create database");
     admin.close().await;
     let url = format!("{}/{name}", base.rsplit_once('/').expect("url with db").0);
-    let db = Db::connect(&DatabaseConfig::Postgres(url.clone()))
-        .await
-        .expect("connect");
+    // The production acquire timeout (1 s) is about outages; tests that open many connections
+    // at once on an unoptimized build and a busy machine need longer than that just to connect.
+    // The outage tests (database_outage.rs) use the default.
+    let db = Db::connect_with_acquire_timeout(
+        &DatabaseConfig::Postgres(url.clone()),
+        Some(std::time::Duration::from_secs(10)),
+    )
+    .await
+    .expect("connect");
     (db, url)
 }
 

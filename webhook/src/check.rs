@@ -12,6 +12,7 @@ use crate::podview::PodView;
 use crate::policy::PolicySet;
 use crate::policy_file::documents;
 use crate::review::{Requester, evaluate_pod, mutation};
+use crate::validate::NOT_WORKSPACE;
 
 /// What `check` needs; tests build it directly.
 #[derive(Clone, Debug)]
@@ -45,6 +46,9 @@ pub struct PodVerdict {
     pub audited: Vec<String>,
     /// Exemptions.
     pub exempt: Vec<String>,
+    /// What would make the pod a workspace pod, for each policy whose privileged exception
+    /// missed because it is not one.
+    pub hints: Vec<String>,
 }
 
 /// Judges every pod in `text`. Other kinds are skipped (listed in the second value).
@@ -100,6 +104,24 @@ pub fn check_text(
         };
         let ev = evaluate_pod(policies, &namespace, &pod, None, who, now);
         let strings = |v: &[crate::validate::Violation]| v.iter().map(|x| x.to_string()).collect();
+        let mut hints: Vec<String> = Vec::new();
+        for v in ev.denied.iter().chain(&ev.warnings).chain(&ev.audited) {
+            if !v.rule.ends_with(NOT_WORKSPACE) {
+                continue;
+            }
+            if let Some(p) = policies.covering(&namespace).find(|p| p.name == v.policy) {
+                let mut hint = p.workspace_pod_description();
+                if !p.is_creator(&config.user) {
+                    hint.push_str(&format!(
+                        " (checked as {:?}; --user names the creator to check as)",
+                        config.user
+                    ));
+                }
+                if !hints.contains(&hint) {
+                    hints.push(hint);
+                }
+            }
+        }
         verdicts.push(PodVerdict {
             source: source.to_string(),
             pod: format!("{namespace}/{name}"),
@@ -109,6 +131,7 @@ pub fn check_text(
             warnings: strings(&ev.warnings),
             audited: strings(&ev.audited),
             exempt: ev.exempt.clone(),
+            hints,
         });
     }
     Ok((verdicts, skipped))
@@ -143,6 +166,7 @@ pub fn run(policies: &PolicySet, config: &CheckConfig, out: &mut dyn Write) -> R
                 ("warn", &v.warnings),
                 ("audit", &v.audited),
                 ("exempt", &v.exempt),
+                ("hint", &v.hints),
             ] {
                 for line in list {
                     writeln!(out, "  {tag}: {line}").map_err(w)?;

@@ -140,7 +140,11 @@ object_only!(
     ProfileView<'a>,
     SeLinuxView<'a>,
     WindowsView,
+    GitRepoView<'a>,
     ContainerView<'a>,
+    ProbeView<'a>,
+    LifecycleView<'a>,
+    HostView<'a>,
     EnvView<'a>,
     EnvSourceView<'a>,
     EnvFromView<'a>,
@@ -243,6 +247,9 @@ pub struct SpecView<'a> {
     /// `spec.hostIPC`.
     #[serde(default, rename = "hostIPC")]
     pub host_ipc: Option<bool>,
+    /// `spec.hostUsers`: `false` runs the pod in a user namespace, which relaxes `procMount`.
+    #[serde(default)]
+    pub host_users: Option<bool>,
     /// `spec.volumes`.
     #[serde(borrow, default)]
     pub volumes: Option<Vec<VolumeView<'a>>>,
@@ -299,6 +306,18 @@ pub struct VolumeView<'a> {
     /// `csi`, when it is one (its `nodePublishSecretRef`).
     #[serde(borrow, default)]
     pub csi: Option<CsiView<'a>>,
+    /// `gitRepo`, when it is one (deprecated; the kubelet runs `git` on the node).
+    #[serde(borrow, default)]
+    pub git_repo: Option<GitRepoView<'a>>,
+}
+
+/// A `gitRepo` volume.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct GitRepoView<'a> {
+    /// `repository`.
+    #[serde(borrow, default, deserialize_with = "cow")]
+    pub repository: Str<'a>,
 }
 
 /// `persistentVolumeClaim`.
@@ -455,6 +474,54 @@ pub struct ContainerView<'a> {
     /// `envFrom`: only the Secrets it reads.
     #[serde(borrow, default)]
     pub env_from: Option<Vec<EnvFromView<'a>>>,
+    /// `livenessProbe`: only the hosts it connects to.
+    #[serde(borrow, default)]
+    pub liveness_probe: Option<ProbeView<'a>>,
+    /// `readinessProbe`.
+    #[serde(borrow, default)]
+    pub readiness_probe: Option<ProbeView<'a>>,
+    /// `startupProbe`.
+    #[serde(borrow, default)]
+    pub startup_probe: Option<ProbeView<'a>>,
+    /// `lifecycle`.
+    #[serde(borrow, default)]
+    pub lifecycle: Option<LifecycleView<'a>>,
+}
+
+/// A probe or a lifecycle handler: the two actions the kubelet performs from the node's
+/// network namespace, where a `host` points them anywhere the node can reach.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeView<'a> {
+    /// `httpGet`.
+    #[serde(borrow, default)]
+    pub http_get: Option<HostView<'a>>,
+    /// `tcpSocket`.
+    #[serde(borrow, default)]
+    pub tcp_socket: Option<HostView<'a>>,
+}
+
+/// `lifecycle`: its handlers read like probes.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleView<'a> {
+    /// `postStart`.
+    #[serde(borrow, default)]
+    pub post_start: Option<ProbeView<'a>>,
+    /// `preStop`.
+    #[serde(borrow, default)]
+    pub pre_stop: Option<ProbeView<'a>>,
+}
+
+/// `httpGet` or `tcpSocket`: only the host.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct HostView<'a> {
+    /// `host`; unset or empty means the pod IP.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub host: Option<Str<'a>>,
 }
 
 /// An `env` entry.

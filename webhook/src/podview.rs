@@ -697,6 +697,46 @@ mod tests {
             notes.iter().next().unwrap().1,
             Cow::Borrowed("unconfined")
         ));
+        let probed = PodView::parse(
+            r#"{"spec":{"hostUsers":false,"volumes":[{"name":"g","gitRepo":{"repository":"r"}}],
+            "ephemeralContainers":[{"name":"e","lifecycle":{"preStop":{"tcpSocket":{"host":"n","port":1}}}}],
+            "containers":[{"name":"c","livenessProbe":{"httpGet":{"host":"h","port":80},"periodSeconds":5},
+            "startupProbe":{"exec":{"command":["true"]}}}]}}"#,
+        )
+        .unwrap();
+        let spec = probed.spec.as_ref().unwrap();
+        assert_eq!(spec.host_users, Some(false));
+        assert_eq!(
+            spec.volumes.as_ref().unwrap()[0]
+                .git_repo
+                .as_ref()
+                .unwrap()
+                .repository,
+            "r"
+        );
+        let c = &spec.containers()[0];
+        let host = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .host
+            .as_ref();
+        assert!(matches!(host, Some(Cow::Borrowed("h"))), "{host:?}");
+        let exec = c.startup_probe.as_ref().unwrap();
+        assert!(exec.http_get.is_none() && exec.tcp_socket.is_none());
+        let e = &spec.ephemeral_containers.as_ref().unwrap()[0];
+        let pre_stop = e.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert_eq!(
+            pre_stop.tcp_socket.as_ref().unwrap().host.as_deref(),
+            Some("n")
+        );
+        assert!(
+            PodView::parse(r#"{"spec":{"containers":[{"name":"c","livenessProbe":[]}]}}"#).is_err(),
+            "a probe must be an object"
+        );
         let err = PodView::parse(r#"{"apiVersion":"v1","kind":"Service"}"#).unwrap_err();
         assert!(err.contains("Service"), "{err}");
         assert!(PodView::parse(r#"{"spec":{"containers":"x"}}"#).is_err());

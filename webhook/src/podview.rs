@@ -151,6 +151,7 @@ object_only!(
     PortView,
     SecurityView<'a>,
     CapabilitiesView<'a>,
+    UlimitView<'a>,
     AffinityView<'a>,
     NodeAffinityView<'a>,
     NodeSelectorView<'a>,
@@ -593,6 +594,18 @@ pub struct SecurityView<'a> {
     /// `windowsOptions`.
     #[serde(default)]
     pub windows_options: Option<WindowsView>,
+    /// `ulimits` (Kubernetes 1.37+; an older apiserver drops the field before admission).
+    #[serde(borrow, default)]
+    pub ulimits: Option<Vec<UlimitView<'a>>>,
+}
+
+/// A container ulimit: only its name, for the violation.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct UlimitView<'a> {
+    /// `name` (`nofile`, `memlock`…).
+    #[serde(borrow, default, deserialize_with = "cow")]
+    pub name: Str<'a>,
 }
 
 /// Capabilities: only what is added.

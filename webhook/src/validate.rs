@@ -27,7 +27,7 @@ use crate::policy::CompiledPolicy;
 #[doc(hidden)]
 macro_rules! baseline_kubernetes_release {
     () => {
-        "1.35"
+        "1.37"
     };
 }
 
@@ -592,6 +592,17 @@ fn check_container(
             "securityContext.procMount",
             format!("{pm:?}"),
             "procMount must be Default unless the pod sets hostUsers: false",
+        );
+    }
+    if let Some(limits) = sc.ulimits.as_deref()
+        && !limits.is_empty()
+    {
+        let names: Vec<&str> = limits.iter().map(|l| &*l.name).collect();
+        f.baseline(
+            s,
+            "securityContext.ulimits",
+            format!("{names:?}"),
+            "container ulimits may not be set",
         );
     }
     check_confinement(

@@ -132,7 +132,10 @@ fn follows_a_recent_release() {
         .strip_prefix("1.")
         .and_then(|m| m.parse().ok())
         .expect("a 1.x release");
-    assert!(minor >= 35, "probe host (1.34) and userns procMount (1.35)");
+    assert!(
+        minor >= 37,
+        "probe host (1.34), userns procMount (1.35), ulimits (1.37)"
+    );
     assert_eq!(SAFE_SYSCTLS.len(), 12);
     assert_eq!(BASELINE_CAPABILITIES.len(), 13);
 }
@@ -578,6 +581,44 @@ fn sysctls_current_safe_list() {
                     )
                 },
                 Want::Deny(&[r#"sysctls[0].name="net.ipv4.tcp_mem""#]),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn ulimits() {
+    run_table(
+        plain_pod,
+        vec![
+            (
+                "ulimits set",
+                |p| {
+                    sc(
+                        p,
+                        json!({"ulimits": [{"name": "memlock", "soft": -1, "hard": -1},
+                            {"name": "nofile", "soft": 1024, "hard": 4096}]}),
+                    )
+                },
+                Want::Deny(&[
+                    r#"container "main": securityContext.ulimits=["memlock", "nofile"] is not allowed (Pod Security baseline: container ulimits"#,
+                ]),
+            ),
+            (
+                "init container ulimits",
+                |p| {
+                    init(
+                        p,
+                        json!({"name": "i", "image": "busybox",
+                            "securityContext": {"ulimits": [{"name": "nofile", "soft": 1, "hard": 1}]}}),
+                    )
+                },
+                Want::Deny(&[r#"init container "i": securityContext.ulimits"#]),
+            ),
+            (
+                "ulimits empty",
+                |p| sc(p, json!({"ulimits": []})),
+                Want::Allow,
             ),
         ],
     );

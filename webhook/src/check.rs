@@ -1,6 +1,8 @@
 //! `lumie-webhook check`: pod manifests judged offline, as the apiserver would with the webhook
 //! installed (mutate, then validate), with a verdict and every violation per pod. Like
-//! `kyverno apply` or `gator test`, for CI on manifests and for trying a policy out.
+//! `kyverno apply` or `gator test`, for CI on manifests and for trying a policy out. When a
+//! privileged container misses the exception because its pod is not a workspace pod, a `hint`
+//! line says what would make it one (labels, service account, creator).
 
 use std::io::Write;
 use std::path::PathBuf;

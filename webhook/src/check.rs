@@ -1,6 +1,8 @@
 //! `lumie-webhook check`: pod manifests judged offline, as the apiserver would with the webhook
 //! installed (mutate, then validate), with a verdict and every violation per pod. Like
-//! `kyverno apply` or `gator test`, for CI on manifests and for trying a policy out.
+//! `kyverno apply` or `gator test`, for CI on manifests and for trying a policy out. When a
+//! privileged container misses the exception because its pod is not a workspace pod, a `hint`
+//! line says what would make it one (labels, service account, creator).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use crate::podview::PodView;
 use crate::policy::PolicySet;
 use crate::policy_file::documents;
 use crate::review::{Requester, evaluate_pod, mutation};
+use crate::validate::NOT_WORKSPACE;
 
 /// What `check` needs; tests build it directly.
 #[derive(Clone, Debug)]
@@ -45,6 +48,9 @@ pub struct PodVerdict {
     pub audited: Vec<String>,
     /// Exemptions.
     pub exempt: Vec<String>,
+    /// What would make the pod a workspace pod, for each policy whose privileged exception
+    /// missed because it is not one.
+    pub hints: Vec<String>,
 }
 
 /// Judges every pod in `text`. Other kinds are skipped (listed in the second value).
@@ -100,6 +106,24 @@ pub fn check_text(
         };
         let ev = evaluate_pod(policies, &namespace, &pod, None, who, now);
         let strings = |v: &[crate::validate::Violation]| v.iter().map(|x| x.to_string()).collect();
+        let mut hints: Vec<String> = Vec::new();
+        for v in ev.denied.iter().chain(&ev.warnings).chain(&ev.audited) {
+            if !v.rule.ends_with(NOT_WORKSPACE) {
+                continue;
+            }
+            if let Some(p) = policies.covering(&namespace).find(|p| p.name == v.policy) {
+                let mut hint = p.workspace_pod_description();
+                if !p.is_creator(&config.user) {
+                    hint.push_str(&format!(
+                        " (checked as {:?}; --user names the creator to check as)",
+                        config.user
+                    ));
+                }
+                if !hints.contains(&hint) {
+                    hints.push(hint);
+                }
+            }
+        }
         verdicts.push(PodVerdict {
             source: source.to_string(),
             pod: format!("{namespace}/{name}"),
@@ -109,6 +133,7 @@ pub fn check_text(
             warnings: strings(&ev.warnings),
             audited: strings(&ev.audited),
             exempt: ev.exempt.clone(),
+            hints,
         });
     }
     Ok((verdicts, skipped))
@@ -143,6 +168,7 @@ pub fn run(policies: &PolicySet, config: &CheckConfig, out: &mut dyn Write) -> R
                 ("warn", &v.warnings),
                 ("audit", &v.audited),
                 ("exempt", &v.exempt),
+                ("hint", &v.hints),
             ] {
                 for line in list {
                     writeln!(out, "  {tag}: {line}").map_err(w)?;

@@ -14,9 +14,18 @@ use crate::policy::PolicySet;
 use crate::review::{Endpoint, MAX_BODY_BYTES, Reviewer};
 use crate::server::{PolicySource, ServeConfig};
 
+/// `--version`: the crate version and the upstream release whose Pod Security baseline the
+/// rules follow ([`crate::validate::BASELINE_KUBERNETES_RELEASE`]).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (Pod Security baseline of Kubernetes ",
+    crate::baseline_kubernetes_release!(),
+    ", plus lumie-coder's stricter rules: see webhook/README.md)"
+);
+
 /// lumie-webhook: admission webhook that injects and enforces the workspace pod contract.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 pub struct Cli {
     /// Log format.
     #[arg(long, env = "LUMIE_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

@@ -140,13 +140,18 @@ object_only!(
     ProfileView<'a>,
     SeLinuxView<'a>,
     WindowsView,
+    GitRepoView<'a>,
     ContainerView<'a>,
+    ProbeView<'a>,
+    LifecycleView<'a>,
+    HostView<'a>,
     EnvView<'a>,
     EnvSourceView<'a>,
     EnvFromView<'a>,
     PortView,
     SecurityView<'a>,
     CapabilitiesView<'a>,
+    UlimitView<'a>,
     AffinityView<'a>,
     NodeAffinityView<'a>,
     NodeSelectorView<'a>,
@@ -243,6 +248,9 @@ pub struct SpecView<'a> {
     /// `spec.hostIPC`.
     #[serde(default, rename = "hostIPC")]
     pub host_ipc: Option<bool>,
+    /// `spec.hostUsers`: `false` runs the pod in a user namespace, which relaxes `procMount`.
+    #[serde(default)]
+    pub host_users: Option<bool>,
     /// `spec.volumes`.
     #[serde(borrow, default)]
     pub volumes: Option<Vec<VolumeView<'a>>>,
@@ -299,6 +307,18 @@ pub struct VolumeView<'a> {
     /// `csi`, when it is one (its `nodePublishSecretRef`).
     #[serde(borrow, default)]
     pub csi: Option<CsiView<'a>>,
+    /// `gitRepo`, when it is one (deprecated; the kubelet runs `git` on the node).
+    #[serde(borrow, default)]
+    pub git_repo: Option<GitRepoView<'a>>,
+}
+
+/// A `gitRepo` volume.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct GitRepoView<'a> {
+    /// `repository`.
+    #[serde(borrow, default, deserialize_with = "cow")]
+    pub repository: Str<'a>,
 }
 
 /// `persistentVolumeClaim`.
@@ -455,6 +475,54 @@ pub struct ContainerView<'a> {
     /// `envFrom`: only the Secrets it reads.
     #[serde(borrow, default)]
     pub env_from: Option<Vec<EnvFromView<'a>>>,
+    /// `livenessProbe`: only the hosts it connects to.
+    #[serde(borrow, default)]
+    pub liveness_probe: Option<ProbeView<'a>>,
+    /// `readinessProbe`.
+    #[serde(borrow, default)]
+    pub readiness_probe: Option<ProbeView<'a>>,
+    /// `startupProbe`.
+    #[serde(borrow, default)]
+    pub startup_probe: Option<ProbeView<'a>>,
+    /// `lifecycle`.
+    #[serde(borrow, default)]
+    pub lifecycle: Option<LifecycleView<'a>>,
+}
+
+/// A probe or a lifecycle handler: the two actions the kubelet performs from the node's
+/// network namespace, where a `host` points them anywhere the node can reach.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeView<'a> {
+    /// `httpGet`.
+    #[serde(borrow, default)]
+    pub http_get: Option<HostView<'a>>,
+    /// `tcpSocket`.
+    #[serde(borrow, default)]
+    pub tcp_socket: Option<HostView<'a>>,
+}
+
+/// `lifecycle`: its handlers read like probes.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleView<'a> {
+    /// `postStart`.
+    #[serde(borrow, default)]
+    pub post_start: Option<ProbeView<'a>>,
+    /// `preStop`.
+    #[serde(borrow, default)]
+    pub pre_stop: Option<ProbeView<'a>>,
+}
+
+/// `httpGet` or `tcpSocket`: only the host.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct HostView<'a> {
+    /// `host`; unset or empty means the pod IP.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub host: Option<Str<'a>>,
 }
 
 /// An `env` entry.
@@ -526,6 +594,18 @@ pub struct SecurityView<'a> {
     /// `windowsOptions`.
     #[serde(default)]
     pub windows_options: Option<WindowsView>,
+    /// `ulimits` (Kubernetes 1.37+; an older apiserver drops the field before admission).
+    #[serde(borrow, default)]
+    pub ulimits: Option<Vec<UlimitView<'a>>>,
+}
+
+/// A container ulimit: only its name, for the violation.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(remote = "Self")]
+pub struct UlimitView<'a> {
+    /// `name` (`nofile`, `memlock`…).
+    #[serde(borrow, default, deserialize_with = "cow")]
+    pub name: Str<'a>,
 }
 
 /// Capabilities: only what is added.
@@ -630,6 +710,46 @@ mod tests {
             notes.iter().next().unwrap().1,
             Cow::Borrowed("unconfined")
         ));
+        let probed = PodView::parse(
+            r#"{"spec":{"hostUsers":false,"volumes":[{"name":"g","gitRepo":{"repository":"r"}}],
+            "ephemeralContainers":[{"name":"e","lifecycle":{"preStop":{"tcpSocket":{"host":"n","port":1}}}}],
+            "containers":[{"name":"c","livenessProbe":{"httpGet":{"host":"h","port":80},"periodSeconds":5},
+            "startupProbe":{"exec":{"command":["true"]}}}]}}"#,
+        )
+        .unwrap();
+        let spec = probed.spec.as_ref().unwrap();
+        assert_eq!(spec.host_users, Some(false));
+        assert_eq!(
+            spec.volumes.as_ref().unwrap()[0]
+                .git_repo
+                .as_ref()
+                .unwrap()
+                .repository,
+            "r"
+        );
+        let c = &spec.containers()[0];
+        let host = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .host
+            .as_ref();
+        assert!(matches!(host, Some(Cow::Borrowed("h"))), "{host:?}");
+        let exec = c.startup_probe.as_ref().unwrap();
+        assert!(exec.http_get.is_none() && exec.tcp_socket.is_none());
+        let e = &spec.ephemeral_containers.as_ref().unwrap()[0];
+        let pre_stop = e.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert_eq!(
+            pre_stop.tcp_socket.as_ref().unwrap().host.as_deref(),
+            Some("n")
+        );
+        assert!(
+            PodView::parse(r#"{"spec":{"containers":[{"name":"c","livenessProbe":[]}]}}"#).is_err(),
+            "a probe must be an object"
+        );
         let err = PodView::parse(r#"{"apiVersion":"v1","kind":"Service"}"#).unwrap_err();
         assert!(err.contains("Service"), "{err}");
         assert!(PodView::parse(r#"{"spec":{"containers":"x"}}"#).is_err());

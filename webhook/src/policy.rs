@@ -145,6 +145,35 @@ impl CompiledPolicy {
         selector_matches(&self.spec.workspace_selector, labels.unwrap_or(&EMPTY))
     }
 
+    /// What makes a pod a workspace pod under this policy, in words: the labels
+    /// `workspaceSelector` wants, the service account the pod runs as, who must create it.
+    /// For `check` to say why a privileged container was not excepted.
+    pub fn workspace_pod_description(&self) -> String {
+        let sel = &self.spec.workspace_selector;
+        let mut wants: Vec<String> = sel
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for e in sel.match_expressions.iter().flatten() {
+            let values = e.values.as_deref().unwrap_or(&[]).join(", ");
+            wants.push(match e.operator.as_str() {
+                "Exists" | "DoesNotExist" => format!("{} {}", e.key, e.operator),
+                op => format!("{} {op} ({values})", e.key),
+            });
+        }
+        format!(
+            "a workspace pod under WorkspacePolicy {:?} has the labels {} (workspaceSelector), \
+             runs as service account {:?} (serviceAccountName; the mutation sets it) and is \
+             created by one of workspaceCreators: {}",
+            &*self.name,
+            wants.join(", "),
+            self.spec.service_account_name,
+            self.spec.workspace_creators.join(", ")
+        )
+    }
+
     /// Whether `user` may create workspace pods (and so use the privileged exception).
     pub fn is_creator(&self, user: &str) -> bool {
         self.spec.workspace_creators.iter().any(|c| c == user)

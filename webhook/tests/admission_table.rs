@@ -392,7 +392,7 @@ fn validation_table_workspace_pods() {
             |p| {
                 dev_sc(
                     p,
-                    json!({"capabilities": {"add": ["NET_BIND_SERVICE", "CAP_CHOWN"], "drop": ["ALL"]}}),
+                    json!({"capabilities": {"add": ["NET_BIND_SERVICE", "CHOWN"], "drop": ["ALL"]}}),
                 )
             },
             Want::Allow,

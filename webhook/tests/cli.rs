@@ -224,3 +224,58 @@ fn certs_generate_writes_the_four_files() {
         assert!(len > 0, "{f} is empty");
     }
 }
+
+#[test]
+fn version_names_the_upstream_baseline_release() {
+    let out = bin().arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let release = lumie_webhook::validate::BASELINE_KUBERNETES_RELEASE;
+    assert!(
+        text.contains(&format!("Pod Security baseline of Kubernetes {release}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_says_what_makes_a_workspace_pod_when_dind_is_not_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dind.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: my-dind, labels: {app: my-dind}}
+spec:
+  containers:
+  - name: dind
+    image: docker:27-dind
+    securityContext: {privileged: true}
+"#,
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check", "--user", "alice"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("does not match workspaceSelector"),
+        "the denial keeps its shape: {text}"
+    );
+    let hint = text
+        .lines()
+        .find(|l| l.starts_with("  hint: "))
+        .unwrap_or_else(|| panic!("no hint: {text}"));
+    for part in [
+        "app.kubernetes.io/name=dev-workspace",
+        r#"service account "dev-workspace""#,
+        "workspaceCreators: system:serviceaccount:coder:coder",
+        r#"checked as "alice"; --user"#,
+    ] {
+        assert!(hint.contains(part), "{part}: {hint}");
+    }
+}

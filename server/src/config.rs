@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use lumie_contract::{agent_api, workspace};
 
-use crate::error::Error;
+use crate::error::StartupError;
 use crate::identity::oidc::DEFAULT_ALLOWED_CLOCK_SKEW;
 use crate::identity::roles::{DEFAULT_ADMIN_GROUP, DEFAULT_ROLE_CLAIM};
 use crate::identity::trusted_proxy::WildcardHost;
@@ -339,11 +339,11 @@ fn non_blank(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-fn check_url(setting: &'static str, value: &str) -> Result<(), Error> {
+fn check_url(setting: &'static str, value: &str) -> Result<(), StartupError> {
     if value.starts_with("http://") || value.starts_with("https://") {
         Ok(())
     } else {
-        Err(Error::InvalidSetting {
+        Err(StartupError::InvalidSetting {
             setting,
             message: format!("{value:?} is not an http(s) URL"),
         })
@@ -351,10 +351,10 @@ fn check_url(setting: &'static str, value: &str) -> Result<(), Error> {
 }
 
 impl TryFrom<ServeArgs> for Config {
-    type Error = Error;
+    type Error = StartupError;
 
-    fn try_from(a: ServeArgs) -> Result<Self, Error> {
-        let access_url = non_blank(a.access_url).ok_or(Error::MissingSetting {
+    fn try_from(a: ServeArgs) -> Result<Self, StartupError> {
+        let access_url = non_blank(a.access_url).ok_or(StartupError::MissingSetting {
             setting: "CODER_ACCESS_URL (--access-url)",
             hint: "set it to the URL developers open, e.g. https://coder.lumie-infra.com",
         })?;
@@ -365,7 +365,7 @@ impl TryFrom<ServeArgs> for Config {
                 DatabaseConfig::Postgres(url)
             }
             Some(_) => {
-                return Err(Error::InvalidSetting {
+                return Err(StartupError::InvalidSetting {
                     setting: "CODER_PG_CONNECTION_URL",
                     message: format!(
                         "is not a postgres:// URL: check the value in Secret {DB_SECRET}"
@@ -387,7 +387,7 @@ impl TryFrom<ServeArgs> for Config {
         ) {
             (None, None, None) => None,
             (Some(issuer_url), client_id, client_secret) => {
-                let client_id = client_id.ok_or(Error::MissingSetting {
+                let client_id = client_id.ok_or(StartupError::MissingSetting {
                     setting: "CODER_OIDC_CLIENT_ID",
                     hint: "OIDC login (CODER_OIDC_ISSUER_URL is set) needs the realm's client id, normally `coder`",
                 })?;
@@ -407,20 +407,20 @@ impl TryFrom<ServeArgs> for Config {
                 Some(oidc)
             }
             (None, _, _) => {
-                return Err(Error::MissingSetting {
+                return Err(StartupError::MissingSetting {
                     setting: "CODER_OIDC_ISSUER_URL",
                     hint: "OIDC client id or secret given without the issuer URL (the Keycloak realm)",
                 });
             }
         };
         if a.agent_report_interval_secs == 0 {
-            return Err(Error::InvalidSetting {
+            return Err(StartupError::InvalidSetting {
                 setting: "LUMIE_AGENT_REPORT_INTERVAL_SECS",
                 message: "must be at least 1".into(),
             });
         }
         if a.workspace_namespace.trim().is_empty() {
-            return Err(Error::MissingSetting {
+            return Err(StartupError::MissingSetting {
                 setting: "LUMIE_WORKSPACE_NAMESPACE (--workspace-namespace)",
                 hint: "the namespace workspace pods live in, normally lumie-dev",
             });
@@ -456,7 +456,7 @@ impl TryFrom<ServeArgs> for Config {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, Error> {
+    fn parse(args: &[&str]) -> Result<Config, StartupError> {
         let mut argv = vec!["lumie-server"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).expect("clap parse");

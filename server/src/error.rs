@@ -1,7 +1,10 @@
-//! The server library's one error type, and how each variant reads in a log line and an HTTP answer.
+//! The server library's two error types, one per reader:
+//! - [`StartupError`]: what an operator reads when the server (or the doctor) cannot start,
+//!   printed as ONE line that names the setting, Secret or permission at fault and what to check;
+//!   never an HTTP answer;
+//! - [`Error`]: what goes wrong while serving: API errors carry a status code and a Coder-like
+//!   JSON body, background tasks log them.
 //!
-//! Start-up errors are written to be printed as ONE line that names the setting or Secret at
-//! fault and what to check; API errors carry a status code and a Coder-like JSON body.
 //! The database being unreachable at run time (down, restarting, network) is a 503 naming the
 //! database and what to check, answered within the pool's acquire timeout ([`crate::db`]).
 
@@ -12,53 +15,12 @@ use axum::response::{IntoResponse, Response};
 /// Everything that can go wrong in the server library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A required setting is missing.
-    #[error("missing setting {setting}: {hint}")]
-    MissingSetting {
-        /// Environment variable (and flag).
-        setting: &'static str,
-        /// What to put there.
-        hint: &'static str,
-    },
-    /// A setting has a value that cannot work.
-    #[error("invalid setting {setting}: {message}")]
-    InvalidSetting {
-        /// Environment variable.
-        setting: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// The database cannot be reached or used at start.
-    #[error("database: {0}")]
-    DatabaseStartup(String),
     /// The database failed at run time.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The kube API cannot be reached or used at start.
-    #[error("kubernetes: {0}")]
-    KubeStartup(String),
     /// A kube API call failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// The workspace template config is unusable.
-    #[error("template {path}: {message}")]
-    Template {
-        /// File (or `built-in`).
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// I/O.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        source: std::io::Error,
-    },
     /// No credentials, or unknown ones.
     #[error("{0}")]
     Unauthorized(String),
@@ -93,6 +55,71 @@ pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable (no connecti
      reachable at the host/port in CODER_PG_CONNECTION_URL (Secret coder-db-secret), or with \
      the embedded SQLite that the data volume (LUMIE_DATA_DIR) is healthy; retry shortly";
 
+/// Why the server (or the doctor) cannot start: one line for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A required setting is missing.
+    #[error("missing setting {setting}: {hint}")]
+    MissingSetting {
+        /// Environment variable (and flag).
+        setting: &'static str,
+        /// What to put there.
+        hint: &'static str,
+    },
+    /// A setting has a value that cannot work.
+    #[error("invalid setting {setting}: {message}")]
+    InvalidSetting {
+        /// Environment variable.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The database cannot be reached or used at start.
+    #[error("database: {0}")]
+    Database(String),
+    /// Migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The kube API cannot be reached or used at start.
+    #[error("kubernetes: {0}")]
+    Kube(String),
+    /// The workspace template config is unusable.
+    #[error("template {path}: {message}")]
+    Template {
+        /// File (or `built-in`).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Identity settings (OIDC, trusted proxy, access URL) that cannot work.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// Something failed while starting that is not a setting (a first query, a first write).
+    #[error(transparent)]
+    Run(#[from] Error),
+}
+
+impl StartupError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StartupError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result of a start-up step.
+pub type StartupResult<T> = std::result::Result<T, StartupError>;
+
 /// Seconds a client is told to wait before retrying while the database is unavailable.
 pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
 
@@ -100,14 +127,6 @@ pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Wraps an I/O error with what was being done.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
-    }
-
     /// Whether this is the database being unreachable (no connection within the acquire
     /// timeout, the connection failed or the pool is closed), not a statement that failed.
     pub fn is_database_unavailable(&self) -> bool {

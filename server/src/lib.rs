@@ -44,6 +44,6 @@ pub mod status;
 pub mod template;
 
 pub use api::router;
-pub use error::{Error, Result};
+pub use error::{Error, Result, StartupError, StartupResult};
 pub mod doctor;
 pub mod identity;

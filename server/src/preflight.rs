@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
-use crate::error::{Error, Result};
+use crate::error::{StartupError, StartupResult};
 
 /// What the control plane must be allowed to do in the workspace namespace:
 /// (verb, resource, object name for name-scoped rules).
@@ -37,9 +37,9 @@ pub const REQUIRED_ACCESS: &[(&str, &str, Option<&str>)] = &[
 ];
 
 /// Builds the kube client from the in-cluster service account or `KUBECONFIG`.
-pub async fn kube_client() -> Result<Client> {
+pub async fn kube_client() -> StartupResult<Client> {
     Client::try_default().await.map_err(|e| {
-        Error::KubeStartup(format!(
+        StartupError::Kube(format!(
             "no kube API configuration: {e} — run in-cluster with a ServiceAccount token, or set KUBECONFIG"
         ))
     })
@@ -47,10 +47,10 @@ pub async fn kube_client() -> Result<Client> {
 
 /// Lists pods in `namespace` (reachability and read access), then asks a
 /// SelfSubjectAccessReview for each of [`REQUIRED_ACCESS`].
-pub async fn check_kube(client: &Client, namespace: &str) -> Result<()> {
+pub async fn check_kube(client: &Client, namespace: &str) -> StartupResult<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     if let Err(e) = pods.list_metadata(&ListParams::default().limit(1)).await {
-        return Err(Error::KubeStartup(match e {
+        return Err(StartupError::Kube(match e {
             kube::Error::Api(s) if s.code == 403 => format!(
                 "the kube API forbids listing pods in namespace {namespace}: {} — check the Role/RoleBinding of the coder ServiceAccount in {namespace}",
                 s.message
@@ -84,7 +84,7 @@ pub async fn check_kube(client: &Client, namespace: &str) -> Result<()> {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| {
-                Error::KubeStartup(format!(
+                StartupError::Kube(format!(
                     "SelfSubjectAccessReview failed: {e} — check that the kube API is reachable and authentication works"
                 ))
             })?;
@@ -95,7 +95,7 @@ pub async fn check_kube(client: &Client, namespace: &str) -> Result<()> {
     if denied.is_empty() {
         Ok(())
     } else {
-        Err(Error::KubeStartup(format!(
+        Err(StartupError::Kube(format!(
             "the control plane may not {} in namespace {namespace} — check the Role/RoleBinding of the coder ServiceAccount",
             denied.join(", ")
         )))

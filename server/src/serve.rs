@@ -20,7 +20,7 @@ use crate::builds::Executor;
 use crate::config::{Config, SecretRef};
 use crate::db::Db;
 use crate::drift::DriftCheck;
-use crate::error::{Error, Result};
+use crate::error::{StartupError, StartupResult};
 use crate::reconcile::{Parts, Reconciler, start_watchers};
 use crate::spawner::Spawner;
 use crate::state::AppState;
@@ -65,7 +65,7 @@ impl Running {
 
 /// Checks everything (database, template, kube API and permissions), then starts the server
 /// with `client`. Errors are one line naming the setting to fix.
-pub async fn start(config: Config, client: kube::Client) -> Result<Running> {
+pub async fn start(config: Config, client: kube::Client) -> StartupResult<Running> {
     let template = Template::load(config.template_file.as_deref())?;
     let db = Db::connect(&config.database).await?;
     start_with(config, template, db, client).await
@@ -77,7 +77,7 @@ pub async fn start_with(
     template: Template,
     db: Db,
     client: kube::Client,
-) -> Result<Running> {
+) -> StartupResult<Running> {
     crate::preflight::check_kube(&client, &config.namespace).await?;
     let first_admin_token = bootstrap_first_admin(&db, &client, &config).await?;
     let first_admin_secret = match (&first_admin_token, &config.first_admin_secret) {
@@ -104,13 +104,13 @@ pub async fn start_with(
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| Error::InvalidSetting {
+        .map_err(|e| StartupError::InvalidSetting {
             setting: "LUMIE_LISTEN_ADDR",
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| Error::io("listener address", e))?;
+        .map_err(|e| StartupError::io("listener address", e))?;
     let namespace = config.namespace.clone();
     let state = AppState::new(config, db, template, Some(client.clone())).await?;
     let spawner = Spawner::new(
@@ -188,13 +188,13 @@ async fn bootstrap_first_admin(
     db: &Db,
     client: &kube::Client,
     config: &Config,
-) -> Result<Option<String>> {
+) -> StartupResult<Option<String>> {
     if let Some(secret) = &config.first_admin_secret
         && db.count_users().await? == 0
     {
         create_first_admin_secret(client, secret, "", true)
             .await
-            .map_err(|e| Error::KubeStartup(explain_secret_error(secret, &e)))?;
+            .map_err(|e| StartupError::Kube(explain_secret_error(secret, &e)))?;
     }
     Ok(db.bootstrap_admin(FIRST_ADMIN).await?.map(|(_, t)| t))
 }
@@ -278,7 +278,7 @@ fn explain_secret_error(secret: &SecretRef, e: &kube::Error) -> String {
 }
 
 /// `lumie-server serve`: start, print the first admin token once, run until SIGTERM/Ctrl-C.
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(config: Config) -> StartupResult<()> {
     // In the order an operator fixes things: settings, database, then the kube API.
     if let Some(warning) = config.trusted_proxy_warning() {
         tracing::warn!("{warning}");

@@ -29,7 +29,7 @@ use lumie_contract::policy::WorkspacePolicySpec;
 use lumie_contract::{apps, labels, workspace};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{StartupError, StartupResult};
 
 /// The agent bootstrap script (`agent/init-script.sh`, no placeholders: it reads the pod's
 /// environment), run as the `dev` container's entry and served at `/api/v2/init-script/…`.
@@ -152,19 +152,19 @@ pub struct WorkspaceRef<'a> {
 
 impl Template {
     /// Reads and checks the template file, or the built-in default when `path` is `None`.
-    pub fn load(path: Option<&Path>) -> Result<Template> {
+    pub fn load(path: Option<&Path>) -> StartupResult<Template> {
         let Some(path) = path else {
             return Ok(Template::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Template {
+        let text = std::fs::read_to_string(path).map_err(|e| StartupError::Template {
             path: path.display().to_string(),
             message: format!("cannot read: {e} (LUMIE_TEMPLATE_FILE)"),
         })?;
-        let t: Template = serde_yaml::from_str(&text).map_err(|e| Error::Template {
+        let t: Template = serde_yaml::from_str(&text).map_err(|e| StartupError::Template {
             path: path.display().to_string(),
             message: e.to_string().replace('\n', " "),
         })?;
-        t.check().map_err(|message| Error::Template {
+        t.check().map_err(|message| StartupError::Template {
             path: path.display().to_string(),
             message,
         })?;

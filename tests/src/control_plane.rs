@@ -36,6 +36,9 @@ pub fn listen_on(config: &mut Config, addr: SocketAddr) {
 }
 
 /// Starts lumie-server on `cluster` as the control plane.
-pub async fn start_server(cluster: &Cluster, config: Config) -> lumie_server::Result<Running> {
+pub async fn start_server(
+    cluster: &Cluster,
+    config: Config,
+) -> lumie_server::error::StartupResult<Running> {
     lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await).await
 }

@@ -17,7 +17,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Row};
 
 use crate::config::{DB_SECRET, DatabaseConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StartupError, StartupResult};
 
 mod agents;
 mod app_tickets;
@@ -133,7 +133,7 @@ fn bad_value(column: &str, value: &str) -> Error {
 impl Db {
     /// Opens the database (creating the SQLite file when needed) and runs the migrations.
     /// Errors are one line naming the setting and Secret to check.
-    pub async fn connect(cfg: &DatabaseConfig) -> Result<Db> {
+    pub async fn connect(cfg: &DatabaseConfig) -> StartupResult<Db> {
         Self::connect_with_acquire_timeout(cfg, None).await
     }
 
@@ -144,7 +144,7 @@ impl Db {
     pub async fn connect_with_acquire_timeout(
         cfg: &DatabaseConfig,
         acquire_timeout: Option<std::time::Duration>,
-    ) -> Result<Db> {
+    ) -> StartupResult<Db> {
         sqlx::any::install_default_drivers();
         let (url, backend, max, default_acquire_timeout) = match cfg {
             DatabaseConfig::Postgres(url) => {
@@ -153,7 +153,7 @@ impl Db {
             DatabaseConfig::Sqlite(path) => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| {
-                        Error::DatabaseStartup(format!(
+                        StartupError::Database(format!(
                             "cannot create the data directory {}: {e} — check LUMIE_DATA_DIR and the volume mounted there",
                             dir.display()
                         ))
@@ -170,7 +170,7 @@ impl Db {
         };
         let opts: AnyConnectOptions = url
             .parse()
-            .map_err(|e: sqlx::Error| Error::DatabaseStartup(explain_connect_error(cfg, &e)))?;
+            .map_err(|e: sqlx::Error| StartupError::Database(explain_connect_error(cfg, &e)))?;
         // One direct connection first: the pool would turn "connection refused" into a timeout.
         let probe = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -178,7 +178,7 @@ impl Db {
         )
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut))
-        .map_err(|e| Error::DatabaseStartup(explain_connect_error(cfg, &e)))?;
+        .map_err(|e| StartupError::Database(explain_connect_error(cfg, &e)))?;
         probe.close().await.ok();
         let pool = AnyPoolOptions::new()
             .max_connections(max)
@@ -201,7 +201,7 @@ impl Db {
             })
             .connect_with(opts)
             .await
-            .map_err(|e| Error::DatabaseStartup(explain_connect_error(cfg, &e)))?;
+            .map_err(|e| StartupError::Database(explain_connect_error(cfg, &e)))?;
         let db = Db { pool, backend };
         db.migrate().await?;
         Ok(db)
@@ -216,7 +216,7 @@ impl Db {
     }
 
     /// Runs the embedded migrations for this backend.
-    pub async fn migrate(&self) -> Result<()> {
+    pub async fn migrate(&self) -> StartupResult<()> {
         self.migrator().run(&self.pool).await?;
         Ok(())
     }

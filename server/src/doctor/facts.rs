@@ -23,7 +23,7 @@ use lumie_contract::{labels, workspace};
 use super::control_plane::ValueSource;
 use super::reach::Reach;
 use super::{DoctorOptions, judge, probe, webhook};
-use crate::error::Error;
+use crate::error::StartupError;
 
 /// Why a read of the kube API did not give an answer, kept as plain data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,9 +143,9 @@ where
 
 /// Reads everything the checks need. `Err` only when the kube API cannot be used at all
 /// (checked once up front: with no API, every line would say the same).
-pub async fn gather(client: &Client, options: &DoctorOptions) -> Result<Facts, Error> {
+pub async fn gather(client: &Client, options: &DoctorOptions) -> Result<Facts, StartupError> {
     client.apiserver_version().await.map_err(|e| {
-        Error::KubeStartup(format!(
+        StartupError::Kube(format!(
             "kube API unreachable: {e} — check KUBECONFIG / the in-cluster API address"
         ))
     })?;

@@ -36,7 +36,7 @@ use std::time::Duration;
 use kube::Client;
 use lumie_contract::workspace;
 
-use crate::error::Error;
+use crate::error::StartupError;
 use checks::id;
 pub use report::{Check, OutputFormat, Report, Status};
 
@@ -119,9 +119,9 @@ impl From<DoctorArgs> for DoctorOptions {
 
 /// The kube client: the kubeconfig file when given (a single path), else in-cluster or the
 /// default kubeconfig.
-async fn client(options: &DoctorOptions) -> Result<Client, Error> {
+async fn client(options: &DoctorOptions) -> Result<Client, StartupError> {
     let fail = |e: String| {
-        Error::KubeStartup(format!(
+        StartupError::Kube(format!(
             "no kube API configuration: {e} — set KUBECONFIG (or --kubeconfig), or run in-cluster"
         ))
     };
@@ -141,7 +141,7 @@ async fn client(options: &DoctorOptions) -> Result<Client, Error> {
 }
 
 /// Runs every check with a client built from the options.
-pub async fn run(options: DoctorOptions) -> Result<Report, Error> {
+pub async fn run(options: DoctorOptions) -> Result<Report, StartupError> {
     let client = client(&options).await?;
     run_with_client(client, &options).await
 }
@@ -160,7 +160,7 @@ pub async fn run_cli(args: DoctorArgs) -> std::process::ExitCode {
 }
 
 /// The report when the kube API cannot be used at all.
-pub fn unreachable_report(e: &Error) -> Report {
+pub fn unreachable_report(e: &StartupError) -> Report {
     Report {
         checks: vec![Check::failure(
             id::KUBE_API,
@@ -171,7 +171,10 @@ pub fn unreachable_report(e: &Error) -> Report {
 }
 
 /// Runs every check against `client`: gather the facts, then judge them.
-pub async fn run_with_client(client: Client, options: &DoctorOptions) -> Result<Report, Error> {
+pub async fn run_with_client(
+    client: Client,
+    options: &DoctorOptions,
+) -> Result<Report, StartupError> {
     let facts = facts::gather(&client, options).await?;
     Ok(judge::judge(options, &facts))
 }
@@ -238,7 +241,7 @@ mod tests {
 
     #[test]
     fn no_kube_api_is_one_failing_line() {
-        let r = unreachable_report(&Error::KubeStartup("kube API unreachable: refused".into()));
+        let r = unreachable_report(&StartupError::Kube("kube API unreachable: refused".into()));
         assert_eq!(r.exit_code(), 1);
         let v: serde_json::Value = serde_json::from_str(&r.render_json()).unwrap();
         assert_eq!(v["checks"][0]["id"], "kube-api");

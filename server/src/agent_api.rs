@@ -47,6 +47,11 @@ pub const CACHE_TTL: Duration = Duration::from_secs(300);
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// Most cached reviews (a few per agent at most: one per token it has been handed).
 pub const CACHE_MAX: usize = 10_000;
+/// TokenReviews of tokens not seen recently, at most this many in a burst…
+pub const REVIEW_BURST: f64 = 200.0;
+/// …and this many per second after it: a server restart with 1,000 agents re-reviews them all
+/// within about 15 s, while a flood of made-up tokens cannot turn into a flood on the apiserver.
+pub const REVIEWS_PER_SECOND: f64 = 50.0;
 
 /// The agent API's routes.
 pub fn routes() -> Router<AppState> {
@@ -190,6 +195,67 @@ pub fn jwt_expiry(token: &str) -> Option<i64> {
     v.get("exp")?.as_i64()
 }
 
+/// Whether a token can be an agent's projected token at all, read without its signature: a JWT
+/// for `audience`, not expired at `now_unix`, bound to a pod. Anything else is refused without
+/// spending a TokenReview on it (the review still decides for those that pass).
+pub fn plausible_agent_token(
+    token: &str,
+    audience: &str,
+    now_unix: i64,
+) -> Result<(), &'static str> {
+    let payload = token.split('.').nth(1).ok_or("not a JWT")?;
+    let bytes = base64url_decode(payload).ok_or("not a JWT")?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| "not a JWT")?;
+    let aud_ok = match v.get("aud") {
+        Some(serde_json::Value::String(s)) => s == audience,
+        Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err("not issued for the agent audience");
+    }
+    if v.get("exp")
+        .and_then(|e| e.as_i64())
+        .is_none_or(|exp| exp <= now_unix)
+    {
+        return Err("expired");
+    }
+    if v.pointer("/kubernetes.io/pod").is_none() {
+        return Err("not bound to a pod");
+    }
+    Ok(())
+}
+
+/// A token bucket over TokenReviews of tokens not in the cache.
+#[derive(Debug)]
+pub struct ReviewBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl ReviewBudget {
+    /// Full, at `now`.
+    pub fn new(now: Instant) -> Self {
+        ReviewBudget {
+            tokens: REVIEW_BURST,
+            last: now,
+        }
+    }
+
+    /// Takes one review from the budget at `now`, if any is left.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * REVIEWS_PER_SECOND).min(REVIEW_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
@@ -322,8 +388,12 @@ impl AgentAuth {
 }
 
 /// TokenReviews against the apiserver, with the agent audience.
+/// Only plausible agent tokens are sent ([`plausible_agent_token`]), and at most
+/// [`REVIEWS_PER_SECOND`] after a burst ([`ReviewBudget`]): whoever can reach the server cannot
+/// make it flood the apiserver with reviews of made-up tokens.
 pub struct KubeTokenReviewer {
     api: Api<TokenReview>,
+    budget: Mutex<ReviewBudget>,
 }
 
 impl KubeTokenReviewer {
@@ -331,6 +401,7 @@ impl KubeTokenReviewer {
     pub fn new(client: Client) -> Self {
         KubeTokenReviewer {
             api: Api::all(client),
+            budget: Mutex::new(ReviewBudget::new(Instant::now())),
         }
     }
 }
@@ -365,6 +436,25 @@ pub fn reviewed_from(review: &TokenReview, audience: &str) -> Option<Reviewed> {
 impl TokenReviewer for KubeTokenReviewer {
     fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Reviewed>>> {
         Box::pin(async move {
+            let now_unix = crate::model::now_ms() / 1000;
+            if let Err(why) =
+                plausible_agent_token(token, workspace::AGENT_TOKEN_AUDIENCE, now_unix)
+            {
+                let audience = workspace::AGENT_TOKEN_AUDIENCE;
+                return Err(Error::Unauthorized(format!(
+                    "agent token refused without a review: {why} (the token is not valid for audience {audience}: agents send their pod's projected ServiceAccount token)"
+                )));
+            }
+            if !self
+                .budget
+                .lock()
+                .expect("review budget lock")
+                .try_take(Instant::now())
+            {
+                return Err(Error::Unavailable(
+                    "too many agent authentications at once; retry shortly".into(),
+                ));
+            }
             let review = TokenReview {
                 spec: TokenReviewSpec {
                     token: Some(token.to_string()),
@@ -509,6 +599,73 @@ mod tests {
         for (name, exp, want) in cases {
             assert_eq!(cache_for(now, exp).map(|d| d.as_secs()), want, "{name}");
         }
+    }
+
+    fn jwt(payload: &str) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b64 = |s: &str| {
+            let mut out = String::new();
+            for chunk in s.as_bytes().chunks(3) {
+                let n = chunk.iter().fold(0u32, |a, b| (a << 8) | u32::from(*b))
+                    << (8 * (3 - chunk.len()));
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        };
+        format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(payload))
+    }
+
+    #[test]
+    fn implausible_tokens_are_refused_before_any_review() {
+        let aud = "lumie-coder-agent";
+        let now = 1_700_000_000;
+        let pod = r#""kubernetes.io":{"pod":{"name":"coder-a-b","uid":"u"}}"#;
+        #[rustfmt::skip]
+        let cases = [
+            ("bound pod token", format!(r#"{{"aud":["{aud}"],"exp":{},{pod}}}"#, now + 60), Ok(())),
+            ("audience as a string", format!(r#"{{"aud":"{aud}","exp":{},{pod}}}"#, now + 60), Ok(())),
+            ("other audience", format!(r#"{{"aud":["https://kubernetes.default.svc"],"exp":{},{pod}}}"#, now + 60), Err("not issued for the agent audience")),
+            ("no audience", format!(r#"{{"exp":{},{pod}}}"#, now + 60), Err("not issued for the agent audience")),
+            ("expired", format!(r#"{{"aud":["{aud}"],"exp":{now},{pod}}}"#), Err("expired")),
+            ("no expiry", format!(r#"{{"aud":["{aud}"],{pod}}}"#), Err("expired")),
+            ("not bound to a pod", format!(r#"{{"aud":["{aud}"],"exp":{}}}"#, now + 60), Err("not bound to a pod")),
+        ];
+        for (name, payload, want) in cases {
+            assert_eq!(
+                plausible_agent_token(&jwt(&payload), aud, now),
+                want,
+                "{name}"
+            );
+        }
+        for garbage in ["", "agent-a", "a.b", "a.!!!.c", "a.e30.c"] {
+            assert!(
+                plausible_agent_token(garbage, aud, now).is_err(),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_review_budget_allows_a_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = ReviewBudget::new(t0);
+        let burst = (0..1_000).filter(|_| b.try_take(t0)).count();
+        assert_eq!(burst, REVIEW_BURST as usize, "a full burst, then nothing");
+        let later = t0 + Duration::from_secs(2);
+        let refill = (0..1_000).filter(|_| b.try_take(later)).count();
+        assert_eq!(
+            refill,
+            (2.0 * REVIEWS_PER_SECOND) as usize,
+            "two seconds' worth"
+        );
+        let much_later = later + Duration::from_secs(3_600);
+        let capped = (0..10_000).filter(|_| b.try_take(much_later)).count();
+        assert_eq!(
+            capped, REVIEW_BURST as usize,
+            "never more than a burst saved up"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod caller;
 pub mod config;
 pub mod db;
 pub mod distribution;
+pub mod dashboard;
 pub mod drift;
 pub mod edge;
 pub mod error;

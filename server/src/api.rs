@@ -289,7 +289,10 @@ pub(crate) fn workspace_json(
     }
 }
 
-pub(crate) async fn full_workspace(state: &AppState, ws: &WorkspaceRecord) -> Result<WorkspaceJson> {
+pub(crate) async fn full_workspace(
+    state: &AppState,
+    ws: &WorkspaceRecord,
+) -> Result<WorkspaceJson> {
     let build = state.db.latest_build(&ws.id).await?;
     Ok(workspace_json(state, ws, build.as_ref()))
 }
@@ -472,7 +475,12 @@ pub const MAX_TOKEN_NAME_CHARS: usize = 64;
 
 /// A token's name and expiry from a create request, or the sentence saying what is wrong.
 pub fn token_request(req: &CreateKeyRequest, now_ms: i64) -> Result<(String, Option<i64>)> {
-    let name = req.token_name.as_deref().unwrap_or("api").trim().to_string();
+    let name = req
+        .token_name
+        .as_deref()
+        .unwrap_or("api")
+        .trim()
+        .to_string();
     if name.is_empty() {
         return Err(Error::BadRequest("a token needs a name".into()));
     }

@@ -321,7 +321,11 @@ mod tests {
         let access = AccessUrl::parse("https://coder.example").unwrap();
         let cases: &[(Option<&str>, Option<&str>, bool)] = &[
             (Some("https://coder.example"), None, true),
-            (Some("https://evil.example"), Some("https://coder.example/login"), false),
+            (
+                Some("https://evil.example"),
+                Some("https://coder.example/login"),
+                false,
+            ),
             (Some("null"), None, false),
             (None, Some("https://coder.example/login?redirect=%2F"), true),
             (None, Some("https://coder.example.evil.example/"), false),

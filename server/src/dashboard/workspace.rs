@@ -32,12 +32,7 @@ pub async fn page(
     }
 }
 
-async fn render(
-    state: &AppState,
-    p: &Principal,
-    owner: &str,
-    name: &str,
-) -> crate::Result<Markup> {
+async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> crate::Result<Markup> {
     let not_found = || Error::NotFound(format!("workspace {owner}/{name} not found"));
     let owner_user = state.db.user_by_name(owner).await?.ok_or_else(not_found)?;
     if !p.may_act_for(&owner_user.id) {

@@ -240,9 +240,7 @@ pub async fn row_fragment(
     }
     .await;
     match result {
-        Ok(ws) if ws.status != WorkspaceStatus::Deleted => {
-            html_response(StatusCode::OK, row(&ws))
-        }
+        Ok(ws) if ws.status != WorkspaceStatus::Deleted => html_response(StatusCode::OK, row(&ws)),
         Ok(_) => StatusCode::NOT_FOUND.into_response(),
         Err(e) => e.into_response(),
     }

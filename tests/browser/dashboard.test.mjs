@@ -27,6 +27,7 @@ async function shot(page, name) {
   for (const width of [1280, 360]) {
     await page.setViewportSize({ width, height: width === 360 ? 780 : 900 });
     await page.screenshot({ path: path.join(SHOTS, `${name}-${width}.png`), fullPage: true });
+    if (width === 360) await page.screenshot({ path: path.join(SHOTS, `${name}-${width}-top.png`) });
   }
   await page.setViewportSize({ width: 1280, height: 900 });
 }
@@ -53,6 +54,15 @@ async function api(method, p, token, body) {
 test("a member: empty state, create live, duplicate refused, workspace page, tokens", async () => {
   const page = await ctx.newPage();
   page.on("dialog", (d) => d.accept());
+  // Signed out: the sign-in page; a wrong token is named as such, and the return path kept.
+  await page.goto(URL + "/settings/tokens");
+  assert.match(page.url(), /\/login\?redirect=%2Fsettings%2Ftokens$/);
+  await shot(page, "login");
+  await page.getByLabel("API token").fill("not-a-token");
+  await page.getByRole("button", { name: "Sign in", exact: true }).click();
+  await page.locator("#login-error").waitFor();
+  assert.match(await page.locator("#login-error").innerText(), /not valid/);
+  await shot(page, "login-error");
   await signIn(page, MEMBER, "/settings/tokens");
   assert.equal(new globalThis.URL(page.url()).pathname, "/settings/tokens", "returns to the page asked for");
   await page.goto(URL + "/");
@@ -134,6 +144,9 @@ test("an admin sees everyone's; a member does not see the admin's", async () => 
   await page.locator("#rows tr[data-name=web]").waitFor();
   assert.match(await page.locator("h1").innerText(), /All workspaces/);
   await shot(page, "admin-long-list");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.screenshot({ path: path.join(SHOTS, "admin-long-list-dark-1280.png") });
+  await page.emulateMedia({ colorScheme: "light" });
   // The search box filters as one types; the owner filter narrows server-side.
   await page.getByLabel("Search").fill("web");
   assert.equal(await page.locator("#rows tr:not([hidden])").count(), 1);

@@ -11,7 +11,7 @@
 //! - [`login`]: `/login` (OIDC button when configured, break-glass token form), `/logout`;
 //! - [`workspaces`]: `/`, the workspace list and create form, and its row fragments;
 //! - [`workspace`]: `/@{owner}/{workspace}`, one workspace;
-//! - [`tokens`]: `/settings/tokens`.
+//! - [`tokens`]: the token settings page, `/settings/tokens`.
 //!
 //! A signed-out visit to a page redirects to `/login?redirect=<that page>` ([`Viewer`]); only a
 //! local path is ever a return destination ([`safe_return_path`]).
@@ -274,7 +274,8 @@ pub fn when(ms: Option<i64>) -> Markup {
 pub fn duration(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     match s {
-        0..60 => format!("{s} s"),
+        0 => "under 1 s".into(),
+        1..60 => format!("{s} s"),
         60..3600 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
@@ -349,6 +350,7 @@ mod tests {
 
     #[test]
     fn durations_and_escaping() {
+        assert_eq!(duration(420), "under 1 s");
         assert_eq!(duration(42_000), "42 s");
         assert_eq!(duration(185_000), "3 min 5 s");
         assert_eq!(duration(7_800_000), "2 h 10 min");

@@ -62,7 +62,7 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
         Some(&p.user),
         Nav::Workspaces,
         html! {
-            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Workspaces" } " / " (owner) " / " }
+            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Workspaces" } " / " (owner) }
             div.page-head {
                 h1 { (name) }
                 span.live #live-state role="status" aria-live="polite" { "" }
@@ -78,7 +78,7 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
                 h2 #later-title { "Resources, events, startup log, terminal" }
                 p.muted { "Not in the dashboard yet: resource graphs, the pod's Kubernetes events, \
                     the agent's startup log and a terminal come in later slices. Until then, "
-                    code { "kubectl -n coder-workspaces describe pod " (json.pod_name) }
+                    code { "kubectl -n " (state.config.namespace) " describe pod " (json.pod_name) }
                     " shows events." }
             }
         },

@@ -107,7 +107,7 @@ async fn render(state: &AppState, p: &Principal, q: &ListQuery) -> crate::Result
                     button type="submit" { "Filter" }
                 }
             } @else {
-                div.filters {
+                div.filters hidden[rows.is_empty()] {
                     div.field {
                         label for="search" { "Search" }
                         input #search name="q" type="search" value=(search) placeholder="Name";
@@ -120,7 +120,7 @@ async fn render(state: &AppState, p: &Principal, q: &ListQuery) -> crate::Result
                     " Type a name above and press Create: you get a pod with Tilt, code-server \
                       and the agents UI, and a home volume that survives stops. From a shell: "
                     code { "curl -X POST -H 'Coder-Session-Token: …' -d '{\"name\":\"dev\"}' "
-                        "/api/v2/users/me/workspaces" }
+                        (state.config.access_url) "/api/v2/users/me/workspaces" }
                 }
                 table.workspaces #workspaces hidden[rows.is_empty()] {
                     caption.visually-hidden { (title) }
@@ -223,7 +223,7 @@ pub fn row(ws: &WorkspaceJson) -> Markup {
             }
             td data-label="Agent" { (agent_summary(ws)) }
             td data-label="Last activity" { (super::when(last_activity(ws))) }
-            td data-label="Actions" { (action_buttons(ws)) (app_links(ws)) }
+            td data-label="Actions" { div.cell-actions { (action_buttons(ws)) (app_links(ws)) } }
         }
     }
 }

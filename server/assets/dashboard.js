@@ -38,6 +38,17 @@ function parseRow(html) {
   return t.content.querySelector("tr");
 }
 
+// Swapping HTML under a focused control would drop keyboard focus: note which control had it
+// (by its data-action/data-app and workspace id) and focus its replacement.
+function keepFocus(swap) {
+  const a = document.activeElement;
+  const key = a && (a.dataset?.action || a.dataset?.app)
+    ? `[data-${a.dataset.action ? "action" : "app"}="${a.dataset.action || a.dataset.app}"]${a.dataset.id ? `[data-id="${a.dataset.id}"]` : ""}`
+    : null;
+  swap();
+  if (key) { const next = document.querySelector(key); if (next && !next.disabled) next.focus(); }
+}
+
 function say(text) {
   const el = $("#live-state");
   if (el) el.textContent = text;
@@ -83,7 +94,7 @@ async function refreshRow(id) {
   if (!f.html) return;
   const tr = parseRow(f.html);
   if (!tr) return;
-  if (old) old.replaceWith(tr); else $("#rows").prepend(tr);
+  keepFocus(() => { if (old) old.replaceWith(tr); else $("#rows").prepend(tr); });
   syncEmpty();
   applySearch();
 }
@@ -147,15 +158,19 @@ function initList() {
 function initWorkspace() {
   const live = $("#live");
   if (!live) return;
+  let last = null;
   const refresh = async () => {
     const f = await fragment(live.dataset.fragment);
-    if (f && f.html) live.innerHTML = f.html;
+    if (f && f.html && f.html !== last) { last = f.html; keepFocus(() => { live.innerHTML = f.html; }); }
     else if (f && f.gone) say("This workspace is gone.");
   };
   watch(live.dataset.watch, (ws) => {
     refresh();
     if (ws.status === "deleted") say("Deleted");
   });
+  // Status changes arrive by SSE; the agent's connection and app health change without a
+  // status change, so the panel is also refreshed every 10 s while the tab is visible.
+  setInterval(() => { if (!document.hidden) refresh(); }, 10_000);
 }
 
 // ----- buttons (both pages) -----

@@ -903,13 +903,26 @@ async fn watch_workspaces(
         })
         .collect();
     let stream = stream::unfold(
-        (rx, state, p, seen),
-        |(mut rx, state, p, mut seen)| async move {
+        (
+            rx,
+            state,
+            p,
+            seen,
+            std::collections::VecDeque::<String>::new(),
+        ),
+        |(mut rx, state, p, mut seen, mut queue)| async move {
             loop {
-                let id = match rx.recv().await {
-                    Ok(ev) => ev.workspace_id,
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return None,
+                let id = match queue.pop_front() {
+                    Some(id) => id,
+                    None => match rx.recv().await {
+                        Ok(ev) => ev.workspace_id,
+                        // Events were missed: look at every workspace seen so far again.
+                        Err(RecvError::Lagged(_)) => {
+                            queue.extend(seen.keys().cloned());
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return None,
+                    },
                 };
                 let Ok(Some(ws)) = state.db.workspace(&id).await else {
                     continue;
@@ -925,7 +938,7 @@ async fn watch_workspaces(
                     continue;
                 }
                 seen.insert(id, key);
-                return Some((Ok(sse_event(&json)), (rx, state, p, seen)));
+                return Some((Ok(sse_event(&json)), (rx, state, p, seen, queue)));
             }
         },
     );

@@ -9,7 +9,7 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use lumie_server::api::{KeyJson, NameCheckJson, TokenJson, UserJson};
-use lumie_server::config::Config;
+use lumie_server::config::{Config, OidcConfig};
 use lumie_server::model::AuditEntry;
 use lumie_server::state::AppState;
 use lumie_server::template::Template;
@@ -42,8 +42,13 @@ impl Answer {
 }
 
 async fn dash() -> Dash {
+    dash_with(|_| {}).await
+}
+
+async fn dash_with(edit: impl FnOnce(&mut Config)) -> Dash {
     let (db, dir) = common::sqlite_db().await;
-    let config = Config::for_tests(dir.path().to_path_buf());
+    let mut config = Config::for_tests(dir.path().to_path_buf());
+    edit(&mut config);
     let (_, admin) = db.bootstrap_admin("admin").await.unwrap().unwrap();
     let state = AppState::new(config, db, Template::default(), None)
         .await
@@ -231,6 +236,36 @@ async fn signed_out_pages_redirect_to_login_and_back_safely() {
         .page("/login?redirect=%2Fsettings%2Ftokens", Some(&cookie))
         .await;
     assert_eq!(a.location(), "/settings/tokens");
+}
+
+#[tokio::test]
+async fn the_keycloak_button_shows_when_oidc_is_configured_and_keeps_the_return_path() {
+    // Nothing is fetched from the issuer until a login starts.
+    let d = dash_with(|c| {
+        c.oidc = Some(OidcConfig::new(
+            "http://127.0.0.1:9/realms/test",
+            "coder",
+            "secret",
+        ))
+    })
+    .await;
+    let a = d.page("/login?redirect=%2F%40bob%2Fdev", None).await;
+    assert!(a.body.contains("Sign in with Keycloak"), "{}", a.body);
+    assert!(
+        a.body
+            .contains(r#"href="/api/v2/users/oidc/login?redirect=%2F%40bob%2Fdev""#),
+        "{}",
+        a.body
+    );
+    let a = d
+        .page("/login?redirect=https%3A%2F%2Fevil.example", None)
+        .await;
+    assert!(
+        a.body
+            .contains(r#"href="/api/v2/users/oidc/login?redirect=%2F""#),
+        "{}",
+        a.body
+    );
 }
 
 #[tokio::test]

@@ -148,9 +148,14 @@ test("an admin sees everyone's; a member does not see the admin's", async () => 
   await page.screenshot({ path: path.join(SHOTS, "admin-long-list-dark-1280.png") });
   await page.emulateMedia({ colorScheme: "light" });
   // The search box filters as one types; the owner filter narrows server-side.
-  await page.getByLabel("Search").fill("web");
-  assert.equal(await page.locator("#rows tr:not([hidden])").count(), 1);
-  await page.getByLabel("Search").fill("");
+  for (const width of [1280, 360]) {
+    await page.setViewportSize({ width, height: 900 });
+    await page.getByLabel("Search").fill("web");
+    assert.equal(await page.locator("#rows tr:visible").count(), 1, `search at ${width} px`);
+    await page.getByLabel("Search").fill("");
+    assert.equal(await page.locator("#rows tr:visible").count(), 10, `all back at ${width} px`);
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
   await page.getByLabel("Owner").selectOption("mia");
   await page.getByRole("button", { name: "Filter" }).click();
   await page.waitForURL(/owner=mia/);

@@ -167,5 +167,17 @@ test("an admin sees everyone's; a member does not see the admin's", async () => 
   const other = await page.goto(URL + "/@admin/admin-box-1");
   assert.equal(other.status(), 404);
   await shot(page, "member-not-found-error");
+
+  // Stop, then delete (confirmed), each seen live in the list.
+  let confirmed = "";
+  page.on("dialog", (d) => { confirmed = d.message(); d.accept(); });
+  await page.goto(URL + "/");
+  const row = page.locator("#rows tr[data-name=web]");
+  await row.getByRole("button", { name: "Stop web" }).click();
+  await page.locator("#rows tr[data-name=web][data-status=stopped]").waitFor({ timeout: 60_000 });
+  await row.getByRole("button", { name: "Delete web" }).click();
+  await row.waitFor({ state: "detached", timeout: 60_000 });
+  assert.match(confirmed, /Delete workspace web\?/);
+  await page.locator("#empty").waitFor({ state: "visible" });
   await page.close();
 });

@@ -3,8 +3,7 @@
 //! cluster, with a stand-in agent in each workspace pod so statuses move on their own. The
 //! script signs in with tokens, creates workspaces, watches them change live, opens one, makes
 //! and revokes a token, checks what a member sees, stops and deletes (confirmed) a workspace, and
-//! saves screenshots (360 px and 1280 px,
-//! member and admin) into `target/screenshots/`.
+//! saves screenshots (360 px and 1280 px, member and admin) into `target/screenshots/`.
 
 use std::process::Command;
 use std::sync::Arc;

@@ -32,4 +32,11 @@ if [ -f "$here/tests/oidc/package.json" ] && [ ! -d "$here/tests/oidc/node_modul
   log "npm packages for the OpenID provider"
   (cd "$here/tests/oidc" && npm ci --no-audit --no-fund >&2 2>/dev/null || npm install --no-audit --no-fund >&2)
 fi
+# The dashboard's browser tests: Debian's chromium (Playwright never downloads a browser) and
+# playwright-core, cached like the OpenID provider's packages.
+apt_install chromium
+if [ -f "$here/tests/browser/package.json" ] && [ ! -d "$here/tests/browser/node_modules" ]; then
+  log "npm packages for the browser tests"
+  (cd "$here/tests/browser" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
+fi
 exit 0

@@ -1,5 +1,6 @@
 //! The HTTP surface: [`router`] wires the `/api/v2` workspace API (Coder-like JSON shapes),
-//! the agent API, agent distribution, the app proxy, and `/healthz`, `/readyz`, `/metrics`.
+//! the agent API, agent distribution, the app proxy, the browser dashboard
+//! ([`crate::dashboard`]), and `/healthz`, `/readyz`, `/metrics`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -8,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt, stream};
 use lumie_contract::agent_api::{AppHealth, ResourceStats};
@@ -32,13 +33,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/buildinfo", get(buildinfo))
         .route("/api/v2/users", get(list_users).post(create_user))
         .route("/api/v2/users/{user}", get(get_user))
-        .route("/api/v2/users/{user}/keys", post(create_key))
+        .route("/api/v2/users/{user}/keys", get(list_keys).post(create_key))
+        .route("/api/v2/users/{user}/keys/{id}", delete(revoke_key))
         .route("/api/v2/users/{user}/workspaces", post(create_workspace))
         .route(
             "/api/v2/users/{user}/workspace/{name}",
             get(get_workspace_by_name),
         )
         .route("/api/v2/workspaces", get(list_workspaces))
+        .route("/api/v2/workspaces/watch", get(watch_workspaces))
+        .route("/api/v2/workspacenames", get(check_workspace_name))
         .route("/api/v2/workspaces/{id}", get(get_workspace))
         .route(
             "/api/v2/workspaces/{id}/builds",
@@ -46,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v2/workspaces/{id}/watch", get(watch_workspace))
         .route("/api/v2/audit", get(audit_log))
+        .merge(crate::dashboard::routes())
         .merge(crate::policy_api::routes())
         .merge(crate::agent_api::routes())
         .merge(crate::distribution::routes())
@@ -243,7 +248,7 @@ pub struct WorkspacesJson {
     pub count: usize,
 }
 
-fn workspace_json(
+pub(crate) fn workspace_json(
     state: &AppState,
     ws: &WorkspaceRecord,
     build: Option<&BuildRecord>,
@@ -292,7 +297,10 @@ fn workspace_json(
     }
 }
 
-async fn full_workspace(state: &AppState, ws: &WorkspaceRecord) -> Result<WorkspaceJson> {
+pub(crate) async fn full_workspace(
+    state: &AppState,
+    ws: &WorkspaceRecord,
+) -> Result<WorkspaceJson> {
     let build = state.db.latest_build(&ws.id).await?;
     Ok(workspace_json(state, ws, build.as_ref()))
 }
@@ -445,12 +453,77 @@ async fn get_user(
 pub struct KeyJson {
     /// The token: shown once, stored hashed.
     pub key: String,
+    /// Its id (for revoking it).
+    #[serde(default)]
+    pub id: String,
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+    /// RFC 3339; none: does not expire.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// `POST /api/v2/users/{user}/keys` body (optional: without one the token is named `api` and
+/// does not expire, as before).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CreateKeyRequest {
+    /// A name to recognise it by in the list.
+    #[serde(default)]
+    pub token_name: Option<String>,
+    /// Seconds until it stops working; none: never.
+    #[serde(default)]
+    pub lifetime_seconds: Option<i64>,
+}
+
+/// Longest token lifetime the API issues.
+pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 366 * 24 * 3600;
+/// Longest token name.
+pub const MAX_TOKEN_NAME_CHARS: usize = 64;
+
+/// A token's name and expiry from a create request, or the sentence saying what is wrong.
+pub fn token_request(req: &CreateKeyRequest, now_ms: i64) -> Result<(String, Option<i64>)> {
+    let name = req
+        .token_name
+        .as_deref()
+        .unwrap_or("api")
+        .trim()
+        .to_string();
+    if name.is_empty() {
+        return Err(Error::BadRequest("a token needs a name".into()));
+    }
+    if name.chars().count() > MAX_TOKEN_NAME_CHARS {
+        return Err(Error::BadRequest(format!(
+            "a token name is at most {MAX_TOKEN_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::BadRequest(
+            "a token name cannot contain control characters".into(),
+        ));
+    }
+    if name == crate::db::OIDC_SESSION_TOKEN_NAME {
+        return Err(Error::BadRequest(format!(
+            "{name:?} is reserved for browser sessions"
+        )));
+    }
+    let expires_at = match req.lifetime_seconds {
+        None => None,
+        Some(s) if (1..=MAX_TOKEN_LIFETIME_SECONDS).contains(&s) => Some(now_ms + s * 1000),
+        Some(s) => {
+            return Err(Error::BadRequest(format!(
+                "lifetime_seconds {s} is out of range: 1 to {MAX_TOKEN_LIFETIME_SECONDS} (366 days)"
+            )));
+        }
+    };
+    Ok((name, expires_at))
 }
 
 async fn create_key(
     State(state): State<AppState>,
     p: Principal,
     Path(user): Path<String>,
+    body: Option<Json<CreateKeyRequest>>,
 ) -> Result<(StatusCode, Json<KeyJson>)> {
     let u = resolve_user(&state, &p, &user).await?;
     if !p.may_act_for(&u.id) {
@@ -458,7 +531,12 @@ async fn create_key(
             "only the user or an admin may issue their tokens".into(),
         ));
     }
-    let key = state.db.create_api_token(&u.id, "api").await?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let (name, expires_at) = token_request(&req, now_ms())?;
+    let (id, key) = state
+        .db
+        .create_api_token_until(&u.id, &name, expires_at)
+        .await?;
     state
         .db
         .record(&AuditEvent {
@@ -466,10 +544,155 @@ async fn create_key(
             client_ip: p.client_ip,
             action: "token.create",
             detail: &u.username,
+            after: Some(format!("{id} {name}")),
             ..AuditEvent::default()
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(KeyJson { key })))
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyJson {
+            key,
+            id,
+            name,
+            expires_at: expires_at.map(rfc3339),
+        }),
+    ))
+}
+
+/// An API token in `GET /api/v2/users/{user}/keys` (never the token itself).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenJson {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, to the minute.
+    #[serde(default)]
+    pub last_used_at: Option<String>,
+    /// RFC 3339; none: does not expire.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+impl From<&crate::db::ApiTokenInfo> for TokenJson {
+    fn from(t: &crate::db::ApiTokenInfo) -> Self {
+        TokenJson {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            created_at: rfc3339(t.created_at),
+            last_used_at: t.last_used_at.map(rfc3339),
+            expires_at: t.expires_at.map(rfc3339),
+        }
+    }
+}
+
+/// The user whose tokens `p` may list or revoke: themselves, or anyone for an admin.
+async fn token_owner_for(state: &AppState, p: &Principal, user: &str) -> Result<User> {
+    let u = resolve_user(state, p, user).await?;
+    if !p.may_act_for(&u.id) {
+        return Err(Error::Forbidden(
+            "only the user or an admin may see or revoke their tokens".into(),
+        ));
+    }
+    Ok(u)
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(user): Path<String>,
+) -> Result<Json<Vec<TokenJson>>> {
+    let u = token_owner_for(&state, &p, &user).await?;
+    Ok(Json(
+        state
+            .db
+            .list_api_tokens(&u.id)
+            .await?
+            .iter()
+            .map(TokenJson::from)
+            .collect(),
+    ))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((user, id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let u = token_owner_for(&state, &p, &user).await?;
+    if !state.db.revoke_api_token(&u.id, &id).await? {
+        return Err(Error::NotFound(format!(
+            "{}'s token {id:?} not found",
+            u.username
+        )));
+    }
+    state
+        .db
+        .record(&AuditEvent {
+            actor: Some(&p.user),
+            client_ip: p.client_ip,
+            action: "token.revoke",
+            detail: &u.username,
+            before: Some(id),
+            ..AuditEvent::default()
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v2/workspacenames` query.
+#[derive(Debug, Deserialize)]
+pub struct NameQuery {
+    /// Owner name (default: the caller).
+    pub owner: Option<String>,
+    /// The proposed workspace name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `GET /api/v2/workspacenames` answer: the contract's verdict on a proposed name, so the
+/// dashboard validates as the user types with the very rules `create` applies.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameCheckJson {
+    /// Valid.
+    pub valid: bool,
+    /// Why not, as the create call would say it.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Pod name it will get.
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// Home volume (PVC) name it will get.
+    #[serde(default)]
+    pub home_volume: Option<String>,
+}
+
+/// The contract's verdict on `owner`/`name` (pure; the endpoint and the dashboard share it).
+pub fn name_check(owner: &str, name: &str) -> NameCheckJson {
+    match WorkspaceNames::new(owner, name) {
+        Ok(n) => NameCheckJson {
+            valid: true,
+            error: None,
+            pod: Some(n.pod),
+            home_volume: Some(n.home_pvc),
+        },
+        Err(e) => NameCheckJson {
+            valid: false,
+            error: Some(e.to_string()),
+            pod: None,
+            home_volume: None,
+        },
+    }
+}
+
+async fn check_workspace_name(
+    p: Principal,
+    Query(q): Query<NameQuery>,
+) -> Result<Json<NameCheckJson>> {
+    let owner = q.owner.unwrap_or_else(|| p.user.username.clone());
+    Ok(Json(name_check(&owner, &q.name)))
 }
 
 /// `POST /api/v2/users/{user}/workspaces`.
@@ -651,6 +874,83 @@ async fn watch_workspace(
         },
     );
     Ok(Sse::new(head.chain(tail)).keep_alive(KeepAlive::default()))
+}
+
+/// What a list watcher compares to decide whether a row changed.
+type RowKey = (WorkspaceStatus, String, Option<(String, String)>);
+
+fn row_key(ws: &WorkspaceJson) -> RowKey {
+    (
+        ws.status,
+        ws.status_reason.clone(),
+        ws.agent
+            .as_ref()
+            .map(|a| (a.lifecycle_state.clone(), a.status.clone())),
+    )
+}
+
+/// `GET /api/v2/workspaces/watch`: one SSE stream for every workspace the caller may see (a
+/// browser holds few connections per origin, so the dashboard's list cannot open one watch per
+/// row). An event is sent when a workspace's status, reason, or agent lifecycle/connection
+/// changes; a deleted workspace's last event says `deleted`.
+async fn watch_workspaces(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let rx = state.events.subscribe();
+    let owner = (!p.user.is_admin).then(|| p.user.id.clone());
+    let builds = state.db.latest_builds(owner.as_deref()).await?;
+    let seen: std::collections::HashMap<String, RowKey> = state
+        .db
+        .list_workspaces(owner.as_deref())
+        .await?
+        .iter()
+        .map(|ws| {
+            let json = workspace_json(&state, ws, builds.get(&ws.id));
+            (ws.id.clone(), row_key(&json))
+        })
+        .collect();
+    let stream = stream::unfold(
+        (
+            rx,
+            state,
+            p,
+            seen,
+            std::collections::VecDeque::<String>::new(),
+        ),
+        |(mut rx, state, p, mut seen, mut queue)| async move {
+            loop {
+                let id = match queue.pop_front() {
+                    Some(id) => id,
+                    None => match rx.recv().await {
+                        Ok(ev) => ev.workspace_id,
+                        // Events were missed: look at every workspace seen so far again.
+                        Err(RecvError::Lagged(_)) => {
+                            queue.extend(seen.keys().cloned());
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return None,
+                    },
+                };
+                let Ok(Some(ws)) = state.db.workspace(&id).await else {
+                    continue;
+                };
+                if !p.may_act_for(&ws.owner_id) {
+                    continue;
+                }
+                let Ok(json) = full_workspace(&state, &ws).await else {
+                    continue;
+                };
+                let key = row_key(&json);
+                if seen.get(&id) == Some(&key) {
+                    continue;
+                }
+                seen.insert(id, key);
+                return Some((Ok(sse_event(&json)), (rx, state, p, seen, queue)));
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// `GET /api/v2/audit` query.

@@ -25,6 +25,7 @@ pub mod app_proxy;
 pub mod builds;
 pub mod caller;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod distribution;
 pub mod drift;

@@ -29,7 +29,7 @@ mod workspaces;
 
 pub use agents::{HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 pub use audit::{AuditEvent, AuditFilter};
-pub use tokens::OIDC_SESSION_TOKEN_NAME;
+pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};
 pub use workspaces::CreatedWorkspace;
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

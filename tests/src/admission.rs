@@ -154,3 +154,40 @@ fn with_kind<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
     v["kind"] = kind.into();
     v
 }
+
+/// Starts the real lumie-webhook on loopback (a serving certificate from the harness CA written
+/// into `dir`, policies watched from the cluster, the harness's control plane as the identity
+/// it stamps on workspace pods) and registers it for `lumie-dev`, with the `WorkspacePolicy` CRD
+/// installed: what every end-to-end stack with real workspace pods needs.
+pub async fn start_registered_webhook(
+    cluster: &crate::Cluster,
+    dir: &std::path::Path,
+) -> Result<lumie_webhook::server::RunningServer, HarnessError> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let admin = cluster.client().await;
+    crate::bootstrap::install_policy_crd(&admin).await?;
+    let pair = cluster
+        .ca()
+        .issue_server(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)
+        .map_err(|e| HarnessError::Credentials(format!("the webhook's serving cert: {e}")))?;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, &pair.cert_pem).map_err(crate::io_error("writing the webhook cert"))?;
+    std::fs::write(&key, &pair.key_pem).map_err(crate::io_error("writing the webhook key"))?;
+    let loopback = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let mut config = lumie_webhook::server::ServeConfig::new(loopback, loopback, cert, key);
+    config.policy = lumie_webhook::server::PolicySource::Watch(admin.clone());
+    // The server's identity in the harness: the webhook stamps it on the pods it creates, and
+    // the server trusts only pods carrying it.
+    config.identities.control_plane = vec![crate::Identity::ControlPlane.username().into()];
+    let webhook = lumie_webhook::server::start(config)
+        .await
+        .map_err(|e| HarnessError::Webhook(format!("cannot start: {e}")))?;
+    register_webhooks(
+        &admin,
+        &format!("https://127.0.0.1:{}", webhook.addr.port()),
+        cluster.ca().cert_pem(),
+        &[],
+    )
+    .await?;
+    Ok(webhook)
+}

@@ -106,6 +106,9 @@ pub enum HarnessError {
     /// The cluster did not do something in time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The real webhook could not be started for a stack.
+    #[error("lumie-webhook: {0}")]
+    Webhook(String),
 }
 
 /// Wraps an I/O error with what was being done.

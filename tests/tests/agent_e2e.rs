@@ -29,8 +29,7 @@ use lumie_server::config::Config;
 use lumie_server::serve::Running;
 use lumie_tests::simulator::request_token;
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
-use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane};
-use lumie_webhook::server::{PolicySource, ServeConfig};
+use lumie_tests::{Cluster, Identity, admission, control_plane};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 struct Stack {
@@ -111,33 +110,9 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     let work = tempfile::tempdir().unwrap();
 
     // The real webhook, registered with the real apiserver.
-    bootstrap::install_policy_crd(&admin).await.unwrap();
-    let pair = cluster
-        .ca()
-        .issue_server(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)
+    let webhook = admission::start_registered_webhook(cluster, work.path())
+        .await
         .unwrap();
-    let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
-    std::fs::write(&cert, &pair.cert_pem).unwrap();
-    std::fs::write(&key, &pair.key_pem).unwrap();
-    let mut webhook_config = ServeConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        cert,
-        key,
-    );
-    webhook_config.policy = PolicySource::Watch(admin.clone());
-    // The server's identity in the harness: the webhook stamps it on the pods it creates, and
-    // the server trusts only pods carrying it.
-    webhook_config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
-    let webhook = lumie_webhook::server::start(webhook_config).await.unwrap();
-    admission::register_webhooks(
-        &admin,
-        &format!("https://127.0.0.1:{}", webhook.addr.port()),
-        cluster.ca().cert_pem(),
-        &[],
-    )
-    .await
-    .unwrap();
     workspace_pods::install_stable_service(&admin)
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: Debian's chromium driven by playwright-core
 //! (`tests/browser/dashboard.test.mjs`, `node --test`) against lumie-server on the harness
-//! cluster, with a stand-in agent in each workspace pod so statuses move on their own. The
+//! cluster behind the real webhook, with a stand-in agent in each workspace pod so statuses move on their own. The
 //! script signs in with tokens, creates workspaces, watches them change live, opens one, makes
 //! and revokes a token, checks what a member sees, stops and deletes (confirmed) a workspace, and
 //! saves screenshots (360 px and 1280 px, member and admin) into `target/screenshots/`.
@@ -11,18 +11,19 @@ use std::sync::Arc;
 use lumie_contract::workspace;
 use lumie_server::api::{KeyJson, UserJson};
 use lumie_tests::simulator::{PodAction, PodContext};
-use lumie_tests::{Cluster, control_plane, workspace_pods};
+use lumie_tests::{Cluster, admission, control_plane, workspace_pods};
 
-/// The stand-in agent: posts `ready` heartbeats with the pod's token every second.
+/// The stand-in agent: posts `ready` heartbeats with its pod's projected token (re-read each
+/// time, as the real agent does) every second.
 struct StandInAgent;
 
 impl PodAction for StandInAgent {
     fn command(&self, ctx: &PodContext) -> Option<Command> {
-        let env = ctx.env.get(workspace::CONTAINER_DEV)?;
-        env.get(workspace::ENV_AGENT_TOKEN)?;
+        let env = ctx.local_env(workspace::CONTAINER_DEV);
+        env.get(workspace::ENV_AGENT_TOKEN_FILE)?;
         let mut c = Command::new("sh");
         c.arg("-c").arg(
-            r#"sleep 2; while :; do curl -fsS -m 2 -X POST -H "Coder-Session-Token: $CODER_AGENT_TOKEN" -H 'content-type: application/json' -d '{"lifecycle":"ready","apps":{"tilt":"healthy","code-server":"healthy","agents":"initializing"},"version":"stand-in"}' "$CODER_AGENT_URL/api/v2/workspaceagents/me/heartbeat" >/dev/null 2>&1; sleep 1; done"#,
+            r#"sleep 2; while :; do curl -fsS -m 2 -X POST -H "Coder-Session-Token: $(cat "$CODER_AGENT_TOKEN_FILE")" -H 'content-type: application/json' -d '{"lifecycle":"ready","apps":{"tilt":"healthy","code-server":"healthy","agents":"initializing"},"version":"stand-in"}' "$CODER_AGENT_URL/api/v2/workspaceagents/me/heartbeat" >/dev/null 2>&1; sleep 1; done"#,
         );
         c.env_clear();
         c.env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -51,11 +52,15 @@ async fn dashboard_in_chromium() {
     );
     let cluster = Cluster::shared();
     let admin = cluster.client().await;
+    let work = tempfile::tempdir().unwrap();
+    // The real webhook: it stamps the server's pods, which the server trusts only then.
+    let _webhook = admission::start_registered_webhook(cluster, work.path())
+        .await
+        .unwrap();
     workspace_pods::install_stable_service(&admin)
         .await
         .unwrap();
     cluster.set_pod_action(Arc::new(StandInAgent));
-    let work = tempfile::tempdir().unwrap();
     let config = control_plane::server_config(&work.path().join("server")).unwrap();
     let url = config.access_url.clone();
     let server = control_plane::start_server(cluster, config)

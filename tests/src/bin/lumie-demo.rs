@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use lumie_server::api::WorkspaceJson;
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
-use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane};
-use lumie_webhook::server::{PolicySource, ServeConfig};
+use lumie_tests::{Cluster, Identity, admission, control_plane};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,25 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir().context("creating the demo temp dir")?;
 
     say("starting lumie-webhook and registering it for lumie-dev");
-    bootstrap::install_policy_crd(&admin).await?;
-    let pair =
-        cluster
-            .ca()
-            .issue_server(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)?;
-    let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
-    std::fs::write(&cert, &pair.cert_pem)?;
-    std::fs::write(&key, &pair.key_pem)?;
-    let mut webhook_config =
-        ServeConfig::new("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?, cert, key);
-    webhook_config.policy = PolicySource::Watch(admin.clone());
-    let webhook = lumie_webhook::server::start(webhook_config).await?;
-    admission::register_webhooks(
-        &admin,
-        &format!("https://127.0.0.1:{}", webhook.addr.port()),
-        cluster.ca().cert_pem(),
-        &[],
-    )
-    .await?;
+    let webhook = admission::start_registered_webhook(&cluster, work.path()).await?;
     workspace_pods::install_stable_service(&admin).await?;
 
     say("starting lumie-server (SQLite) as system:serviceaccount:coder:coder");

@@ -270,7 +270,9 @@ fn main() {
         [127, 0, 0, 9],
         None,
     ));
-    idle_agent(&arms[1], &heartbeats);
+    if std::env::var_os("LUMIE_AGENT_BENCH_KINDS").is_none() {
+        idle_agent(&arms[1], &heartbeats);
+    }
     arms.push(start_agent(
         "agent (splice)",
         cp,
@@ -281,11 +283,17 @@ fn main() {
     arms.extend(start_haproxy(dir.path(), apps));
     arms.extend(start_nginx(dir.path(), apps));
 
-    // What each run measures, in the order of a round.
+    // What each run measures, in the order of a round (`LUMIE_AGENT_BENCH_KINDS`, e.g.
+    // `short16,bulk`, keeps some: for profiling one arm under one load).
+    let only = std::env::var("LUMIE_AGENT_BENCH_KINDS").ok();
     let kinds: Vec<Kind> = CLIENTS
         .iter()
         .map(|&c| Kind::Short(c))
         .chain([Kind::KeepAlive, Kind::Bulk])
+        .filter(|k| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|o| o == k.key()))
+        })
         .collect();
     // results[kind][arm][round]
     let mut results = vec![vec![Vec::<Run>::new(); arms.len()]; kinds.len()];
@@ -407,6 +415,15 @@ impl Kind {
             }
             Kind::KeepAlive => "HTTP keep-alive, 1 client:".into(),
             Kind::Bulk => format!("one {} MiB stream:", mib(BULK_BYTES)),
+        }
+    }
+
+    /// Its name in `LUMIE_AGENT_BENCH_KINDS`.
+    fn key(&self) -> String {
+        match self {
+            Kind::Short(c) => format!("short{c}"),
+            Kind::KeepAlive => "keepalive".into(),
+            Kind::Bulk => "bulk".into(),
         }
     }
 

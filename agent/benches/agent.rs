@@ -21,8 +21,11 @@
 //! byte sink) run in this process on 127.0.0.1; 127.0.0.9/.10 play the agents' pod IPs,
 //! 127.0.0.11/.12 are haproxy's and nginx's. Every loop is bounded in time and count, and every
 //! process started is stopped at the end (or on a panic). `LUMIE_AGENT_BENCH_ROUNDS` and
-//! `LUMIE_AGENT_BENCH_SECS` change the rounds and the seconds per HTTP run; to profile another
-//! build of the agent (`cargo build --profile profiling`), name it in `LUMIE_AGENT_BENCH_BIN`.
+//! `LUMIE_AGENT_BENCH_SECS` change the rounds and the seconds per HTTP run,
+//! `LUMIE_AGENT_BENCH_KINDS` (`short1,short16,short64,keepalive,bulk`) keeps some kinds only; to
+//! profile another build of the agent (`cargo build --profile profiling`), name it in
+//! `LUMIE_AGENT_BENCH_BIN`; to compare with an older build in the same run, name it in
+//! `LUMIE_AGENT_BENCH_BASELINE_BIN` (127.0.0.13).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -34,6 +37,9 @@ use std::time::{Duration, Instant};
 const AGENT: &str = env!("CARGO_BIN_EXE_lumie-agent");
 /// Runs another build of the agent instead (e.g. `target/profiling/lumie-agent` under perf).
 const AGENT_OVERRIDE: &str = "LUMIE_AGENT_BENCH_BIN";
+/// Adds an arm: another build of the agent (`cargo build --release` of an older commit), in its
+/// default mode.
+const BASELINE: &str = "LUMIE_AGENT_BENCH_BASELINE_BIN";
 /// Bytes of the one long stream.
 const BULK_BYTES: u64 = 1 << 30;
 /// Rounds (one run of each arm); `LUMIE_AGENT_BENCH_ROUNDS` sets another number.
@@ -102,13 +108,14 @@ fn agent_bin() -> String {
 
 fn start_agent(
     name: &'static str,
+    bin: &str,
     cp: SocketAddr,
     apps: Apps,
     pod_ip: [u8; 4],
     copy_mode: Option<&str>,
 ) -> Arm {
     let ip = IpAddr::from(pod_ip);
-    let mut cmd = Command::new(agent_bin());
+    let mut cmd = Command::new(bin);
     cmd.env("CODER_AGENT_URL", format!("http://{cp}"))
         .env("CODER_AGENT_TOKEN", "bench")
         .env("POD_IP", ip.to_string())
@@ -265,6 +272,7 @@ fn main() {
     }];
     arms.push(start_agent(
         "agent (default)",
+        &bin,
         cp,
         apps,
         [127, 0, 0, 9],
@@ -275,11 +283,24 @@ fn main() {
     }
     arms.push(start_agent(
         "agent (splice)",
+        &bin,
         cp,
         apps,
         [127, 0, 0, 10],
         Some("splice"),
     ));
+    // Another build in its default mode, e.g. the one before a change, in the same rounds.
+    if let Ok(baseline) = std::env::var(BASELINE) {
+        println!("baseline: {baseline}");
+        arms.push(start_agent(
+            "baseline agent",
+            &baseline,
+            cp,
+            apps,
+            [127, 0, 0, 13],
+            None,
+        ));
+    }
     arms.extend(start_haproxy(dir.path(), apps));
     arms.extend(start_nginx(dir.path(), apps));
 

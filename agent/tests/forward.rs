@@ -314,6 +314,17 @@ async fn a_free_address_is_bound() {
 }
 
 #[tokio::test]
+async fn accepted_connections_have_nodelay_from_the_listener() {
+    // serve() leaves the inbound side's TCP_NODELAY to the listener: small writes (a WebSocket
+    // message, an HTTP answer) go out at once.
+    let l = forward::listen(SocketAddr::new(pod_ip(8), 0)).unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    assert!(s.nodelay().unwrap());
+    drop(c);
+}
+
+#[tokio::test]
 async fn forwarding_waits_for_the_app_before_taking_the_port() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

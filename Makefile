@@ -25,6 +25,7 @@ bench-webhook:
 	$(CARGO) run --release -p lumie-webhook --bin lumie-webhook-bench
 
 bench-agent:
+	bash scripts/install-bench-deps.sh
 	$(CARGO) bench -p lumie-agent
 
 bench-server:

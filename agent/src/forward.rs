@@ -8,7 +8,14 @@
 //! write half is shut down while the opposite direction keeps flowing. Connections beyond the
 //! per-port limit are closed at once. A port the app already serves on the pod IP itself is
 //! detected (the bind reports the address in use; a probe connect confirms) and left alone.
+//!
+//! What a connection costs (see [`Direction`]): a buffer is allocated on a direction's first
+//! bytes, at [`INITIAL_BUFFER`] (what haproxy and nginx use), never zeroed; it doubles while reads
+//! keep filling it, up to [`BUFFER_SIZE`], and a grown one is freed after [`SHRINK_AFTER`] of
+//! quiet. Short connections (a browser loading a dev server's assets) so cost two small
+//! allocations; a long stream gets large reads after a few; an idle connection at most 2 × 16 KiB.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,13 +26,11 @@ use std::time::Duration;
 
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 use std::os::fd::OwnedFd;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-/// Bytes buffered per direction of one connection.
-pub const BUFFER_SIZE: usize = 256 * 1024;
 /// Time allowed to connect to the app for one forwarded connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a port the app serves itself is looked at again.
@@ -65,13 +70,15 @@ impl ForwardStats {
     }
 }
 
-/// How forwarded bytes are moved. Buffers are the default: in `benches/agent.rs` (2 cores) they
-/// moved as many or more bytes per second as splice, for less CPU in all. Splice costs the agent
-/// itself about a third less CPU and no memory per connection, but the app reading the forwarded
-/// bytes more, by about as much; in a pod that app shares the agent's CPUs.
+/// How forwarded bytes are moved. Buffers are the default, best overall in `benches/agent.rs`
+/// (2 cores): on short connections they cost less CPU per connection than splice (which needs
+/// two pipes per connection: pipe2, fcntl and four closes) and answer more requests per second,
+/// with keep-alive too; on one long stream they move more bytes per second. Splice costs the
+/// agent itself less CPU per byte on a long stream and no memory per connection, but the app
+/// reading the forwarded bytes more, by about as much; in a pod that app shares the agent's CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CopyMode {
-    /// read/write through a bounded buffer per direction.
+    /// read/write through a buffer per direction, allocated on demand and grown under load.
     #[default]
     Buffers,
     /// splice(2) through a pipe per direction: the bytes stay in the kernel.
@@ -113,6 +120,8 @@ pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// Listens on `addr` with [`LISTEN_BACKLOG`]. SO_REUSEADDR as tokio's `bind` sets it: a restarted
 /// agent can take its port back from connections in TIME_WAIT, never from a live listener.
+/// TCP_NODELAY on the listener is inherited by every accepted connection (Linux copies it), one
+/// setsockopt(2) per connection saved.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -120,6 +129,7 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -155,8 +165,9 @@ pub async fn bind_or_detect(listen: SocketAddr, probe_timeout: Duration) -> io::
     }
 }
 
-/// Accepts on `listener` forever, forwarding each connection to `target`. Dropping (aborting)
-/// the future closes the listener and every connection it opened.
+/// Accepts on `listener` (from [`listen`], which sets TCP_NODELAY for the accepted connections)
+/// forever, forwarding each connection to `target`. Dropping (aborting) the future closes the
+/// listener and every connection it opened.
 pub async fn serve(
     listener: TcpListener,
     target: SocketAddr,
@@ -211,7 +222,7 @@ async fn forward_one(
     let outbound = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect to the app timed out"))??;
-    inbound.set_nodelay(true)?;
+    // The inbound side has TCP_NODELAY from the listener (see [`listen`]).
     outbound.set_nodelay(true)?;
     if copy_mode == CopyMode::Splice
         && let (Ok(up), Ok(down)) = (Pipe::new(), Pipe::new())
@@ -222,18 +233,138 @@ async fn forward_one(
         )?;
         return Ok(());
     }
-    let mut a = Counted {
-        inner: inbound,
-        bytes,
-    };
-    let mut b = Counted {
-        inner: outbound,
-        bytes,
-    };
-    // Shuts the write side of one stream down when the other reaches EOF, and keeps copying the
-    // other direction: a half-close passes through.
-    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE).await?;
-    Ok(())
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    std::future::poll_fn(|cx| {
+        let a = up.poll(cx, &inbound, &outbound, bytes, down.done);
+        let b = down.poll(cx, &outbound, &inbound, bytes, up.done);
+        match (a, b) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// First buffer of a direction, allocated on the first bytes to move (an idle connection that
+/// never carried anything holds none): as large as haproxy's and nginx's, enough for a request
+/// or a small answer in one read.
+pub const INITIAL_BUFFER: usize = 16 * 1024;
+/// A direction whose reads keep filling its buffer doubles it up to this, for long streams.
+pub const BUFFER_SIZE: usize = 256 * 1024;
+/// A buffer grown past [`INITIAL_BUFFER`] is freed when its direction has had nothing to move
+/// for this long, so a WebSocket that once carried a burst costs little while idle.
+pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
+
+/// One direction of a forwarded connection: a buffer that is read into only when empty (what a
+/// slow reader has not taken yet stays there: backpressure) and grows under sustained throughput.
+/// Buffers are never zeroed: reads fill the spare capacity of a `Vec`.
+#[derive(Default)]
+struct Direction {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    written: usize,
+    /// Capacity of the next buffer to allocate.
+    next: usize,
+    /// The source reached EOF.
+    eof: bool,
+    /// EOF passed on (or the other direction made that unnecessary): nothing left to do.
+    done: bool,
+    /// Frees a grown buffer once the source has been quiet for [`SHRINK_AFTER`].
+    shrink: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The quiet spell `shrink` times has begun (reset by the next bytes read).
+    shrink_armed: bool,
+}
+
+impl Direction {
+    /// Moves bytes from `from` to `to` until `from` reaches EOF and everything read is written,
+    /// then shuts `to`'s write side (the half-close passes on) unless the other direction is
+    /// over already (`other_done`: both sockets are about to be closed, which says the same).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        bytes: &AtomicU64,
+        other_done: bool,
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while self.written < self.buf.len() {
+                std::task::ready!(to.poll_write_ready(cx))?;
+                match to.try_write(&self.buf[self.written..]) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            self.buf.clear();
+            self.written = 0;
+            if self.eof {
+                self.done = true;
+                if !other_done {
+                    match rustix::net::shutdown(to, rustix::net::Shutdown::Write) {
+                        Ok(()) | Err(rustix::io::Errno::NOTCONN) => {}
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match from.poll_read_ready(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    self.poll_shrink(cx);
+                    return Poll::Pending;
+                }
+            }
+            self.next = self.next.clamp(INITIAL_BUFFER, BUFFER_SIZE);
+            if self.buf.capacity() < self.next {
+                self.buf = Vec::with_capacity(self.next);
+            }
+            match from.try_read_buf(&mut self.buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    self.shrink_armed = false;
+                    if n == self.buf.capacity() {
+                        // Sustained throughput: a larger buffer for the next read, once this
+                        // one is written out.
+                        self.next = self.next.saturating_mul(2);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// While the source is quiet: a grown buffer is freed after [`SHRINK_AFTER`], and the next
+    /// bytes start again from [`INITIAL_BUFFER`].
+    fn poll_shrink(&mut self, cx: &mut Context<'_>) {
+        if self.buf.capacity() <= INITIAL_BUFFER {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + SHRINK_AFTER;
+        let sleep = match &mut self.shrink {
+            Some(s) => s,
+            None => self
+                .shrink
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if !self.shrink_armed {
+            sleep.as_mut().reset(deadline);
+            self.shrink_armed = true;
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.buf = Vec::new();
+            self.next = INITIAL_BUFFER;
+            self.shrink_armed = false;
+        }
+    }
 }
 
 /// Bytes a splice pipe holds: what one direction of a connection has in flight in the agent.
@@ -302,47 +433,6 @@ async fn splice_one_way(
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-/// A stream that adds every byte read from it to a counter, so byte counts are live for
-/// long-lived connections (WebSockets) instead of known only at close.
-struct Counted<'a, S> {
-    inner: S,
-    bytes: &'a AtomicU64,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

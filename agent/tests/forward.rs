@@ -1,5 +1,7 @@
 //! Port forwarding over real loopback sockets: a distinct 127.77.x.y address plays the pod IP and
-//! the apps listen on 127.0.0.1, as in a pod.
+//! the apps listen on 127.0.0.1, as in a pod. The memory bound is checked on the real binary.
+
+mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -312,6 +314,17 @@ async fn a_free_address_is_bound() {
 }
 
 #[tokio::test]
+async fn accepted_connections_have_nodelay_from_the_listener() {
+    // serve() leaves the inbound side's TCP_NODELAY to the listener: small writes (a WebSocket
+    // message, an HTTP answer) go out at once.
+    let l = forward::listen(SocketAddr::new(pod_ip(8), 0)).unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    assert!(s.nodelay().unwrap());
+    drop(c);
+}
+
+#[tokio::test]
 async fn forwarding_waits_for_the_app_before_taking_the_port() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -441,4 +454,87 @@ async fn connections_over_the_limit_are_closed_and_room_frees_up_splice() {
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_and_room_frees_up_buffers() {
     connections_over_the_limit_are_closed_and_room_frees_up(CopyMode::Buffers, pod_ip(104)).await;
+}
+
+/// VmRSS of `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The real agent with its default copy mode and connection limit: 512 connections that each
+/// carried a request and its answer, then stay open and idle (WebSockets between messages), cost
+/// at most 64 KiB each, and the agent stays under 64 MiB RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_at_the_limit_stay_within_the_memory_bound() {
+    const IDLE: usize = 512;
+    let cp = common::StandIn::start(common::Recorder::new(15)).await;
+    let port = echo_app().await;
+    let pod = pod_ip(200);
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_lumie-agent"))
+        .env("CODER_AGENT_URL", cp.url().as_str())
+        .env("CODER_AGENT_TOKEN", "memory-test")
+        .env("POD_IP", pod.to_string())
+        .env(
+            "LUMIE_AGENT_APP_PORTS",
+            format!(
+                "tilt={port},code-server={},agents={}",
+                common::free_port(),
+                common::free_port()
+            ),
+        )
+        .env(
+            "LUMIE_AGENT_APP_HEALTH",
+            "code-server=disabled,agents=disabled",
+        )
+        .env("LUMIE_AGENT_HOME_DIR", std::env::temp_dir())
+        .env("LUMIE_AGENT_LOG", "warn")
+        .env_remove("LUMIE_AGENT_COPY_MODE")
+        .env_remove("LUMIE_AGENT_MAX_CONNECTIONS")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = agent.id().unwrap();
+    let listen = SocketAddr::new(pod, port);
+    wait_until_connects(listen).await;
+    let before = rss_kib(pid);
+
+    let request = pattern(2000, 9);
+    let mut held = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        c.write_all(&request).await.unwrap();
+        let mut back = vec![0u8; request.len()];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back))
+            .await
+            .expect("answered through the agent")
+            .unwrap();
+        assert_eq!(back, request);
+        held.push(c);
+    }
+    // Every connection is still open: one more byte each comes back.
+    for c in &mut held {
+        c.write_all(b"!").await.unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"!");
+    }
+    let during = rss_kib(pid);
+    let per_connection = during.saturating_sub(before) as f64 / IDLE as f64;
+    assert!(
+        per_connection <= 64.0,
+        "{per_connection:.1} KiB per idle connection (RSS {before} KiB before, {during} KiB with {IDLE})"
+    );
+    assert!(
+        during < 64 * 1024,
+        "the agent holds {during} KiB RSS with {IDLE} idle connections"
+    );
+    drop(held);
+    agent.kill().await.unwrap();
+    cp.stop().await;
 }

@@ -217,8 +217,9 @@ pub struct Cli {
     /// Most forwarded connections open at once per port; more are closed at once.
     #[arg(long, env = "LUMIE_AGENT_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
-    /// How forwarded bytes are moved: `buffers` (read/write, 2 × 256 KiB per busy connection)
-    /// or `splice` (zero-copy through pipes).
+    /// How forwarded bytes are moved: `buffers` (read/write; a buffer per direction, 16 KiB on
+    /// the first bytes, growing to 256 KiB while a transfer keeps it full, freed when idle) or
+    /// `splice` (zero-copy through pipes).
     #[arg(long, env = "LUMIE_AGENT_COPY_MODE", default_value = "buffers")]
     pub copy_mode: CopyMode,
     /// Time allowed from SIGTERM to exit, final reports included (keep below the pod's grace period).

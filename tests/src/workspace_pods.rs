@@ -235,3 +235,34 @@ async fn stand_in(slug: &'static str, req: Request) -> Response {
         Err(_) => format!("{slug} stand-in: {path}").into_response(),
     }
 }
+
+/// A stand-in for the agent, for tests about the control plane rather than the agent: a shell
+/// loop in each workspace pod posting a `ready` heartbeat with these app healths every second,
+/// with its pod's projected token re-read each time (as the real agent does).
+pub struct StandInAgent {
+    /// The heartbeat's `apps` map, as JSON (`{"tilt":"healthy",…}`).
+    pub apps_json: &'static str,
+    /// Seconds before the first heartbeat (so a watcher sees `starting` before `running`).
+    pub first_after_secs: u32,
+}
+
+impl PodAction for StandInAgent {
+    fn command(&self, ctx: &PodContext) -> Option<Command> {
+        let env = ctx.local_env(workspace::CONTAINER_DEV);
+        env.get(workspace::ENV_AGENT_TOKEN_FILE)?;
+        let body = format!(
+            r#"{{"lifecycle":"ready","apps":{},"version":"stand-in"}}"#,
+            self.apps_json
+        );
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            r#"sleep {delay}; while :; do curl -fsS -m 2 -X POST -H "Coder-Session-Token: $(cat "$CODER_AGENT_TOKEN_FILE")" -H 'content-type: application/json' -d '{body}' "$CODER_AGENT_URL{path}" >/dev/null 2>&1; sleep 1; done"#,
+            path = lumie_contract::agent_api::HEARTBEAT_PATH,
+            delay = self.first_after_secs,
+        ));
+        c.env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.envs(env);
+        Some(c)
+    }
+}

@@ -8,29 +8,10 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use lumie_contract::workspace;
 use lumie_server::api::{KeyJson, UserJson};
-use lumie_tests::simulator::{PodAction, PodContext};
-use lumie_tests::{Cluster, admission, control_plane, workspace_pods};
 
-/// The stand-in agent: posts `ready` heartbeats with its pod's projected token (re-read each
-/// time, as the real agent does) every second.
-struct StandInAgent;
-
-impl PodAction for StandInAgent {
-    fn command(&self, ctx: &PodContext) -> Option<Command> {
-        let env = ctx.local_env(workspace::CONTAINER_DEV);
-        env.get(workspace::ENV_AGENT_TOKEN_FILE)?;
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(
-            r#"sleep 2; while :; do curl -fsS -m 2 -X POST -H "Coder-Session-Token: $(cat "$CODER_AGENT_TOKEN_FILE")" -H 'content-type: application/json' -d '{"lifecycle":"ready","apps":{"tilt":"healthy","code-server":"healthy","agents":"initializing"},"version":"stand-in"}' "$CODER_AGENT_URL/api/v2/workspaceagents/me/heartbeat" >/dev/null 2>&1; sleep 1; done"#,
-        );
-        c.env_clear();
-        c.env("PATH", std::env::var("PATH").unwrap_or_default());
-        c.envs(env);
-        Some(c)
-    }
-}
+use lumie_tests::workspace_pods::{self, StandInAgent};
+use lumie_tests::{Cluster, admission, control_plane};
 
 fn screenshot_dir() -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -60,7 +41,10 @@ async fn dashboard_in_chromium() {
     workspace_pods::install_stable_service(&admin)
         .await
         .unwrap();
-    cluster.set_pod_action(Arc::new(StandInAgent));
+    cluster.set_pod_action(Arc::new(StandInAgent {
+        apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"initializing"}"#,
+        first_after_secs: 2,
+    }));
     let config = control_plane::server_config(&work.path().join("server")).unwrap();
     let url = config.access_url.clone();
     let server = control_plane::start_server(cluster, config)

@@ -25,9 +25,8 @@ use lumie_contract::{labels, workspace};
 use lumie_server::api::{WorkspaceJson, WorkspacesJson};
 use lumie_server::config::{Config, DatabaseConfig};
 use lumie_server::model::{BuildStatus, WorkspaceStatus};
-use lumie_tests::{
-    Cluster, Identity, PodAction, PodContext, admission, bootstrap, control_plane, nodes,
-};
+use lumie_tests::workspace_pods::StandInAgent;
+use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane, nodes};
 use lumie_webhook::certs::write_private;
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
@@ -54,28 +53,13 @@ struct Shared {
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
 
-/// The stand-in agent: posts `ready` heartbeats with the pod's token every second.
-struct StandInAgent;
-
-impl PodAction for StandInAgent {
-    fn command(&self, ctx: &PodContext) -> Option<Command> {
-        let env = ctx.local_env(workspace::CONTAINER_DEV);
-        env.get(workspace::ENV_AGENT_TOKEN_FILE)?;
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(
-            r#"while :; do curl -fsS -m 2 -X POST -H "Coder-Session-Token: $(cat "$CODER_AGENT_TOKEN_FILE")" -H 'content-type: application/json' -d '{"lifecycle":"ready","apps":{"tilt":"healthy","code-server":"healthy","agents":"healthy"},"version":"stand-in"}' "$CODER_AGENT_URL/api/v2/workspaceagents/me/heartbeat" >/dev/null 2>&1; sleep 1; done"#,
-        );
-        c.env_clear();
-        c.env("PATH", std::env::var("PATH").unwrap_or_default());
-        c.envs(env);
-        Some(c)
-    }
-}
-
 fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
         let cluster = Cluster::shared();
-        cluster.set_pod_action(Arc::new(StandInAgent));
+        cluster.set_pod_action(Arc::new(StandInAgent {
+            apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
+            first_after_secs: 0,
+        }));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()

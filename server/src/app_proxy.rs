@@ -483,13 +483,33 @@ async fn authorize(
     Ok(ws)
 }
 
+/// What a path no route and no app matches answers: under `/@owner/ws/apps/` the slugs that
+/// exist (the same for every workspace, so it confirms nothing about this one), else the path.
+pub fn no_route_message(method: &http::Method, path: &str) -> String {
+    let slug = path
+        .strip_prefix("/@")
+        .map(|p| p.splitn(4, '/').collect::<Vec<_>>())
+        .filter(|parts| parts.len() == 4 && parts[2] == "apps")
+        .map(|parts| parts[3].split('/').next().unwrap_or_default().to_string());
+    match slug {
+        Some(slug) => {
+            let known: Vec<&str> = apps::ALL.iter().map(|a| a.slug).collect();
+            format!(
+                "no app {slug:?} in workspaces: the apps are {}",
+                known.join(", ")
+            )
+        }
+        None => format!("no route for {method} {path}"),
+    }
+}
+
 /// Path-based apps on the access URL (the router's fallback).
 async fn proxy(State(state): State<AppState>, req: Request) -> Response {
     let Some(app_path) = parse_app_path(req.uri().path()) else {
         return (
             StatusCode::NOT_FOUND,
             axum::Json(crate::error::ErrorBody {
-                message: format!("no route for {} {}", req.method(), req.uri().path()),
+                message: no_route_message(req.method(), req.uri().path()),
                 detail: String::new(),
             }),
         )
@@ -982,6 +1002,23 @@ fn confine_response_headers(headers: &mut http::HeaderMap, scope: &CookieScope) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_app_slug_names_the_apps_that_exist() {
+        let get = http::Method::GET;
+        #[rustfmt::skip]
+        let cases = [
+            ("/@alice/dev/apps/8080/", "no app \"8080\" in workspaces: the apps are tilt, code-server, agents"),
+            ("/@alice/dev/apps/8080", "no app \"8080\""),
+            ("/@alice/dev/apps/", "no app \"\""),
+            ("/@alice/dev/files/x", "no route for GET /@alice/dev/files/x"),
+            ("/nothing", "no route for GET /nothing"),
+        ];
+        for (path, want) in cases {
+            let got = no_route_message(&get, path);
+            assert!(got.contains(want), "{path}: {got}");
+        }
+    }
 
     #[test]
     fn app_paths() {

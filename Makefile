@@ -16,9 +16,11 @@ test: deps lint
 	$(CARGO) test --workspace --no-fail-fast
 
 ## The local demo stack: cluster, webhook, server with SQLite, one workspace moving to running.
+# One build of everything the demo runs (features resolved once, so nothing is rebuilt after it),
+# then the demo binary itself.
 demo: deps
-	$(CARGO) build --release -p lumie-agent -p lumie-server -p lumie-webhook
-	$(CARGO) run --release -p lumie-tests --bin lumie-demo
+	$(CARGO) build --release -p lumie-agent -p lumie-server -p lumie-webhook -p lumie-tests --bin lumie-agent --bin lumie-server --bin lumie-webhook --bin lumie-demo
+	"$${CARGO_TARGET_DIR:-target}/release/lumie-demo"
 
 ## Benchmarks: commands that print figures and ratios against a baseline measured in the same run.
 bench-webhook:

@@ -75,14 +75,19 @@ async fn main() -> anyhow::Result<()> {
         let agent = ws
             .agent
             .as_ref()
-            .map(|a| format!(" agent={:?}/{:?}", a.lifecycle_state, a.status))
+            .map(|a| format!(", agent {} and {}", a.lifecycle_state, a.status))
             .unwrap_or_default();
-        let line = format!("status={:?} {}{agent}", ws.status, ws.status_reason);
+        let reason = if ws.status_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", ws.status_reason)
+        };
+        let line = format!("workspace {}{reason}{agent}", ws.status);
         if line != last {
             say(&line);
             last = line;
         }
-        if format!("{:?}", ws.status).eq_ignore_ascii_case("running") {
+        if ws.status == lumie_server::model::WorkspaceStatus::Running {
             break;
         }
         if Instant::now() > deadline {
@@ -100,15 +105,24 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .text()
             .await?;
+        let first_line = body.lines().next().unwrap_or_default().trim();
         say(&format!(
-            "{} through the app proxy: {app_url} → {body:?}",
+            "{} through the app proxy: {app_url} answers \"{first_line}\"",
             app.display_name
         ));
     }
-    say(&format!(
-        "running. API: {url} (Coder-Session-Token: {token}); kubeconfig: {}. Ctrl-C to stop.",
+    say("the stack is running. Next:");
+    println!("  - open {url}/login in a browser and sign in with the admin token:");
+    println!("      {token}");
+    println!(
+        "    (your workspace admin/demo is on the list; its page opens Tilt, code-server and the agents UI)"
+    );
+    println!("  - or use the API: curl -H 'Coder-Session-Token: {token}' {url}/api/v2/workspaces");
+    println!(
+        "  - or look at the cluster: KUBECONFIG={} kubectl -n lumie-dev get pods",
         cluster.kubeconfig(Identity::Admin).display()
-    ));
+    );
+    println!("  Ctrl-C stops everything (the workspace is deleted first).");
     tokio::signal::ctrl_c().await?;
 
     say("deleting the workspace and stopping everything");

@@ -10,38 +10,12 @@ use lumie_webhook::Error;
 use lumie_webhook::metrics::Decision;
 use lumie_webhook::policy::PolicySet;
 use lumie_webhook::review::{Endpoint, review};
+mod common;
+use common::workspace_pod;
 use serde_json::{Value, json};
 
 const CONTROL_PLANE: &str = "system:serviceaccount:coder:coder";
 const DEVELOPER: &str = "alice@lumie-infra.com";
-
-/// A workspace pod as the control plane creates it, after mutation.
-fn workspace_pod() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "coder-alice-main",
-            "namespace": "lumie-dev",
-            "labels": {"app.kubernetes.io/name": "dev-workspace"}
-        },
-        "spec": {
-            "serviceAccountName": "dev-workspace",
-            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
-                    {"key": "node-role.kubernetes.io/master", "operator": "DoesNotExist"}
-                ]}]
-            }}},
-            "containers": [
-                {"name": "dev", "image": "ghcr.io/lumie-infra/dev:1.4"},
-                {"name": "agents", "image": "ghcr.io/lumie-infra/agents:1.4",
-                 "ports": [{"containerPort": 3000}]},
-                {"name": "dind", "image": "docker:27-dind", "securityContext": {"privileged": true}}
-            ]
-        }
-    })
-}
 
 /// A developer's plain pod (not a workspace pod).
 fn plain_pod() -> Value {

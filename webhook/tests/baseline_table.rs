@@ -9,6 +9,8 @@ use lumie_webhook::review::{Endpoint, review};
 use lumie_webhook::validate::{
     BASELINE_CAPABILITIES, BASELINE_KUBERNETES_RELEASE, SAFE_SYSCTLS, STRICTER,
 };
+mod common;
+use common::workspace_pod;
 use serde_json::{Value, json};
 
 const CONTROL_PLANE: &str = "system:serviceaccount:coder:coder";
@@ -20,33 +22,6 @@ fn plain_pod() -> Value {
         "kind": "Pod",
         "metadata": {"name": "scratch", "namespace": "lumie-dev", "labels": {"app": "scratch"}},
         "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}
-    })
-}
-
-/// A workspace pod as the control plane creates it, after mutation.
-fn workspace_pod() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "coder-alice-main",
-            "namespace": "lumie-dev",
-            "labels": {"app.kubernetes.io/name": "dev-workspace"}
-        },
-        "spec": {
-            "serviceAccountName": "dev-workspace",
-            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
-                    {"key": "node-role.kubernetes.io/master", "operator": "DoesNotExist"}
-                ]}]
-            }}},
-            "containers": [
-                {"name": "dev", "image": "ghcr.io/lumie-infra/dev:1.4"},
-                {"name": "agents", "image": "ghcr.io/lumie-infra/agents:1.4"},
-                {"name": "dind", "image": "docker:27-dind", "securityContext": {"privileged": true}}
-            ]
-        }
     })
 }
 

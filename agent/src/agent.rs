@@ -1,15 +1,19 @@
 //! The running agent: starts the heartbeat loop, the app checkers and the port forwarders, turns
 //! their news into lifecycle events (`ready` once every checked app is healthy and its pod IP
-//! port is settled, so the Service really reaches it), and runs the shutdown sequence (report `shutting_down`,
-//! stop, report `off`) within the shutdown timeout.
+//! port is settled, so the Service really reaches it, and a blocking startup script has exited
+//! 0), runs the template's startup script once the control plane has answered a heartbeat and
+//! handed over the manifest, ships its output ([`crate::logs`]), and runs the shutdown sequence
+//! (report `shutting_down`, the shutdown script, stop the startup script's process group, send
+//! the rest of the output, report `off`) within the shutdown timeout.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lumie_contract::agent_api::{AppHealth, LifecycleState};
-use tokio::sync::{mpsc, watch};
+use lumie_contract::agent_api::{AppHealth, LifecycleState, LogStream, Manifest, StartupBehavior};
+use rustix::process::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -19,7 +23,12 @@ use crate::forward::{self, ForwardStats, PortEvent, PortForward, PortState};
 use crate::health::{self, CheckSettings, HealthChange};
 use crate::heartbeat::{self, HeartbeatClient, Report};
 use crate::lifecycle::{Event, Lifecycle};
+use crate::logs::{self, LogSink};
+use crate::scripts::{self, Exit, ScriptSettings, ScriptState, Which};
 use crate::stats::{CGROUP_ROOT, StatsCollector};
+
+/// How long the startup script's processes get between SIGTERM and SIGKILL on shutdown.
+pub const SCRIPT_KILL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs the agent until `shutdown` resolves, then shuts down and returns the final lifecycle
 /// state (`off` normally). Errors only for configuration problems found before starting.
@@ -57,12 +66,32 @@ pub async fn run(
     };
 
     tracing::info!(version = crate::VERSION, url = %client.url(), "lumie-agent starting");
+    let (first_contact_tx, first_contact) = oneshot::channel();
     let heartbeats = tokio::spawn(heartbeat::run_loop(
         client.clone(),
         report_rx,
         stats,
         config.report_interval,
+        first_contact_tx,
     ));
+
+    // Script output goes out in batches from the start; the manifest comes after the first
+    // heartbeat the control plane answers.
+    let sink = LogSink::default();
+    let (logs_stop_tx, logs_stop_rx) = watch::channel(None);
+    let shipper = tokio::spawn(logs::ship(
+        client.clone(),
+        sink.clone(),
+        logs::new_start_id(),
+        logs_stop_rx,
+    ));
+    let (manifest_tx, mut manifest_rx) = mpsc::channel::<Manifest>(1);
+    let manifest_task = tokio::spawn(fetch_manifest(client.clone(), first_contact, manifest_tx));
+    let mut manifest: Option<Manifest> = None;
+    let mut behavior = StartupBehavior::Blocking;
+    let mut script_state = ScriptState::Pending;
+    let mut startup_pgid: Option<u32> = None;
+    let (script_tx, mut script_rx) = mpsc::channel::<(Exit, Vec<String>)>(1);
 
     let mut tasks = JoinSet::new();
     let (health_tx, mut health_rx) = mpsc::unbounded_channel::<HealthChange>();
@@ -131,19 +160,18 @@ pub async fn run(
     };
 
     change(&mut lifecycle, Event::Started);
-    if ready(&config, &apps, &ports_settled) {
-        change(&mut lifecycle, Event::AppsHealthy);
-    }
     publish(&lifecycle, &apps);
 
-    let start_deadline = Instant::now() + config.start_timeout;
+    let started_at = Instant::now();
+    let mut start_timeout = config.start_timeout;
+    let mut start_deadline = started_at + start_timeout;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             Some(HealthChange { index, health }) = health_rx.recv() => {
                 apps.insert(config.apps[index].slug.clone(), health);
-                if ready(&config, &apps, &ports_settled) {
+                if ready(&config, &apps, &ports_settled) && scripts::gate_open(behavior, &script_state) {
                     change(&mut lifecycle, Event::AppsHealthy);
                 }
                 publish(&lifecycle, &apps);
@@ -152,7 +180,7 @@ pub async fn run(
                 match state {
                     PortState::Forwarding | PortState::LeftAlone(_) => {
                         ports_settled.insert(slug, true);
-                        if ready(&config, &apps, &ports_settled) {
+                        if ready(&config, &apps, &ports_settled) && scripts::gate_open(behavior, &script_state) {
                             change(&mut lifecycle, Event::AppsHealthy);
                         }
                     }
@@ -171,27 +199,111 @@ pub async fn run(
                             || ports_settled.get(&a.slug) == Some(&false)))
                     .map(|a| a.slug.clone())
                     .collect();
-                change(&mut lifecycle, Event::StartDeadline { unhealthy });
+                let script = scripts::holds_start(behavior, &script_state, start_timeout);
+                change(&mut lifecycle, Event::StartDeadline { unhealthy, script });
+                publish(&lifecycle, &apps);
+            }
+            Some(m) = manifest_rx.recv(), if manifest.is_none() => {
+                behavior = m.startup_behavior;
+                if let Some(secs) = m.start_timeout_seconds {
+                    start_timeout = std::time::Duration::from_secs(secs);
+                    start_deadline = started_at + start_timeout;
+                }
+                script_state = if m.startup_script.trim().is_empty() {
+                    ScriptState::None
+                } else {
+                    match script_settings(&config, &client, &m).and_then(|settings| {
+                        scripts::start(Which::Startup, &m.startup_script, &settings, &sink)
+                            .map_err(|e| format!("cannot start the startup script: {e}"))
+                    }) {
+                        Ok(mut running) => {
+                            tracing::info!(behavior = behavior.as_str(), "startup script started");
+                            startup_pgid = running.pgid();
+                            let (tx, sink) = (script_tx.clone(), sink.clone());
+                            tokio::spawn(async move {
+                                let outcome = running.wait(&sink).await;
+                                let _ = tx.send(outcome).await;
+                            });
+                            ScriptState::Running
+                        }
+                        Err(why) => {
+                            sink.line(LogStream::Agent, &why);
+                            change(&mut lifecycle, Event::StartFailed(why.clone()));
+                            ScriptState::Failed(why)
+                        }
+                    }
+                };
+                manifest = Some(m);
+                if ready(&config, &apps, &ports_settled) && scripts::gate_open(behavior, &script_state) {
+                    change(&mut lifecycle, Event::AppsHealthy);
+                }
+                publish(&lifecycle, &apps);
+            }
+            Some((exit, last_lines)) = script_rx.recv() => {
+                if exit.success() {
+                    tracing::info!("startup script exited 0");
+                    script_state = ScriptState::Succeeded;
+                    if ready(&config, &apps, &ports_settled) && scripts::gate_open(behavior, &script_state) {
+                        change(&mut lifecycle, Event::AppsHealthy);
+                    }
+                } else {
+                    let why = scripts::exit_reason(Which::Startup, exit, &last_lines);
+                    if !change(&mut lifecycle, Event::StartFailed(why.clone())) {
+                        tracing::warn!("{why} (after start; the apps' health tells the rest)");
+                    }
+                    script_state = ScriptState::Failed(why);
+                }
                 publish(&lifecycle, &apps);
             }
         }
     }
 
-    // Shutdown: say so, stop everything, say `off`, all within the shutdown timeout.
-    let deadline = Instant::now() + config.shutdown_timeout;
+    // Shutdown: say so, run the shutdown script, stop everything, send the rest of the output,
+    // say `off`, all within the shutdown timeout.
+    let shutdown_timeout = manifest
+        .as_ref()
+        .and_then(|m| m.shutdown_timeout_seconds)
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(config.shutdown_timeout);
+    let shutdown_started = Instant::now();
+    let deadline = shutdown_started + shutdown_timeout;
     heartbeats.abort();
+    manifest_task.abort();
     change(&mut lifecycle, Event::Terminate);
     let report = Report {
         lifecycle: lifecycle.clone(),
         apps: apps.clone(),
     };
-    let first_part = Instant::now() + config.shutdown_timeout / 3;
+    let first_part = shutdown_started + shutdown_timeout / 3;
     if let Err(e) = heartbeat::deliver(&client, &report.to_request(None), first_part).await {
         tracing::warn!("could not report shutting_down: {e}");
     }
+    if let Some(m) = manifest
+        .as_ref()
+        .filter(|m| !m.shutdown_script.trim().is_empty())
+    {
+        // Leave a third of the timeout for the output and the final report.
+        let script_by = deadline - shutdown_timeout / 3;
+        if let Some(why) = run_shutdown_script(&config, &client, m, &sink, script_by).await {
+            change(&mut lifecycle, Event::ShutdownFailed(why));
+        }
+    }
+    if startup_pgid.is_some() {
+        scripts::signal_group(startup_pgid, Signal::TERM);
+        tokio::time::sleep(SCRIPT_KILL_GRACE.min(shutdown_timeout / 10)).await;
+        scripts::signal_group(startup_pgid, Signal::KILL);
+    }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    if Instant::now() >= deadline {
+    sink.close();
+    let logs_by = deadline - shutdown_timeout / 6;
+    logs_stop_tx.send_replace(Some(logs_by));
+    if tokio::time::timeout_at(logs_by, shipper).await.is_err() {
+        tracing::warn!("script output not all sent before the shutdown timeout");
+    }
+    if lifecycle.state != LifecycleState::ShuttingDown {
+        // The shutdown script failed: that is the final state.
+    } else if Instant::now() >= deadline {
         change(&mut lifecycle, Event::ShutdownDeadline);
     } else {
         change(&mut lifecycle, Event::ShutdownComplete);
@@ -208,6 +320,96 @@ pub async fn run(
         ),
     }
     Ok(lifecycle.state)
+}
+
+/// Waits for the first answered heartbeat, then fetches the manifest (retrying with backoff until
+/// the control plane hands it over) and sends it on.
+async fn fetch_manifest(
+    client: HeartbeatClient,
+    first_contact: oneshot::Receiver<()>,
+    out: mpsc::Sender<Manifest>,
+) {
+    if first_contact.await.is_err() {
+        return;
+    }
+    let mut backoff = crate::backoff::Backoff::default();
+    loop {
+        match client.manifest().await {
+            Ok(m) => {
+                let _ = out.send(m).await;
+                return;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay(crate::backoff::random());
+                tracing::warn!("fetching the manifest failed: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// How the scripts of `manifest` run: in the home directory, with the agent's environment minus
+/// anything token-like, as the template's user.
+fn script_settings(
+    config: &Config,
+    client: &HeartbeatClient,
+    manifest: &Manifest,
+) -> Result<ScriptSettings, String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let uid = rustix::process::getuid().as_raw();
+    let user = scripts::run_as(manifest.run_as.as_deref(), uid, &passwd)?;
+    Ok(ScriptSettings {
+        home: config.home_dir.clone(),
+        env: scripts::script_env(std::env::vars(), &client.secrets()),
+        user,
+    })
+}
+
+/// Runs the shutdown script until it exits or `by`, when its process group is killed. Returns
+/// why it failed, if it did.
+async fn run_shutdown_script(
+    config: &Config,
+    client: &HeartbeatClient,
+    manifest: &Manifest,
+    sink: &LogSink,
+    by: Instant,
+) -> Option<String> {
+    let settings = match script_settings(config, client, manifest) {
+        Ok(s) => s,
+        Err(why) => {
+            sink.line(LogStream::Agent, &why);
+            return Some(why);
+        }
+    };
+    let mut running =
+        match scripts::start(Which::Shutdown, &manifest.shutdown_script, &settings, sink) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("cannot start the shutdown script: {e}");
+                sink.line(LogStream::Agent, &why);
+                return Some(why);
+            }
+        };
+    let pgid = running.pgid();
+    match tokio::time::timeout_at(by, running.wait(sink)).await {
+        Ok((exit, _)) if exit.success() => {
+            scripts::signal_group(pgid, Signal::KILL);
+            None
+        }
+        Ok((exit, last)) => {
+            scripts::signal_group(pgid, Signal::KILL);
+            let why = scripts::exit_reason(Which::Shutdown, exit, &last);
+            tracing::warn!("{why}");
+            Some(why)
+        }
+        Err(_) => {
+            scripts::signal_group(pgid, Signal::KILL);
+            let why = "shutdown script did not finish in time; stopped".to_string();
+            sink.line(LogStream::Agent, &why);
+            tracing::warn!("{why}");
+            Some(why)
+        }
+    }
 }
 
 /// Whether the agent is ready: every app that is checked is healthy and, with a pod IP, its

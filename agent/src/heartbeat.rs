@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lumie_contract::agent_api::{
-    AGENT_TOKEN_HEADER, AppHealth, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse,
-    ResourceStats,
+    AGENT_TOKEN_HEADER, AppHealth, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, LOGS_PATH,
+    LogBatch, LogBatchResponse, MANIFEST_PATH, Manifest, ResourceStats,
 };
 use reqwest::Url;
 use tokio::sync::watch;
@@ -48,6 +48,7 @@ impl Report {
 pub struct HeartbeatClient {
     http: reqwest::Client,
     url: Url,
+    base: Url,
     token: TokenSource,
 }
 
@@ -80,8 +81,44 @@ impl HeartbeatClient {
         Ok(Self {
             http,
             url: heartbeat_url(&config.agent_url)?,
+            base: config.agent_url.clone(),
             token: config.token.clone(),
         })
+    }
+
+    /// The agent token as it is now, and the fixed one, for redacting them from script output.
+    pub fn secrets(&self) -> Vec<String> {
+        self.token.current().into_iter().collect()
+    }
+
+    /// Fetches the manifest (the scripts to run). A server without the route (404) has none.
+    pub async fn manifest(&self) -> Result<Manifest, Error> {
+        let token = self.token.current()?;
+        let resp = self
+            .http
+            .get(endpoint_url(&self.base, MANIFEST_PATH)?)
+            .header(AGENT_TOKEN_HEADER, token)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable(error_chain(&e)))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Manifest::default());
+        }
+        parse_answer(resp).await
+    }
+
+    /// Sends one batch of script output.
+    pub async fn send_logs(&self, batch: &LogBatch) -> Result<LogBatchResponse, Error> {
+        let token = self.token.current()?;
+        let resp = self
+            .http
+            .post(endpoint_url(&self.base, LOGS_PATH)?)
+            .header(AGENT_TOKEN_HEADER, token)
+            .json(batch)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable(error_chain(&e)))?;
+        parse_answer(resp).await
     }
 
     /// The heartbeat URL.
@@ -121,8 +158,31 @@ impl HeartbeatClient {
 
 /// `{agent_url}/api/v2/workspaceagents/me/heartbeat`, keeping any path prefix of the base URL.
 pub fn heartbeat_url(base: &Url) -> Result<Url, Error> {
-    let joined = format!("{}{HEARTBEAT_PATH}", base.as_str().trim_end_matches('/'));
+    endpoint_url(base, HEARTBEAT_PATH)
+}
+
+/// `{agent_url}{path}`, keeping any path prefix of the base URL.
+pub fn endpoint_url(base: &Url, path: &str) -> Result<Url, Error> {
+    let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
     Url::parse(&joined).map_err(|e| Error::Config(format!("agent URL {base}: {e}")))
+}
+
+async fn parse_answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Unreachable(error_chain(&e)))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+            .trim()
+            .to_string();
+        return Err(Error::Rejected {
+            status: status.as_u16(),
+            body: text,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| Error::BadAnswer(e.to_string()))
 }
 
 /// Sends heartbeats forever: right away, then on the (jittered) report interval, and at once
@@ -133,9 +193,11 @@ pub async fn run_loop(
     mut reports: watch::Receiver<Report>,
     mut stats: StatsCollector,
     interval_override: Option<Duration>,
+    first_contact: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut backoff = Backoff::default();
     let mut connected = false;
+    let mut first_contact = Some(first_contact);
     loop {
         let report = reports.borrow_and_update().clone();
         let request = report.to_request(Some(stats.collect()));
@@ -156,6 +218,9 @@ pub async fn run_loop(
                     connected = true;
                 }
                 backoff.reset();
+                if let Some(tx) = first_contact.take() {
+                    let _ = tx.send(());
+                }
                 tracing::debug!(
                     lifecycle = report.lifecycle.state.as_str(),
                     "heartbeat sent"

@@ -1,10 +1,13 @@
 //! lumie-agent: the process that turns a scheduled workspace pod into a usable workspace.
 //!
 //! It reports to the control plane (heartbeats with lifecycle, app health and resource stats),
-//! checks the workspace apps from the contract (Tilt, code-server, agents UI), and forwards their
-//! ports from the pod IP to localhost. Modules:
+//! checks the workspace apps from the contract (Tilt, code-server, agents UI), forwards their
+//! ports from the pod IP to localhost, and runs the template's startup and shutdown scripts
+//! (which start the apps), shipping their output to the control plane. Modules:
 //! - [`config`]: command line and the plain [`Config`];
 //! - [`lifecycle`]: the lifecycle state machine (pure);
+//! - [`scripts`]: the template's startup and shutdown scripts (decisions pure, plumbing thin);
+//! - [`logs`]: their output, bounded, batched and shipped to the control plane;
 //! - [`health`]: failure thresholds (pure) and the app checks;
 //! - [`backoff`]: retry and schedule jitter (pure);
 //! - [`heartbeat`]: the heartbeat client and loop;
@@ -19,6 +22,8 @@ pub mod forward;
 pub mod health;
 pub mod heartbeat;
 pub mod lifecycle;
+pub mod logs;
+pub mod scripts;
 pub mod stats;
 
 use std::path::PathBuf;

@@ -1,8 +1,11 @@
 //! The agent's lifecycle as a pure state machine: which event moves which state where.
 //!
-//! `created → starting → ready` once every required app is healthy; `start_timeout` (with the
-//! apps still unhealthy named) if that takes longer than the start timeout, and `start_error` when
-//! start-up cannot go on (for example the pod IP cannot be listened on). Apps that turn healthy
+//! `created → starting → ready` once every required app is healthy (and, with a `blocking`
+//! startup script, the script has exited 0: the agent only sends `AppsHealthy` then);
+//! `start_timeout` (with the apps still unhealthy, or the blocking script still running, named)
+//! if that takes longer than the start timeout, and `start_error` when start-up cannot go on (the
+//! pod IP cannot be listened on, the startup script exited non-zero). A script failing after
+//! `ready` (a non-blocking one) leaves the agent `ready`: the apps' health says the rest. Apps that turn healthy
 //! after a `start_timeout` still take the agent to `ready`: a slow Tilt should not need a restart.
 //! `ready` stays `ready` when an app later fails; app health is reported separately. Any state
 //! before `off` moves to `shutting_down` on SIGTERM, then `off`, `shutdown_timeout` or
@@ -21,6 +24,8 @@ pub enum Event {
     StartDeadline {
         /// Slugs of the apps still not healthy.
         unhealthy: Vec<String>,
+        /// Why the (blocking) startup script holds the start, when it does.
+        script: Option<String>,
     },
     /// Start-up cannot go on.
     StartFailed(String),
@@ -76,9 +81,9 @@ pub fn transition(state: LifecycleState, event: &Event) -> Option<Lifecycle> {
     match (state, event) {
         (S::Created, E::Started) => to(S::Starting),
         (S::Created | S::Starting | S::StartTimeout, E::AppsHealthy) => to(S::Ready),
-        (S::Starting, E::StartDeadline { unhealthy }) => with(
+        (S::Starting, E::StartDeadline { unhealthy, script }) => with(
             S::StartTimeout,
-            format!("apps not healthy in time: {}", unhealthy.join(", ")),
+            deadline_reason(unhealthy, script.as_deref()),
         ),
         (S::Created | S::Starting | S::StartTimeout, E::StartFailed(why)) => {
             with(S::StartError, why.clone())
@@ -92,6 +97,14 @@ pub fn transition(state: LifecycleState, event: &Event) -> Option<Lifecycle> {
         }
         (S::ShuttingDown, E::ShutdownFailed(why)) => with(S::ShutdownError, why.clone()),
         _ => None,
+    }
+}
+
+fn deadline_reason(unhealthy: &[String], script: Option<&str>) -> String {
+    match (script, unhealthy.is_empty()) {
+        (Some(why), true) => why.to_string(),
+        (Some(why), false) => format!("{why}; apps not healthy: {}", unhealthy.join(", ")),
+        (None, _) => format!("apps not healthy in time: {}", unhealthy.join(", ")),
     }
 }
 
@@ -112,6 +125,14 @@ mod tests {
     fn deadline() -> Event {
         E::StartDeadline {
             unhealthy: vec!["tilt".into(), "agents".into()],
+            script: None,
+        }
+    }
+
+    fn script_deadline(unhealthy: &[&str]) -> Event {
+        E::StartDeadline {
+            unhealthy: unhealthy.iter().map(|s| s.to_string()).collect(),
+            script: Some("startup script still running after 300s".into()),
         }
     }
 
@@ -147,6 +168,13 @@ mod tests {
             (S::Ready, E::ShutdownComplete, None),
             (S::Off, E::Terminate, None),
             (S::Off, E::Started, None),
+            // The startup script (see `scripts::gate_open` for when `AppsHealthy` is sent).
+            (S::Starting, E::StartFailed("startup script exited 127: code-server: not found".into()), Some((S::StartError, Some("startup script exited 127: code-server: not found")))),
+            (S::StartTimeout, E::StartFailed("startup script exited 1: x".into()), Some((S::StartError, Some("startup script exited 1: x")))),
+            (S::Ready, E::StartFailed("startup script exited 1: late".into()), None),
+            (S::Starting, script_deadline(&[]), Some((S::StartTimeout, Some("startup script still running after 300s")))),
+            (S::Starting, script_deadline(&["tilt"]), Some((S::StartTimeout, Some("startup script still running after 300s; apps not healthy: tilt")))),
+            (S::Ready, script_deadline(&[]), None),
         ];
         for (from, event, want) in cases {
             let got = transition(from, &event).map(|l| (l.state, l.reason));

@@ -8,6 +8,18 @@ use serde::{Deserialize, Serialize};
 
 /// Path of the heartbeat endpoint, relative to the control plane URL.
 pub const HEARTBEAT_PATH: &str = "/api/v2/workspaceagents/me/heartbeat";
+/// Path of the manifest endpoint (`GET`: the scripts the agent runs, [`Manifest`]).
+pub const MANIFEST_PATH: &str = "/api/v2/workspaceagents/me/manifest";
+/// Path of the log endpoint (`POST` a [`LogBatch`]).
+pub const LOGS_PATH: &str = "/api/v2/workspaceagents/me/logs";
+/// Longest log line kept, bytes; longer lines are cut ([`cut_line`]).
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Most lines in one [`LogBatch`].
+pub const MAX_LOG_BATCH_LINES: usize = 1000;
+/// Most bytes of line text in one [`LogBatch`].
+pub const MAX_LOG_BATCH_BYTES: usize = 256 * 1024;
+/// Log bytes kept per workspace start (one agent lifetime); the oldest lines go first.
+pub const MAX_LOG_BYTES_PER_START: usize = 1024 * 1024;
 /// Report interval the control plane hands out unless configured otherwise.
 pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 15;
 /// Header carrying the agent token (as in Coder).
@@ -122,6 +134,104 @@ pub struct HeartbeatResponse {
     pub report_interval_seconds: u64,
 }
 
+crate::wire_enum!(
+    /// Whether the workspace waits for its startup script.
+    #[derive(Default)]
+    pub enum StartupBehavior {
+        /// The agent is `starting` until the script exits (successfully) and the apps are healthy.
+        #[default]
+        Blocking = "blocking",
+        /// The apps' health alone decides `ready`; the script may keep running.
+        NonBlocking = "non-blocking",
+    }
+);
+
+/// What the agent runs, from the workspace template (`GET` [`MANIFEST_PATH`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Shell text run with `sh -c` in the home directory once the agent has connected; empty
+    /// for none.
+    #[serde(default)]
+    pub startup_script: String,
+    /// Shell text run on SIGTERM, within the shutdown timeout; empty for none.
+    #[serde(default)]
+    pub shutdown_script: String,
+    /// The user the scripts run as; `None`: the agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// Whether `ready` waits for the startup script.
+    #[serde(default)]
+    pub startup_behavior: StartupBehavior,
+    /// Start timeout, seconds, when the template sets one (else the agent's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_seconds: Option<u64>,
+    /// Shutdown timeout, seconds, when the template sets one (else the agent's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout_seconds: Option<u64>,
+}
+
+crate::wire_enum!(
+    /// Where a log line came from.
+    pub enum LogStream {
+        /// A script's standard output.
+        Stdout = "stdout",
+        /// A script's standard error.
+        Stderr = "stderr",
+        /// The agent itself (script started, exited, lines dropped).
+        Agent = "agent",
+    }
+);
+
+/// One line of script output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When the agent read it, milliseconds since the epoch.
+    pub at_ms: i64,
+    /// Which stream.
+    pub stream: LogStream,
+    /// The text, without its newline, at most [`MAX_LOG_LINE_BYTES`].
+    pub text: String,
+}
+
+/// Lines sent together (`POST` [`LOGS_PATH`]). `(start_id, seq)` names the batch: a retried
+/// batch is stored once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    /// Random id of this agent lifetime (one workspace start).
+    pub start_id: String,
+    /// 1, 2, 3, … within the start, in the order sent.
+    pub seq: u64,
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+}
+
+/// The answer to a [`LogBatch`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatchResponse {
+    /// Lines stored now (0 for a batch seen before).
+    pub stored: u64,
+    /// The batch had been stored already (a retry).
+    pub duplicate: bool,
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how much was cut.
+pub fn cut_line(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let note_room = 40.min(max);
+    let mut end = max - note_room;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = text[..end].to_string();
+    let note = format!(" [cut: {} bytes]", text.len() - end);
+    if out.len() + note.len() <= max {
+        out.push_str(&note);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +271,53 @@ mod tests {
         let back: HeartbeatRequest =
             serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
         assert_eq!(back, full);
+    }
+
+    #[test]
+    fn manifest_defaults_and_wire_names() {
+        let m: Manifest = serde_json::from_str("{}").unwrap();
+        assert_eq!(m, Manifest::default());
+        assert_eq!(m.startup_behavior, StartupBehavior::Blocking);
+        let m: Manifest = serde_json::from_str(
+            r#"{"startup_script":"echo hi","startup_behavior":"non-blocking","run_as":"coder","start_timeout_seconds":60}"#,
+        )
+        .unwrap();
+        assert_eq!(m.startup_behavior, StartupBehavior::NonBlocking);
+        assert_eq!(m.run_as.as_deref(), Some("coder"));
+        assert_eq!(m.start_timeout_seconds, Some(60));
+        assert!(serde_json::from_str::<Manifest>(r#"{"startup_behavior":"later"}"#).is_err());
+        let line = LogLine {
+            at_ms: 1,
+            stream: LogStream::Stderr,
+            text: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            r#"{"at_ms":1,"stream":"stderr","text":"x"}"#
+        );
+    }
+
+    #[test]
+    fn cut_line_table() {
+        let long = "a".repeat(5000);
+        let multi = "é".repeat(3000); // 6000 bytes
+        for (name, text, max, want_len_at_most, keeps_all) in [
+            ("short", "hello", 4096, 5, true),
+            ("exactly max", &long[..4096], 4096, 4096, true),
+            ("long", long.as_str(), 4096, 4096, false),
+            ("multibyte", multi.as_str(), 4096, 4096, false),
+            ("tiny max", long.as_str(), 10, 10, false),
+        ] {
+            let got = cut_line(text, max);
+            assert!(got.len() <= want_len_at_most, "{name}: {}", got.len());
+            assert_eq!(got == text, keeps_all, "{name}");
+            if !keeps_all && max > 40 {
+                assert!(
+                    got.ends_with(" bytes]"),
+                    "{name}: {}",
+                    &got[got.len() - 20..]
+                );
+            }
+        }
     }
 }

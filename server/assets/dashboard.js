@@ -253,3 +253,40 @@ function initTokens() {
 }
 
 document.addEventListener("DOMContentLoaded", () => { initList(); initWorkspace(); initTokens(); });
+
+// ----- the startup log (workspace page) -----
+
+// Follows the workspace's startup log: lines after the server-rendered ones (data-after) are
+// appended as they arrive, as text (never HTML); `start` means a new agent lifetime began.
+function initStartupLog() {
+  const pre = $("#startup-log");
+  if (!pre || !window.EventSource) return;
+  let after = Number(pre.dataset.after || 0);
+  const es = new EventSource(pre.dataset.follow);
+  const append = (line) => {
+    const row = document.createElement("span");
+    row.className = `log-line log-${line.stream}`;
+    const at = document.createElement("span");
+    at.className = "log-at";
+    at.textContent = (line.at || "").slice(11, 23);
+    row.append(at, document.createTextNode(` ${line.text}\n`));
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.append(row);
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+    const empty = $("#startup-log-empty");
+    if (empty) empty.hidden = true;
+  };
+  es.addEventListener("line", (ev) => {
+    try {
+      const line = JSON.parse(ev.data);
+      if (line.id === 0 && pre.childElementCount > 0) return; // the dropped-lines marker, shown
+      if (line.id !== 0 && line.id <= after) return;
+      if (line.id !== 0) after = line.id;
+      append(line);
+    } catch (e) { console.error(e); }
+  });
+  es.addEventListener("start", () => { pre.textContent = ""; after = 0; });
+  es.addEventListener("end", () => es.close());
+}
+
+document.addEventListener("DOMContentLoaded", initStartupLog);

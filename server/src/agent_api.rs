@@ -1,5 +1,6 @@
-//! The agent's HTTP routes (agent token, not a user's session): heartbeats today; the agent
-//! table they update is [`crate::agents::AgentHub`].
+//! The agent's HTTP routes (agent token, not a user's session): heartbeats (the agent table they
+//! update is [`crate::agents::AgentHub`]), the manifest (the template's scripts) and the
+//! scripts' output ([`crate::startup_logs`]).
 //!
 //! Agents authenticate with their pod's projected ServiceAccount token (audience
 //! [`workspace::AGENT_TOKEN_AUDIENCE`]), never with a Secret: every workspace runs as the same
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use http::HeaderMap;
@@ -29,7 +30,8 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use lumie_contract::agent_api::{
-    AGENT_TOKEN_HEADER, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse,
+    AGENT_TOKEN_HEADER, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, LOGS_PATH, LogBatch,
+    LogBatchResponse, MANIFEST_PATH, Manifest,
 };
 use lumie_contract::workspace;
 use sha2::{Digest, Sha256};
@@ -55,7 +57,10 @@ pub const REVIEWS_PER_SECOND: f64 = 50.0;
 
 /// The agent API's routes.
 pub fn routes() -> Router<AppState> {
-    Router::new().route(HEARTBEAT_PATH, post(heartbeat))
+    Router::new()
+        .route(HEARTBEAT_PATH, post(heartbeat))
+        .route(MANIFEST_PATH, get(manifest))
+        .route(LOGS_PATH, post(logs))
 }
 
 /// The agent token from its header, or `Authorization: Bearer` as Coder's agents send it.
@@ -97,6 +102,30 @@ async fn heartbeat(
         .heartbeat_latency
         .observe(start.elapsed().as_secs_f64());
     r.map(Json)
+}
+
+/// `GET /api/v2/workspaceagents/me/manifest`: the template's scripts for the caller's workspace.
+async fn manifest(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Manifest>> {
+    let token = agent_token(&headers)?;
+    state.agent_auth.authenticate(token).await?;
+    Ok(Json(state.template.manifest()))
+}
+
+/// `POST /api/v2/workspaceagents/me/logs`: a batch of script output, stored once per
+/// (start, seq) and with the caller's own token redacted should a script have printed it.
+async fn logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<LogBatchResponse>> {
+    let token = agent_token(&headers)?;
+    let workspace_id = state.agent_auth.authenticate(token).await?;
+    let batch: LogBatch = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest(format!("not a log batch: {e}")))?;
+    let batch = crate::startup_logs::checked_batch(batch, token)?;
+    crate::startup_logs::store(&state, &workspace_id, &batch)
+        .await
+        .map(Json)
 }
 
 /// Who the apiserver says an authenticated token belongs to.

@@ -49,6 +49,10 @@ pub fn router(state: AppState) -> Router {
             get(list_builds).post(create_build),
         )
         .route("/api/v2/workspaces/{id}/watch", get(watch_workspace))
+        .route(
+            "/api/v2/workspaces/{id}/logs",
+            get(crate::startup_logs::get_logs),
+        )
         .route("/api/v2/audit", get(audit_log))
         .merge(crate::dashboard::routes())
         .merge(crate::policy_api::routes())
@@ -345,8 +349,11 @@ pub struct ReadyJson {
     pub database: bool,
     /// Kube API reachable.
     pub kube: bool,
-    /// Non-fatal problems (contract drift).
+    /// Non-fatal problems (contract drift, no agent binary to serve).
     pub warnings: Vec<String>,
+    /// The agent binaries the server serves (`LUMIE_AGENT_BINARY_DIR`).
+    #[serde(default)]
+    pub agent_binaries: Vec<String>,
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadyJson>) {
@@ -354,6 +361,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadyJson>) 
     let r = state.readiness.read().expect("readiness lock").clone();
     let kube = state.kube.is_some() && r.kube_reachable;
     let ready = database && kube;
+    // Not a readiness failure: the API and running workspaces work; new pods cannot start.
+    let dir = &state.config.agent_binary_dir;
+    let agent_binaries = crate::distribution::available(dir);
+    let mut warnings = r.warnings;
+    warnings.extend(crate::distribution::missing_binary_warning(
+        dir,
+        &agent_binaries,
+    ));
     let code = if ready {
         StatusCode::OK
     } else {
@@ -365,7 +380,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadyJson>) 
             ready,
             database,
             kube,
-            warnings: r.warnings,
+            warnings,
+            agent_binaries,
         }),
     )
 }

@@ -1,6 +1,7 @@
 //! Agent distribution: `GET/HEAD /bin/lumie-agent-{os}-{arch}` from `LUMIE_AGENT_BINARY_DIR`
 //! with its sha256 in [`SHA256_HEADER`], and the init script at
-//! `GET /api/v2/init-script/{os}/{arch}`.
+//! `GET /api/v2/init-script/{os}/{arch}`; [`missing_binary_warning`] is what `/readyz` says
+//! when there is nothing to serve (every new workspace pod would wait for its agent forever).
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -61,6 +62,29 @@ pub fn available(dir: &FsPath) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The pods download this one (the init script asks for linux/amd64 on an amd64 node).
+pub const POD_BINARY: &str = "lumie-agent-linux-amd64";
+
+/// What `/readyz` and `doctor` say about the binaries in `dir`: nothing when the pods' binary
+/// is there, else which one is missing and what is there instead.
+pub fn missing_binary_warning(dir: &FsPath, available: &[String]) -> Option<String> {
+    if available.iter().any(|n| n == POD_BINARY) {
+        return None;
+    }
+    Some(if available.is_empty() {
+        format!(
+            "no agent binary to serve: {} (LUMIE_AGENT_BINARY_DIR) holds no {BINARY_PREFIX}<os>-<arch> file, so new workspace pods cannot download their agent",
+            dir.display()
+        )
+    } else {
+        format!(
+            "no {POD_BINARY} in {} (LUMIE_AGENT_BINARY_DIR; it has {}), so workspace pods on amd64 nodes cannot download their agent",
+            dir.display(),
+            available.join(", ")
+        )
+    })
 }
 
 async fn sha256_of(path: &FsPath, bytes: &[u8], modified: SystemTime) -> String {
@@ -147,6 +171,33 @@ async fn init_script(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_binary_table() {
+        let dir = FsPath::new("/opt/lumie/agent");
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        #[rustfmt::skip]
+        let cases = [
+            (names(&["lumie-agent-linux-amd64"]), None),
+            (names(&["lumie-agent-linux-amd64", "lumie-agent-linux-arm64"]), None),
+            (names(&[]), Some("no agent binary to serve: /opt/lumie/agent (LUMIE_AGENT_BINARY_DIR)")),
+            (names(&["lumie-agent-linux-arm64"]), Some("no lumie-agent-linux-amd64 in /opt/lumie/agent (LUMIE_AGENT_BINARY_DIR; it has lumie-agent-linux-arm64)")),
+        ];
+        for (list, want) in cases {
+            let got = missing_binary_warning(dir, &list);
+            match want {
+                None => assert_eq!(got, None, "{list:?}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(w)),
+                    "{list:?}: {got:?}"
+                ),
+            }
+        }
+        // A missing directory reads as empty.
+        let gone = FsPath::new("/nonexistent/lumie-agent-dir");
+        assert!(available(gone).is_empty());
+        assert!(missing_binary_warning(gone, &available(gone)).is_some());
+    }
 
     #[test]
     fn binary_names() {

@@ -5,6 +5,7 @@
 //! - [`caller`]: who is calling ([`caller::Principal`], pluggable authenticators);
 //! - [`api`]: the HTTP router ([`rejections`]: framework errors in its JSON shape); [`distribution`]: agent binary and init script;
 //!   [`app_proxy`]: the app proxy; [`agent_api`]: the agent's routes; [`agents`]: the agent table;
+//!   [`startup_logs`]: startup-script output (stored per start, `GET …/logs`, followed live);
 //! - [`template`]: the workspace Secret, PVC and Pod; [`status`]: status derivation;
 //! - [`spawner`]: kube actions (server-side apply, deletes); [`builds`]: the build executor;
 //! - [`reconcile`]: watchers, status writes, and the pure plan (desired vs actual, orphans) it
@@ -40,6 +41,7 @@ pub mod reconcile;
 pub mod rejections;
 pub mod serve;
 pub mod spawner;
+pub mod startup_logs;
 pub mod state;
 pub mod status;
 pub mod template;

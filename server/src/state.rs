@@ -48,6 +48,8 @@ pub struct AppState {
     pub cluster: ClusterViews,
     /// Access URL, trusted proxy, Host guard and OIDC login.
     pub edge: Edge,
+    /// "New startup-script output", for log followers.
+    pub log_events: crate::startup_logs::LogEvents,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
             kube,
             cluster: ClusterViews::default(),
             edge,
+            log_events: Default::default(),
         })
     }
 }

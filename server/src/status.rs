@@ -141,6 +141,21 @@ fn pending_apps(agent: &AgentView) -> String {
     }
 }
 
+/// The one sentence a failed start shows: the agent's own reason as it is (`startup script
+/// exited 127: code-server: not found`, `apps not healthy in time: tilt`), which names what
+/// went wrong and where the full output is, rather than a command developers cannot run.
+pub fn start_failure(lifecycle: LifecycleState, reason: &str) -> String {
+    let reason = reason.trim();
+    match (lifecycle, reason.is_empty()) {
+        (_, false) => reason.to_string(),
+        (LifecycleState::StartTimeout, true) => {
+            "the workspace did not become ready within its start timeout; its startup log may say why"
+                .into()
+        }
+        (_, true) => "the workspace could not start; its startup log may say why".into(),
+    }
+}
+
 /// How long after a start build created the pod its absence from the pod watch is lag, not a
 /// deletion (the watch reports a new pod within milliseconds; seconds under load).
 pub const POD_REPORT_GRACE_MS: i64 = 5_000;
@@ -298,14 +313,7 @@ pub fn derive(
                 (
                     ConnectionStatus::Connected,
                     l @ (LifecycleState::StartError | LifecycleState::StartTimeout),
-                ) => (
-                    S::Failed,
-                    if agent.lifecycle_reason.is_empty() {
-                        format!("agent {}", l.as_str())
-                    } else {
-                        format!("agent {}: {}", l.as_str(), agent.lifecycle_reason)
-                    },
-                ),
+                ) => (S::Failed, start_failure(l, &agent.lifecycle_reason)),
                 (
                     ConnectionStatus::Connected,
                     l @ (LifecycleState::ShuttingDown
@@ -365,6 +373,33 @@ mod tests {
             ]),
             stats: None,
             version: String::new(),
+        }
+    }
+
+    #[test]
+    fn start_failure_table() {
+        use LifecycleState as L;
+        for (l, reason, want) in [
+            (
+                L::StartError,
+                "startup script exited 127: code-server: not found",
+                "startup script exited 127: code-server: not found",
+            ),
+            (
+                L::StartTimeout,
+                "apps not healthy in time: tilt",
+                "apps not healthy in time: tilt",
+            ),
+            (
+                L::StartTimeout,
+                " ",
+                "did not become ready within its start timeout",
+            ),
+            (L::StartError, "", "could not start"),
+        ] {
+            let got = start_failure(l, reason);
+            assert!(got.contains(want), "{l}: {got}");
+            assert!(!got.contains("kubectl"), "{l}: {got}");
         }
     }
 
@@ -523,7 +558,7 @@ mod tests {
                 &running,
                 Some(&err),
                 S::Failed,
-                "agent start_error: code-server exited",
+                "code-server exited",
             ),
             (
                 "pod gone",

@@ -1,5 +1,6 @@
-//! The workspace template: a config file (images, resources, env, home volume) and the pure
-//! functions that turn it plus a workspace into the PVC and Pod the server applies.
+//! The workspace template: a config file (images, resources, env, home volume, the startup and
+//! shutdown scripts the agent runs) and the pure functions that turn it plus a workspace into the
+//! PVC and Pod the server applies, and into the agent's [`Manifest`].
 //!
 //! The agent authenticates with the pod's own projected ServiceAccount token (audience
 //! [`workspace::AGENT_TOKEN_AUDIENCE`], mounted read-only into `dev`, refreshed by the kubelet):
@@ -24,6 +25,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use lumie_contract::agent_api::{Manifest, StartupBehavior};
 use lumie_contract::naming::WorkspaceNames;
 use lumie_contract::policy::WorkspacePolicySpec;
 use lumie_contract::{apps, labels, workspace};
@@ -34,6 +36,30 @@ use crate::error::{StartupError, StartupResult};
 /// The agent bootstrap script (`agent/init-script.sh`, no placeholders: it reads the pod's
 /// environment), run as the `dev` container's entry and served at `/api/v2/init-script/…`.
 pub const INIT_SCRIPT: &str = include_str!("../../agent/init-script.sh");
+
+/// The default startup script: code-server for the path-based app proxy (auth off: the proxy
+/// authenticates; links absolute under the app's path) and Tilt when the home has a `Tiltfile`,
+/// each only when installed and saying so when not. The agents UI runs in its own container.
+pub const DEFAULT_STARTUP_SCRIPT: &str = r#"# lumie-coder default startup script (template startupScript).
+cd "$HOME" || exit 1
+base="/@${CODER_WORKSPACE_OWNER_NAME}/${CODER_WORKSPACE_NAME}/apps/code-server"
+if command -v code-server >/dev/null 2>&1; then
+  echo "starting code-server on 127.0.0.1:13337 (served under $base)"
+  code-server --auth none --bind-addr 127.0.0.1:13337 --abs-proxy-base-path "$base"     --disable-telemetry >"$HOME/.code-server.log" 2>&1 &
+else
+  echo "code-server is not installed in this image: the code-server app will not start" >&2
+fi
+if [ -f "$HOME/Tiltfile" ]; then
+  if command -v tilt >/dev/null 2>&1; then
+    echo "starting tilt up on 127.0.0.1:10350 for $HOME/Tiltfile"
+    tilt up --host 127.0.0.1 --port 10350 --file "$HOME/Tiltfile" >"$HOME/.tilt.log" 2>&1 &
+  else
+    echo "$HOME/Tiltfile exists but tilt is not installed in this image: Tilt will not start" >&2
+  fi
+else
+  echo "no $HOME/Tiltfile: Tilt is not started (add one and restart the workspace)"
+fi
+"#;
 
 /// The projected volume holding the agent's token.
 pub const AGENT_TOKEN_VOLUME: &str = "agent-token";
@@ -123,6 +149,19 @@ pub struct Template {
     pub termination_grace_period_seconds: i64,
     /// Image pull policy of every container.
     pub image_pull_policy: String,
+    /// Shell text the agent runs (`sh -c`, in the home) once it has connected; empty for none.
+    pub startup_script: String,
+    /// Shell text the agent runs on SIGTERM, within its shutdown timeout; empty for none.
+    pub shutdown_script: String,
+    /// The user both scripts run as; unset: the agent's user.
+    pub script_user: Option<String>,
+    /// `blocking` (the workspace is `starting` until the script exits 0 and the apps are
+    /// healthy) or `non-blocking` (the apps' health alone decides).
+    pub startup_behavior: StartupBehavior,
+    /// How long the agent may take to be ready, seconds (unset: the agent's 5 minutes).
+    pub start_timeout_seconds: Option<u64>,
+    /// The agent's shutdown timeout, seconds (unset: its 10 s); below the grace period.
+    pub shutdown_timeout_seconds: Option<u64>,
 }
 
 impl Default for Template {
@@ -137,6 +176,12 @@ impl Default for Template {
             avoid_node_labels: policy.avoid_node_labels,
             termination_grace_period_seconds: 30,
             image_pull_policy: "IfNotPresent".into(),
+            startup_script: DEFAULT_STARTUP_SCRIPT.into(),
+            shutdown_script: String::new(),
+            script_user: None,
+            startup_behavior: StartupBehavior::Blocking,
+            start_timeout_seconds: None,
+            shutdown_timeout_seconds: None,
         }
     }
 }
@@ -213,7 +258,40 @@ impl Template {
         if self.home.size.trim().is_empty() {
             return Err("home.size must not be empty".into());
         }
+        if let Some(user) = &self.script_user
+            && (user.is_empty()
+                || !user
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(format!(
+                "scriptUser {user:?} is not a user name (letters, digits, '.', '_', '-')"
+            ));
+        }
+        if let Some(t) = self.shutdown_timeout_seconds
+            && i64::try_from(t).unwrap_or(i64::MAX) >= self.termination_grace_period_seconds
+        {
+            return Err(format!(
+                "shutdownTimeoutSeconds {t} must be below terminationGracePeriodSeconds {} (the agent reports off within the grace period)",
+                self.termination_grace_period_seconds
+            ));
+        }
+        if self.start_timeout_seconds == Some(0) {
+            return Err("startTimeoutSeconds must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// What the agent runs, as the manifest route answers it.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            startup_script: self.startup_script.clone(),
+            shutdown_script: self.shutdown_script.clone(),
+            run_as: self.script_user.clone(),
+            startup_behavior: self.startup_behavior,
+            start_timeout_seconds: self.start_timeout_seconds,
+            shutdown_timeout_seconds: self.shutdown_timeout_seconds,
+        }
     }
 
     /// The labels of every object of a workspace.
@@ -555,6 +633,59 @@ mod tests {
     }
 
     #[test]
+    fn the_default_script_starts_the_tools_it_finds() {
+        let m = Template::default().manifest();
+        assert_eq!(m.startup_behavior, StartupBehavior::Blocking);
+        assert!(m.shutdown_script.is_empty() && m.run_as.is_none());
+        for needle in [
+            "--auth none",
+            "--bind-addr 127.0.0.1:13337",
+            "--abs-proxy-base-path \"$base\"",
+            "/apps/code-server",
+            "--port 10350",
+            "$HOME/Tiltfile",
+            "is not installed",
+        ] {
+            assert!(m.startup_script.contains(needle), "{needle}");
+        }
+    }
+
+    /// The default script, run with neither tool installed and no Tiltfile: it says so for each
+    /// and exits 0 (the apps then stay unhealthy, which the status names).
+    #[test]
+    fn the_default_script_says_what_it_could_not_start() {
+        let home = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(DEFAULT_STARTUP_SCRIPT)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", home.path())
+            .env("CODER_WORKSPACE_OWNER_NAME", "alice")
+            .env("CODER_WORKSPACE_NAME", "dev")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("code-server is not installed"), "{stderr}");
+        assert!(stdout.contains("Tilt is not started"), "{stdout}");
+        std::fs::write(home.path().join("Tiltfile"), "").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(DEFAULT_STARTUP_SCRIPT)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("tilt is not installed"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn pvc_from_the_template() {
         let t = Template::default();
         let n = names();
@@ -602,12 +733,36 @@ mod tests {
                 "set by the server",
             ),
             ("images: [\n", "t.yaml"),
+            ("scriptUser: \"a b\"\n", "scriptUser"),
+            (
+                "shutdownTimeoutSeconds: 30\n",
+                "below terminationGracePeriodSeconds",
+            ),
+            ("startTimeoutSeconds: 0\n", "startTimeoutSeconds"),
+            ("startupBehavior: later\n", "t.yaml"),
         ];
         for (yaml, want) in cases {
             std::fs::write(&path, yaml).unwrap();
             let e = Template::load(Some(&path)).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");
         }
+        std::fs::write(
+            &path,
+            "startupScript: |\n  echo hi\nshutdownScript: echo bye\nscriptUser: coder\nstartupBehavior: non-blocking\nstartTimeoutSeconds: 60\nshutdownTimeoutSeconds: 20\n",
+        )
+        .unwrap();
+        let m = Template::load(Some(&path)).unwrap().manifest();
+        assert_eq!(
+            m,
+            Manifest {
+                startup_script: "echo hi\n".into(),
+                shutdown_script: "echo bye".into(),
+                run_as: Some("coder".into()),
+                startup_behavior: StartupBehavior::NonBlocking,
+                start_timeout_seconds: Some(60),
+                shutdown_timeout_seconds: Some(20),
+            }
+        );
         assert!(
             Template::load(Some(&dir.path().join("missing.yaml")))
                 .unwrap_err()

@@ -74,6 +74,7 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
                 h2 #builds-title { "Build history" }
                 (build_table(&builds, &who))
             }
+            (startup_log(state, &ws.id).await?)
             section.card.later aria-labelledby="later-title" {
                 h2 #later-title { "Resources, events, startup log, terminal" }
                 p.muted { "Not in the dashboard yet: resource graphs, the pod's Kubernetes events, \
@@ -83,6 +84,47 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
             }
         },
     ))
+}
+
+/// The "Startup log" section: the latest start's script output as stored (escaped like all
+/// text), then followed live by `dashboard.js` through `GET …/logs?follow` (lines after
+/// `data-after` only).
+async fn startup_log(state: &AppState, workspace_id: &str) -> crate::Result<Markup> {
+    let starts = state.db.log_starts(workspace_id).await?;
+    let mut lines = Vec::new();
+    if let Some(start) = starts.first() {
+        lines.extend(crate::startup_logs::marker_line(start).map(|l| (0, l)));
+        for s in state
+            .db
+            .log_lines(
+                workspace_id,
+                &start.start_id,
+                0,
+                crate::startup_logs::READ_LIMIT,
+            )
+            .await?
+        {
+            lines.push((s.id, s.line));
+        }
+    }
+    let after = lines.last().map(|(id, _)| *id).unwrap_or(0);
+    Ok(html! {
+        section.card aria-labelledby="startup-log-title" {
+            h2 #startup-log-title { "Startup log" }
+            p.muted #startup-log-empty hidden[!lines.is_empty()] {
+                "No output yet: the agent sends its startup script's output once it has connected."
+            }
+            pre.startup-log #startup-log tabindex="0" aria-live="polite"
+                data-follow={ "/api/v2/workspaces/" (workspace_id) "/logs?follow" }
+                data-after=(after) {
+                @for (_, l) in &lines {
+                    span class={ "log-line log-" (l.stream.as_str()) } {
+                        span.log-at { (crate::model::rfc3339(l.at_ms).get(11..23).unwrap_or("")) } " " (l.text) "\n"
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// The live part: status, reason, agent, apps, actions.

@@ -382,13 +382,27 @@ mod tests {
     #[test]
     fn splitter_table() {
         #[rustfmt::skip]
-        let cases: Vec<(&str, Vec<&[u8]>, usize, Vec<&str>, Option<&str>)> = vec![
+        /// (name, reads, max line, lines, the unterminated rest)
+        type Case<'a> = (&'a str, Vec<&'a [u8]>, usize, Vec<&'a str>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
             ("one line", vec![b"hello\n"], 100, vec!["hello"], None),
-            ("split across reads", vec![b"hel", b"lo\nwor", b"ld\n"], 100, vec!["hello", "world"], None),
+            (
+                "split across reads",
+                vec![b"hel", b"lo\nwor", b"ld\n"],
+                100,
+                vec!["hello", "world"],
+                None,
+            ),
             ("no final newline", vec![b"a\nb"], 100, vec!["a"], Some("b")),
             ("crlf", vec![b"a\r\n"], 100, vec!["a"], None),
             ("empty lines kept", vec![b"\n\n"], 100, vec!["", ""], None),
-            ("invalid utf-8 is replaced", vec![b"\xff\n"], 100, vec!["\u{fffd}"], None),
+            (
+                "invalid utf-8 is replaced",
+                vec![b"\xff\n"],
+                100,
+                vec!["\u{fffd}"],
+                None,
+            ),
         ];
         for (name, reads, max, want, tail) in cases {
             let mut s = LineSplitter::new(max);

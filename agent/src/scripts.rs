@@ -489,7 +489,9 @@ mod tests {
     fn run_as_table() {
         let passwd = "root:x:0:0:root:/root:/bin/bash\ncoder:x:1000:1000::/home/coder:/bin/bash\nbroken:x:zz:1::/:/bin/sh\n";
         #[rustfmt::skip]
-        let cases: Vec<(Option<&str>, u32, Result<Option<(u32, u32)>, &str>)> = vec![
+        /// (user, the agent's uid, (uid, gid) switched to or the error part)
+        type Case<'a> = (Option<&'a str>, u32, Result<Option<(u32, u32)>, &'a str>);
+        let cases: Vec<Case> = vec![
             (None, 1000, Ok(None)),
             (Some(""), 1000, Ok(None)),
             (Some("coder"), 1000, Ok(None)),

@@ -309,25 +309,24 @@ async fn follow_task(
                 .flatten()
                 .map(|w| w.status),
         );
-        if latest {
-            if let Ok(starts) = state.db.log_starts(&workspace_id).await
-                && let Some(newest) = starts.first()
-                && start.as_ref().map(|s| &s.start_id) != Some(&newest.start_id)
+        if latest
+            && let Ok(starts) = state.db.log_starts(&workspace_id).await
+            && let Some(newest) = starts.first()
+            && start.as_ref().map(|s| &s.start_id) != Some(&newest.start_id)
+        {
+            // A new agent lifetime: the rest of the old one first, then the new one.
+            if let Some(old) = &start
+                && !send_lines(&state, &workspace_id, &old.start_id, &mut after, &tx).await
             {
-                // A new agent lifetime: the rest of the old one first, then the new one.
-                if let Some(old) = &start
-                    && !send_lines(&state, &workspace_id, &old.start_id, &mut after, &tx).await
-                {
-                    return;
-                }
-                start = Some(newest.clone());
-                after = 0;
-                let ev = Event::default()
-                    .event("start")
-                    .data(newest.start_id.clone());
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
+                return;
+            }
+            start = Some(newest.clone());
+            after = 0;
+            let ev = Event::default()
+                .event("start")
+                .data(newest.start_id.clone());
+            if tx.send(ev).await.is_err() {
+                return;
             }
         }
         if let Some(s) = &start

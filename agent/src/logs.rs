@@ -1,6 +1,6 @@
 //! Script output on its way to the control plane: lines cut out of the pipes ([`LineSplitter`],
 //! bounded per line), held in a bounded buffer ([`LogBuffer`]: the oldest unsent lines go first,
-//! with one marker line saying how much), redacted of the agent token ([`redact`]), and shipped in
+//! counted in the next batch so the server's one "dropped" marker says how much), redacted of the agent token ([`redact`]), and shipped in
 //! numbered batches ([`ship`]) that are retried, unchanged, until the server takes them, so a
 //! control-plane outage loses nothing that fits the buffer and nothing is stored twice.
 //!
@@ -111,8 +111,8 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
     out
 }
 
-/// Unsent lines, oldest first, within a byte bound; what had to be dropped is said by one marker
-/// line ahead of the next batch.
+/// Unsent lines, oldest first, within a byte bound; what had to be dropped is counted and
+/// handed over with the next batch.
 #[derive(Debug)]
 pub struct LogBuffer {
     max_bytes: usize,
@@ -175,37 +175,44 @@ impl LogBuffer {
         self.closed
     }
 
-    /// Takes the next batch: the drop marker (if lines were dropped) and then the oldest lines,
-    /// within `max_lines` and `max_bytes` (at least one line).
-    pub fn take_batch(&mut self, max_lines: usize, max_bytes: usize, now_ms: i64) -> Vec<LogLine> {
-        let mut out = Vec::new();
+    /// Takes the next batch: the oldest lines, within `max_lines` and `max_bytes` (at least
+    /// one line), and the lines and bytes dropped since the last batch.
+    pub fn take_batch(&mut self, max_lines: usize, max_bytes: usize) -> Batch {
+        let mut out = Batch {
+            lines: Vec::new(),
+            dropped_lines: std::mem::take(&mut self.dropped_lines),
+            dropped_bytes: std::mem::take(&mut self.dropped_bytes),
+        };
         let mut bytes = 0;
-        if self.dropped_lines > 0 {
-            let marker = LogLine {
-                at_ms: now_ms,
-                stream: LogStream::Agent,
-                text: format!(
-                    "{} earlier lines ({} bytes) were dropped: the agent holds at most {} KiB of unsent output",
-                    self.dropped_lines,
-                    self.dropped_bytes,
-                    self.max_bytes / 1024
-                ),
-            };
-            bytes += line_cost(&marker);
-            out.push(marker);
-            self.dropped_lines = 0;
-            self.dropped_bytes = 0;
-        }
         while let Some(next) = self.lines.front() {
             let cost = line_cost(next);
-            if !out.is_empty() && (out.len() >= max_lines || bytes + cost > max_bytes) {
+            if !out.lines.is_empty() && (out.lines.len() >= max_lines || bytes + cost > max_bytes) {
                 break;
             }
             bytes += cost;
             self.bytes -= cost;
-            out.push(self.lines.pop_front().expect("front exists"));
+            out.lines
+                .push(self.lines.pop_front().expect("front exists"));
         }
         out
+    }
+}
+
+/// What [`LogBuffer::take_batch`] hands over.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Lines dropped before them.
+    pub dropped_lines: u64,
+    /// Their bytes.
+    pub dropped_bytes: u64,
+}
+
+impl Batch {
+    /// Nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.dropped_lines == 0
     }
 }
 
@@ -253,11 +260,11 @@ impl LogSink {
         self.buffer.lock().expect("log buffer lock").bytes()
     }
 
-    fn take(&self) -> (Vec<LogLine>, bool) {
+    fn take(&self) -> (Batch, bool) {
         let mut b = self.buffer.lock().expect("log buffer lock");
         let closed = b.is_closed();
         (
-            b.take_batch(MAX_LOG_BATCH_LINES, MAX_LOG_BATCH_BYTES / 2, now_ms()),
+            b.take_batch(MAX_LOG_BATCH_LINES, MAX_LOG_BATCH_BYTES / 2),
             closed,
         )
     }
@@ -295,8 +302,8 @@ pub async fn ship(
     loop {
         let deadline = *stop_by.borrow();
         if in_flight.is_none() {
-            let (lines, closed) = sink.take();
-            if lines.is_empty() {
+            let (batch, closed) = sink.take();
+            if batch.is_empty() {
                 if closed {
                     return;
                 }
@@ -314,7 +321,10 @@ pub async fn ship(
             in_flight = Some(LogBatch {
                 start_id: start_id.clone(),
                 seq,
-                lines: lines
+                dropped_lines: batch.dropped_lines,
+                dropped_bytes: batch.dropped_bytes,
+                lines: batch
+                    .lines
                     .into_iter()
                     .map(|mut l| {
                         l.text = redact(&l.text, &secrets);
@@ -428,27 +438,20 @@ mod tests {
     }
 
     #[test]
-    fn buffer_drops_the_oldest_with_one_marker() {
+    fn buffer_drops_the_oldest_and_counts_them() {
         let mut b = LogBuffer::new(10 * line_cost(&line("0123456789")));
         for i in 0..25 {
             b.push(line(&format!("{i:010}")));
         }
         assert_eq!(b.len(), 10, "the newest ten stay");
         assert!(b.bytes() <= 10 * line_cost(&line("0123456789")));
-        let batch = b.take_batch(1000, 1 << 20, 5);
-        assert_eq!(batch[0].stream, LogStream::Agent);
-        assert!(
-            batch[0]
-                .text
-                .starts_with("15 earlier lines (150 bytes) were dropped"),
-            "{}",
-            batch[0].text
-        );
-        assert_eq!(batch[1].text, "0000000015");
-        assert_eq!(batch.last().unwrap().text, "0000000024");
-        assert_eq!(batch.len(), 11);
+        let batch = b.take_batch(1000, 1 << 20);
+        assert_eq!((batch.dropped_lines, batch.dropped_bytes), (15, 150));
+        assert_eq!(batch.lines[0].text, "0000000015");
+        assert_eq!(batch.lines.last().unwrap().text, "0000000024");
+        assert_eq!(batch.lines.len(), 10);
         assert!(b.is_empty());
-        assert!(b.take_batch(1000, 1 << 20, 6).is_empty(), "one marker only");
+        assert_eq!(b.take_batch(1000, 1 << 20), Batch::default(), "counted once");
     }
 
     #[test]
@@ -466,7 +469,7 @@ mod tests {
         ];
         let mut next = 0;
         for (name, max_lines, max_bytes, want) in cases {
-            let got = b.take_batch(max_lines, max_bytes, 0);
+            let got = b.take_batch(max_lines, max_bytes).lines;
             assert_eq!(got.len(), want, "{name}");
             for l in got {
                 assert_eq!(l.text, format!("line {next}"), "{name}: in order");

@@ -234,25 +234,39 @@ pub fn still_running_reason(after: Duration) -> String {
     )
 }
 
-/// The last few non-empty lines a script printed.
+/// The last few non-empty lines a script printed, per stream: a failure's reason quotes its
+/// standard error when it wrote any (where `sh` and most tools say what went wrong), else its
+/// standard output.
 #[derive(Debug, Default)]
-pub struct LastLines(VecDeque<String>);
+pub struct LastLines {
+    stdout: VecDeque<String>,
+    stderr: VecDeque<String>,
+}
 
 impl LastLines {
-    /// Remembers a line.
-    pub fn push(&mut self, line: &str) {
+    /// Remembers a line of `stream`.
+    pub fn push(&mut self, stream: LogStream, line: &str) {
         if line.trim().is_empty() {
             return;
         }
-        if self.0.len() == REASON_LINES {
-            self.0.pop_front();
+        let q = match stream {
+            LogStream::Stderr => &mut self.stderr,
+            _ => &mut self.stdout,
+        };
+        if q.len() == REASON_LINES {
+            q.pop_front();
         }
-        self.0.push_back(line.to_string());
+        q.push_back(line.to_string());
     }
 
-    /// The lines, oldest first.
+    /// The lines to quote, oldest first.
     pub fn lines(&self) -> Vec<String> {
-        self.0.iter().cloned().collect()
+        let q = if self.stderr.is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        q.iter().cloned().collect()
     }
 }
 
@@ -343,7 +357,7 @@ async fn read_lines(
     let mut splitter = LineSplitter::new(lumie_contract::agent_api::MAX_LOG_LINE_BYTES);
     let mut buf = vec![0u8; 8192];
     let emit = |line: String| {
-        last.lock().expect("last lines lock").push(&line);
+        last.lock().expect("last lines lock").push(stream, &line);
         sink.line(stream, &line);
     };
     loop {
@@ -457,12 +471,15 @@ mod tests {
     }
 
     #[test]
-    fn last_lines_keep_the_newest_non_empty() {
+    fn last_lines_keep_the_newest_non_empty_preferring_stderr() {
         let mut l = LastLines::default();
         for s in ["a", "", "b", "  ", "c"] {
-            l.push(s);
+            l.push(LogStream::Stdout, s);
         }
         assert_eq!(l.lines(), vec!["b".to_string(), "c".to_string()]);
+        l.push(LogStream::Stderr, "sh: 1: code-server: not found");
+        l.push(LogStream::Stdout, "d");
+        assert_eq!(l.lines(), vec!["sh: 1: code-server: not found".to_string()]);
     }
 
     #[test]
@@ -526,14 +543,13 @@ mod tests {
             &sink,
         )
         .unwrap();
-        let (exit, mut last) = s.wait(&sink).await;
+        let (exit, last) = s.wait(&sink).await;
         assert_eq!(exit, Exit::Code(3));
-        // Two pipes: their lines interleave in any order.
-        last.sort();
-        assert_eq!(last, vec!["no-token".to_string(), "oops".to_string()]);
+        assert_eq!(last, vec!["oops".to_string()], "standard error is quoted");
         let mut buf = sink.buffer.lock().unwrap();
         let texts: Vec<(LogStream, String)> = buf
-            .take_batch(100, 1 << 20, 0)
+            .take_batch(100, 1 << 20)
+            .lines
             .into_iter()
             .map(|l| (l.stream, l.text))
             .collect();
@@ -571,7 +587,8 @@ mod tests {
                 .buffer
                 .lock()
                 .unwrap()
-                .take_batch(10, 1 << 20, 0)
+                .take_batch(10, 1 << 20)
+                .lines
                 .into_iter()
                 .find(|l| l.stream == LogStream::Stdout);
             if let Some(l) = line {

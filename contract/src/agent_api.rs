@@ -203,6 +203,17 @@ pub struct LogBatch {
     pub seq: u64,
     /// The lines, oldest first.
     pub lines: Vec<LogLine>,
+    /// Lines the agent dropped before these (its buffer was full while the control plane was
+    /// slow or away): counted into the start's one "dropped" marker, not sent as lines.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_lines: u64,
+    /// Bytes of those lines.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The answer to a [`LogBatch`].

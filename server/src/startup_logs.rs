@@ -106,7 +106,13 @@ pub async fn store(
 ) -> Result<LogBatchResponse> {
     let stored = state
         .db
-        .append_logs(workspace_id, &batch.start_id, batch.seq, &batch.lines)
+        .append_logs(
+            workspace_id,
+            &batch.start_id,
+            batch.seq,
+            &batch.lines,
+            (batch.dropped_lines, batch.dropped_bytes),
+        )
         .await?;
     if stored.is_some() {
         state.log_events.publish(workspace_id);
@@ -123,7 +129,7 @@ pub fn marker_line(start: &LogStart) -> Option<LogLine> {
         at_ms: start.created_at,
         stream: LogStream::Agent,
         text: format!(
-            "{} earlier lines ({} bytes) were dropped: the server keeps the last {} KiB of each start",
+            "{} earlier lines ({} bytes) were dropped: each start keeps its last {} KiB of output",
             start.dropped_lines,
             start.dropped_bytes,
             MAX_LOG_BYTES_PER_START / 1024
@@ -405,6 +411,8 @@ mod tests {
         LogBatch {
             start_id: start.into(),
             seq,
+            dropped_lines: 0,
+            dropped_bytes: 0,
             lines: texts
                 .iter()
                 .map(|t| LogLine {

@@ -4,7 +4,8 @@
 //! agent from the control plane and the agent reports in with its pod's token, as in a real pod.
 //!
 //! Also the pieces around it: where the built `lumie-agent` binary is, the stand-in apps the
-//! agent checks and forwards to, and the overlay's `dev-workspace` Service.
+//! agent checks and forwards to (on the host, or started by the workspace's own startup script:
+//! [`stand_in_apps_script`]), and the overlay's `dev-workspace` Service.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -122,6 +123,42 @@ pub fn agent_binary() -> Result<PathBuf, HarnessError> {
     Ok(bin)
 }
 
+/// Startup-script lines that start the stand-in apps (`bin`, the `lumie-stand-in-apps` binary)
+/// inside the workspace: in the background, in the script's process group (so stopping the
+/// workspace stops them), watching the agent (`$PPID` of the script) so they never outlive it,
+/// on the agent's app host (`LUMIE_AGENT_APP_HOST`, default 127.0.0.1).
+pub fn stand_in_apps_script(bin: &Path) -> String {
+    format!(
+        "echo \"starting the stand-in apps\"\n\"{}\" --host \"${{LUMIE_AGENT_APP_HOST:-127.0.0.1}}\" --watch-pid \"$PPID\" &\n",
+        bin.display()
+    )
+}
+
+/// A loopback address of this process's own for the apps (`LUMIE_AGENT_APP_HOST`), so stand-ins
+/// on the contract ports do not collide with another harness's on 127.0.0.1.
+pub fn private_app_host() -> IpAddr {
+    let n = std::process::id();
+    IpAddr::from([127, 200 + (n % 50) as u8, (n >> 8) as u8, (n as u8).max(1)])
+}
+
+/// The built `lumie-stand-in-apps` binary next to the running executable (the demo's; tests
+/// use `CARGO_BIN_EXE_lumie-stand-in-apps`).
+pub fn stand_in_apps_binary() -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe().map_err(io_error("locating the current executable"))?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("lumie-stand-in-apps");
+    if !bin.exists() {
+        return Err(HarnessError::Binaries(format!(
+            "{} is missing: build it with cargo build -p lumie-tests --bin lumie-stand-in-apps",
+            bin.display()
+        )));
+    }
+    Ok(bin)
+}
+
 /// A folder laid out like the server's `LUMIE_AGENT_BINARY_DIR`: `lumie-agent-linux-amd64`.
 pub fn agent_binary_dir(under: &Path) -> Result<PathBuf, HarnessError> {
     let dir = under.join("agent-bin");
@@ -163,12 +200,17 @@ pub struct StandInApps {
 }
 
 impl StandInApps {
-    /// Starts all three on `host` (ports from the contract).
-    pub async fn start(host: IpAddr) -> Result<StandInApps, HarnessError> {
-        let apps = StandInApps {
+    /// None running yet, on `host`; start them with [`start_one`](Self::start_one).
+    pub fn empty(host: IpAddr) -> StandInApps {
+        StandInApps {
             servers: Mutex::new(BTreeMap::new()),
             host,
-        };
+        }
+    }
+
+    /// Starts all three on `host` (ports from the contract).
+    pub async fn start(host: IpAddr) -> Result<StandInApps, HarnessError> {
+        let apps = StandInApps::empty(host);
         for app in apps::ALL {
             apps.start_one(app.slug).await?;
         }

@@ -1,6 +1,7 @@
 //! The `workspace_log_*` tables: script output per workspace start, each agent batch stored
 //! once ((start, seq) is its key), at most [`MAX_LOG_BYTES_PER_START`] per start (the oldest
-//! lines dropped and counted: [`drop_cutoff`]), the latest [`KEEP_STARTS`] starts per workspace.
+//! lines dropped and counted: [`drop_cutoff`], with what the agent itself dropped), the latest
+//! [`KEEP_STARTS`] starts per workspace.
 
 use lumie_contract::agent_api::{LogLine, LogStream, MAX_LOG_BYTES_PER_START};
 use sqlx::Row;
@@ -68,6 +69,7 @@ impl Db {
         start_id: &str,
         seq: u64,
         lines: &[LogLine],
+        agent_dropped: (u64, u64),
     ) -> Result<Option<u64>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -129,13 +131,16 @@ impl Db {
             q.execute(&mut *tx).await?;
         }
         let total: i64 = sqlx::query(
-            "UPDATE workspace_log_starts SET bytes = bytes + $3, updated_at = $4 \
+            "UPDATE workspace_log_starts SET bytes = bytes + $3, updated_at = $4, \
+             dropped_lines = dropped_lines + $5, dropped_bytes = dropped_bytes + $6 \
              WHERE workspace_id = $1 AND start_id = $2 RETURNING bytes",
         )
         .bind(workspace_id)
         .bind(start_id)
         .bind(added)
         .bind(now)
+        .bind(i64::try_from(agent_dropped.0).unwrap_or(i64::MAX))
+        .bind(i64::try_from(agent_dropped.1).unwrap_or(i64::MAX))
         .fetch_one(&mut *tx)
         .await?
         .try_get("bytes")?;
@@ -318,11 +323,11 @@ mod tests {
         let (_dir, db, ws) = db_with_workspace().await;
         let batch: Vec<LogLine> = (0..10).map(|i| line(i, 20)).collect();
         assert_eq!(
-            db.append_logs(&ws, "s1", 1, &batch).await.unwrap(),
+            db.append_logs(&ws, "s1", 1, &batch, (0, 0)).await.unwrap(),
             Some(10)
         );
         assert_eq!(
-            db.append_logs(&ws, "s1", 1, &batch).await.unwrap(),
+            db.append_logs(&ws, "s1", 1, &batch, (0, 0)).await.unwrap(),
             None,
             "a retried batch is not stored again"
         );
@@ -335,7 +340,7 @@ mod tests {
         for seq in 2..=4 {
             let b: Vec<LogLine> = (0..256).map(|k| line(next + k, 4096)).collect();
             next += 256;
-            db.append_logs(&ws, "s1", seq, &b).await.unwrap();
+            db.append_logs(&ws, "s1", seq, &b, (0, 0)).await.unwrap();
         }
         let start = &db.log_starts(&ws).await.unwrap()[0];
         assert!(start.bytes <= MAX_LOG_BYTES_PER_START as i64, "{start:?}");
@@ -355,13 +360,21 @@ mod tests {
             format!("{:08}", next - 1),
             "the newest line is kept"
         );
+        // What the agent dropped itself is counted with the rest.
+        let before = db.log_starts(&ws).await.unwrap()[0].clone();
+        db.append_logs(&ws, "s1", 5, &[line(next, 10)], (7, 700))
+            .await
+            .unwrap();
+        let after = &db.log_starts(&ws).await.unwrap()[0];
+        assert!(after.dropped_lines >= before.dropped_lines + 7);
+        assert!(after.dropped_bytes >= before.dropped_bytes + 700);
     }
 
     #[tokio::test]
     async fn only_the_latest_starts_are_kept() {
         let (_dir, db, ws) = db_with_workspace().await;
         for i in 0..(KEEP_STARTS + 2) {
-            db.append_logs(&ws, &format!("start-{i}"), 1, &[line(0, 10)])
+            db.append_logs(&ws, &format!("start-{i}"), 1, &[line(0, 10)], (0, 0))
                 .await
                 .unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;

@@ -1,15 +1,16 @@
 //! `make demo`: the local demo stack. Starts a real local Kubernetes (etcd, kube-apiserver,
 //! kube-scheduler, fake nodes, the node simulator), the webhook registered with the apiserver,
-//! the control plane with SQLite, and one workspace; prints its status as it moves to running,
-//! then serves until Ctrl-C and cleans up.
+//! the control plane with SQLite, and one workspace whose startup script (the template's) starts
+//! the stand-in apps inside the workspace; prints its status as it moves to running and its
+//! startup log, then serves until Ctrl-C and cleans up.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use lumie_server::api::WorkspaceJson;
-use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
+use lumie_server::startup_logs::WorkspaceLogsJson;
+use lumie_tests::workspace_pods::{self, DevContainerRunner};
 use lumie_tests::{Cluster, Identity, admission, control_plane};
 
 #[tokio::main]
@@ -33,6 +34,18 @@ async fn main() -> anyhow::Result<()> {
     say("starting lumie-server (SQLite) as system:serviceaccount:coder:coder");
     let mut config = control_plane::server_config(&work.path().join("server"))?;
     let url = config.access_url.clone();
+    // The template's startup script starts the stand-in apps inside the workspace, as a real
+    // template starts code-server and Tilt.
+    let template = work.path().join("template.yaml");
+    let script = workspace_pods::stand_in_apps_script(&workspace_pods::stand_in_apps_binary()?);
+    std::fs::write(
+        &template,
+        serde_yaml::to_string(&serde_json::json!({
+            "startupScript": script,
+            "shutdownScript": "echo \"stopping $CODER_WORKSPACE_NAME\"\n",
+        }))?,
+    )?;
+    config.template_file = Some(template);
     config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path())?;
     config.agent_report_interval = Duration::from_secs(5);
     let server = control_plane::start_server(&cluster, config).await?;
@@ -41,8 +54,13 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .context("the server did not create its first admin")?;
 
-    let _apps = StandInApps::start(IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
-    let runner = DevContainerRunner::new(work.path().join("pods"));
+    let mut runner = DevContainerRunner::new(work.path().join("pods"));
+    // The apps on a loopback address of the demo's own (the proxy reaches them through the
+    // agent as ever), so another stack on this machine holding 127.0.0.1:3000 does not matter.
+    runner.extra_env.insert(
+        "LUMIE_AGENT_APP_HOST".into(),
+        workspace_pods::private_app_host().to_string(),
+    );
     std::fs::create_dir_all(&runner.work_dir)?;
     cluster.set_pod_action(Arc::new(runner));
 
@@ -94,6 +112,36 @@ async fn main() -> anyhow::Result<()> {
             bail!("the workspace did not reach running within 3 minutes: {last}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The last batch of output may still be on its way (the agent batches for 200 ms).
+    let mut logs: WorkspaceLogsJson;
+    let logs_deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        logs = http
+            .get(format!("{url}/api/v2/workspaces/{}/logs", created.id))
+            .header("Coder-Session-Token", &token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let done = logs
+            .lines
+            .iter()
+            .any(|l| l.text == "startup script exited 0");
+        if done || Instant::now() > logs_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    say(&format!(
+        "startup log ({} lines, GET /api/v2/workspaces/{}/logs):",
+        logs.lines.len(),
+        created.id
+    ));
+    for l in &logs.lines {
+        println!("  [{}] {}", l.stream, l.text);
     }
 
     for app in lumie_contract::apps::ALL {

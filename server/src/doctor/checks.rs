@@ -49,6 +49,8 @@ pub mod env {
     pub const OIDC_ISSUER_URL: &str = "CODER_OIDC_ISSUER_URL";
     /// Workspace template file.
     pub const TEMPLATE_FILE: &str = "LUMIE_TEMPLATE_FILE";
+    /// The URL pods reach the server at (and download the agent from).
+    pub const AGENT_URL: &str = "LUMIE_AGENT_URL";
 }
 
 /// An object's name in a message (`?` for one without).

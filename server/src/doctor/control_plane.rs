@@ -6,6 +6,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Secret};
 
 use super::checks::{env, id, name_of};
+use super::reach::Reach;
 use super::report::Check;
 
 /// Where a setting of the server comes from, as its Deployment says.
@@ -108,6 +109,33 @@ pub fn server_settings(deploy: &Deployment) -> ServerSettings {
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into()),
         template,
+    }
+}
+
+/// The URL workspace pods download the agent from: the Deployment's literal `LUMIE_AGENT_URL`,
+/// else the server's default (the in-cluster Service). `None` when it comes from elsewhere.
+pub fn agent_url(deploy: &Deployment) -> Option<String> {
+    match env_source(server_container(deploy), env::AGENT_URL) {
+        ValueSource::Literal(url) => Some(url),
+        ValueSource::Unset => Some(lumie_contract::workspace::IN_CLUSTER_URL.to_string()),
+        _ => None,
+    }
+}
+
+/// The server check, told whether the server serves an agent binary: a server that answers
+/// 404 for it fails (every new workspace would wait for its agent); one the doctor could not
+/// ask from here keeps its verdict.
+pub fn with_agent_binary(check: Check, reach: Option<&Reach>) -> Check {
+    match reach {
+        Some(Reach::Failed(why)) => Check::failure(
+            check.id,
+            format!("{}; but {why}", check.summary),
+            "put lumie-agent-linux-amd64 into the server's LUMIE_AGENT_BINARY_DIR (the server image ships it; a mounted volume over that path hides it)",
+        ),
+        Some(Reach::Reached(what)) if check.status == super::report::Status::Ok => {
+            Check::ok(check.id, format!("{}; {what}", check.summary))
+        }
+        _ => check,
     }
 }
 

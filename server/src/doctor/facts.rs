@@ -74,6 +74,8 @@ pub struct Facts {
     pub database: Option<Reach>,
     /// What fetching the OIDC discovery document came to, when the issuer is a literal URL.
     pub oidc_issuer: Option<Reach>,
+    /// What asking the server for the pods' agent binary came to, when its URL is known.
+    pub agent_binary: Option<Reach>,
     /// Every WorkspacePolicy, by name (a 404: the CRD is not installed).
     pub policies: Read<Vec<(String, WorkspacePolicySpec)>>,
     /// The workspace template ConfigMap, when the server's template file comes from one.
@@ -190,6 +192,13 @@ pub async fn gather(client: &Client, options: &DoctorOptions) -> Result<Facts, S
         Ok(issuer) => Some(probe::oidc_issuer(&issuer, options.timeout).await),
         Err(_) => None,
     };
+    let agent_binary = match server.as_ref().ok().and_then(|d| d.as_ref()) {
+        Some(d) => match super::control_plane::agent_url(d) {
+            Some(url) => Some(probe::agent_binary(&url, options.timeout).await),
+            None => None,
+        },
+        None => None,
+    };
 
     // The policies in force, and the template.
     let policies = list(
@@ -248,6 +257,7 @@ pub async fn gather(client: &Client, options: &DoctorOptions) -> Result<Facts, S
         secrets,
         database,
         oidc_issuer,
+        agent_binary,
         policies,
         template_config_map,
         mutating,

@@ -204,7 +204,10 @@ pub fn judge(options: &DoctorOptions, facts: &Facts) -> Report {
 
     // The server Deployment.
     out.push(match (&facts.server, &facts.server_pods) {
-        (Ok(Some(d)), Ok(pods)) => control_plane::server_deployment(ns, deploy_name, Some(d), pods),
+        (Ok(Some(d)), Ok(pods)) => control_plane::with_agent_binary(
+            control_plane::server_deployment(ns, deploy_name, Some(d), pods),
+            facts.agent_binary.as_ref(),
+        ),
         (Ok(Some(_)), Err(e)) => read_failed(id::SERVER, &format!("pods in {ns}"), e),
         (Ok(None), _) => control_plane::server_deployment(ns, deploy_name, None, &[]),
         (Err(e), _) => read_failed(id::SERVER, &format!("Deployment {ns}/{deploy_name}"), e),
@@ -423,6 +426,9 @@ mod tests {
             )),
             oidc_issuer: Some(Reach::Reached(
                 "OIDC issuer https://auth.example/realms/infra serves its discovery document".into(),
+            )),
+            agent_binary: Some(Reach::Reached(
+                "serves lumie-agent-linux-amd64 at http://coder.coder.svc.cluster.local/bin/lumie-agent-linux-amd64".into(),
             )),
             policies: Ok(vec![("default".into(), policy(|_| {}))]),
             template_config_map: Some(Ok(Some(template_map(TEMPLATE)))),
@@ -1035,6 +1041,29 @@ mod tests {
                     Status::Failure,
                     &["reading pods in lumie-dev"],
                 )],
+            ),
+            (
+                "the server has no agent binary to serve",
+                |f, _| {
+                    f.agent_binary = Some(Reach::Failed(
+                        "it has no agent binary to serve: http://coder.coder.svc.cluster.local/bin/lumie-agent-linux-amd64 answers 404".into(),
+                    ))
+                },
+                &[(
+                    id::SERVER,
+                    Status::Failure,
+                    &["1/1 pods ready", "no agent binary to serve", "answers 404"],
+                )],
+            ),
+            (
+                "the agent binary not asked from outside the cluster",
+                |f, _| {
+                    f.agent_binary = Some(Reach::Unresolvable {
+                        host: "coder.coder.svc.cluster.local".into(),
+                        error: "no such host".into(),
+                    })
+                },
+                &[],
             ),
             (
                 "nodes forbidden",

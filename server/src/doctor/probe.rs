@@ -1,5 +1,6 @@
 //! The doctor's network probes outside the kube API: connecting to the database with the URL
-//! from its Secret, and fetching the OIDC issuer's discovery document. Each returns a
+//! from its Secret, fetching the OIDC issuer's discovery document, and asking the server for
+//! the agent binary as a workspace pod would. Each returns a
 //! [`Reach`] that [`super::reach`] turns into a verdict; credentials never reach the output.
 
 use std::str::FromStr;
@@ -60,6 +61,40 @@ pub async fn database(url: &str, timeout: Duration) -> Reach {
             "connecting as {whom}: no answer in {}s",
             timeout.as_secs()
         )),
+    }
+}
+
+/// `HEAD <agent_url>/bin/lumie-agent-linux-amd64`, as a pod's init script would fetch it.
+pub async fn agent_binary(agent_url: &str, timeout: Duration) -> Reach {
+    let bin = crate::distribution::POD_BINARY;
+    let url = format!("{}/bin/{bin}", agent_url.trim_end_matches('/'));
+    let Ok(parsed) = reqwest::Url::parse(&url) else {
+        return Reach::Failed(format!("LUMIE_AGENT_URL {agent_url:?} does not parse"));
+    };
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if let Err(error) = resolves(&bare, port, timeout).await {
+        return Reach::Unresolvable { host: bare, error };
+    }
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => return Reach::Failed(format!("building an HTTP client: {e}")),
+    };
+    match client.head(parsed).send().await {
+        Ok(r) if r.status().is_success() => Reach::Reached(format!("serves {bin} at {url}")),
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Reach::Failed(format!(
+            "it has no agent binary to serve: {url} answers 404 (LUMIE_AGENT_BINARY_DIR holds no {bin})"
+        )),
+        Ok(r) => Reach::Failed(format!("{url} answers HTTP {}", r.status().as_u16())),
+        // Not reached from here says nothing about the pods' view: no verdict.
+        Err(e) => Reach::Unresolvable {
+            host: bare,
+            error: chain(&e),
+        },
     }
 }
 

@@ -1,16 +1,28 @@
 //! The startup-log tables (migration 0006) against SQLite and a real PostgreSQL alike: each batch
 //! stored once, in order, bounded per start with what was dropped counted, and only the latest
-//! starts kept.
+//! starts kept. Then the HTTP side in-process: the agent's manifest and log routes, the logs API
+//! (JSON and `?follow`) and the dashboard's Startup log section.
 
 mod common;
 
-use lumie_contract::agent_api::{LogLine, LogStream, MAX_LOG_BYTES_PER_START};
+use axum::body::Body;
+use futures::StreamExt;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use lumie_contract::agent_api::{
+    LOGS_PATH, LogLine, LogStream, MANIFEST_PATH, MAX_LOG_BYTES_PER_START, Manifest,
+};
+use lumie_server::config::Config;
 use lumie_server::db::{Db, KEEP_STARTS};
+use lumie_server::startup_logs::WorkspaceLogsJson;
+use lumie_server::state::AppState;
+use lumie_server::template::Template;
+use tower::ServiceExt;
 
 fn line(i: usize, len: usize) -> LogLine {
     LogLine {
         at_ms: 1_700_000_000_000 + i as i64,
-        stream: if i % 2 == 0 {
+        stream: if i.is_multiple_of(2) {
             LogStream::Stdout
         } else {
             LogStream::Stderr
@@ -65,7 +77,7 @@ async fn suite(db: Db) {
             "start-a",
             seq,
             &b,
-            (if seq == 5 { (3, 300) } else { (0, 0) }),
+            if seq == 5 { (3, 300) } else { (0, 0) },
         )
         .await
         .unwrap();
@@ -116,4 +128,216 @@ async fn sqlite() {
 #[tokio::test]
 async fn postgres() {
     suite(common::pg_db().await).await;
+}
+
+async fn send(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (StatusCode, String) {
+    let mut b = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        b = b.header("Coder-Session-Token", t);
+    }
+    let req = match body {
+        Some(v) => b
+            .header("content-type", "application/json")
+            .body(Body::from(v)),
+        None => b.body(Body::empty()),
+    }
+    .unwrap();
+    let resp = lumie_server::router(state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn agent_routes_logs_api_and_dashboard_section() {
+    let (db, dir) = common::sqlite_db().await;
+    let (admin, admin_token) = db.bootstrap_admin("admin").await.unwrap().unwrap();
+    let ws = db
+        .create_workspace(&admin, "dev", "coder-admin-dev", None)
+        .await
+        .unwrap()
+        .workspace
+        .id;
+    let bob = db.create_user("bob", "", false).await.unwrap();
+    let bob_token = db.create_api_token(&bob.id, "t").await.unwrap();
+    let template = Template {
+        startup_script: "echo hi".into(),
+        shutdown_script: "echo bye".into(),
+        ..Template::default()
+    };
+    let state = AppState::new(
+        Config::for_tests(dir.path().to_path_buf()),
+        db,
+        template,
+        None,
+    )
+    .await
+    .unwrap();
+    let agents = std::sync::Arc::new(lumie_server::agent_api::FixedAgents::new(
+        state.agent_auth.expected_username(),
+    ));
+    state.agent_auth.install(agents.clone(), agents.clone());
+    let agent = "agent-token-of-dev-0123456789";
+    agents.add(agent, &ws);
+
+    // The manifest: the template's scripts, for the agent token only.
+    let (status, body) = send(&state, "GET", MANIFEST_PATH, Some(agent), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let m: Manifest = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (m.startup_script.as_str(), m.shutdown_script.as_str()),
+        ("echo hi", "echo bye")
+    );
+    let (status, _) = send(&state, "GET", MANIFEST_PATH, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Log batches: stored once; malformed ones a 400 in the JSON error shape.
+    let batch = |seq: u64, text: &str| {
+        serde_json::json!({"start_id": "s1", "seq": seq, "lines": [
+            {"at_ms": 1_700_000_000_000i64, "stream": "stderr", "text": text}
+        ]})
+        .to_string()
+    };
+    let evil = format!("<script>alert(1)</script> {agent}");
+    let (status, body) = send(
+        &state,
+        "POST",
+        LOGS_PATH,
+        Some(agent),
+        Some(batch(1, &evil)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, r#"{"stored":1,"duplicate":false}"#);
+    let (_, body) = send(
+        &state,
+        "POST",
+        LOGS_PATH,
+        Some(agent),
+        Some(batch(1, &evil)),
+    )
+    .await;
+    assert_eq!(body, r#"{"stored":0,"duplicate":true}"#);
+    for (what, b, want) in [
+        ("not JSON", "{".to_string(), "not a log batch"),
+        (
+            "bad start id",
+            batch(2, "x").replace("\"s1\"", "\"../x\""),
+            "start_id",
+        ),
+        ("seq 0", batch(0, "x"), "seq starts at 1"),
+        (
+            "unknown stream",
+            batch(2, "x").replace("stderr", "stdin"),
+            "not a log batch",
+        ),
+    ] {
+        let (status, body) = send(&state, "POST", LOGS_PATH, Some(agent), Some(b)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+        assert!(
+            v["message"].as_str().unwrap_or_default().contains(want),
+            "{what}: {body}"
+        );
+    }
+    let (status, _) = send(
+        &state,
+        "POST",
+        LOGS_PATH,
+        Some("someone-else-entirely"),
+        Some(batch(3, "x")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The logs API: the owner sees the line (the token redacted), others get 404.
+    let path = format!("/api/v2/workspaces/{ws}/logs");
+    let (status, body) = send(&state, "GET", &path, Some(&admin_token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let logs: WorkspaceLogsJson = serde_json::from_str(&body).unwrap();
+    assert_eq!(logs.start_id.as_deref(), Some("s1"));
+    assert_eq!(logs.lines.len(), 1);
+    assert_eq!(logs.lines[0].stream, LogStream::Stderr);
+    assert_eq!(
+        logs.lines[0].text,
+        "<script>alert(1)</script> [agent token redacted]"
+    );
+    let (status, _) = send(&state, "GET", &path, Some(&bob_token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(
+        &state,
+        "GET",
+        &format!("{path}?start=nope"),
+        Some(&admin_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Following: what is there, then what comes.
+    let req = Request::builder()
+        .uri(format!("{path}?follow"))
+        .header("Coder-Session-Token", &admin_token)
+        .body(Body::empty())
+        .unwrap();
+    let resp = lumie_server::router(state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.into_body().into_data_stream();
+    let mut seen = String::new();
+    while !seen.contains("alert(1)") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stored line")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: line"), "{seen}");
+    let (status, _) = send(
+        &state,
+        "POST",
+        LOGS_PATH,
+        Some(agent),
+        Some(batch(2, "second line")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    while !seen.contains("second line") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("the new line, live")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    // The dashboard's section shows the text escaped.
+    let (status, page) = send(&state, "GET", "/@admin/dev", Some(&admin_token), None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Startup log"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt; [agent token redacted]"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert(1)"), "escaped");
+    assert!(
+        page.contains(&format!(
+            "data-follow=\"/api/v2/workspaces/{ws}/logs?follow\""
+        )),
+        "{page}"
+    );
 }

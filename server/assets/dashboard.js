@@ -270,6 +270,7 @@ function initStartupLog() {
     at.className = "log-at";
     at.textContent = (line.at || "").slice(11, 23);
     row.append(at, document.createTextNode(` ${line.text}\n`));
+    pre.hidden = false;
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     pre.append(row);
     if (atBottom) pre.scrollTop = pre.scrollHeight;

@@ -114,7 +114,7 @@ async fn startup_log(state: &AppState, workspace_id: &str) -> crate::Result<Mark
             p.muted #startup-log-empty hidden[!lines.is_empty()] {
                 "No output yet: the agent sends its startup script's output once it has connected."
             }
-            pre.startup-log #startup-log tabindex="0" aria-live="polite"
+            pre.startup-log #startup-log tabindex="0" aria-live="polite" hidden[lines.is_empty()]
                 data-follow={ "/api/v2/workspaces/" (workspace_id) "/logs?follow" }
                 data-after=(after) {
                 @for (_, l) in &lines {

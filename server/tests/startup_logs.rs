@@ -341,3 +341,33 @@ async fn agent_routes_logs_api_and_dashboard_section() {
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn readyz_says_when_there_is_no_agent_binary_to_serve() {
+    let (db, dir) = common::sqlite_db().await;
+    let bin_dir = dir.path().join("agent-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let mut config = Config::for_tests(dir.path().to_path_buf());
+    config.agent_binary_dir = bin_dir.clone();
+    let state = AppState::new(config, db, Template::default(), None)
+        .await
+        .unwrap();
+    let ready =
+        |body: &str| -> lumie_server::api::ReadyJson { serde_json::from_str(body).unwrap() };
+    let (_, body) = send(&state, "GET", "/readyz", None, None).await;
+    let r = ready(&body);
+    assert!(r.agent_binaries.is_empty());
+    assert!(
+        r.warnings.iter().any(|w| w.contains("no agent binary to serve")
+            && w.contains("LUMIE_AGENT_BINARY_DIR")),
+        "{body}"
+    );
+    std::fs::write(bin_dir.join("lumie-agent-linux-amd64"), b"#!/bin/sh\n").unwrap();
+    let (_, body) = send(&state, "GET", "/readyz", None, None).await;
+    let r = ready(&body);
+    assert_eq!(r.agent_binaries, ["lumie-agent-linux-amd64"]);
+    assert!(
+        r.warnings.iter().all(|w| !w.contains("agent binary")),
+        "{body}"
+    );
+}

@@ -451,7 +451,11 @@ mod tests {
         assert_eq!(batch.lines.last().unwrap().text, "0000000024");
         assert_eq!(batch.lines.len(), 10);
         assert!(b.is_empty());
-        assert_eq!(b.take_batch(1000, 1 << 20), Batch::default(), "counted once");
+        assert_eq!(
+            b.take_batch(1000, 1 << 20),
+            Batch::default(),
+            "counted once"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::agent_api::AgentAuth;
 use crate::agents::AgentHub;
 use crate::caller::AuthChain;
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, SampleGate};
 use crate::drift::ReadinessState;
 use crate::edge::Edge;
 use crate::events::{Dirty, Events};
@@ -48,6 +48,8 @@ pub struct AppState {
     pub cluster: ClusterViews,
     /// Access URL, trusted proxy, Host guard and OIDC login.
     pub edge: Edge,
+    /// Which heartbeats become resource samples (the dashboard's graphs).
+    pub samples: Arc<SampleGate>,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
             kube,
             cluster: ClusterViews::default(),
             edge,
+            samples: Arc::default(),
         })
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! One file per area, each adding its methods to [`Db`]: `users` (token and OIDC users),
 //! `tokens` (API tokens and browser sessions), `app_tickets` (subdomain app tickets and
-//! credentials), `workspaces`, `builds`, `agents` and `audit`.
+//! credentials), `workspaces`, `builds`, `agents`, `audit` and `samples` (the dashboard's resource graphs).
 //! This file opens the database and holds what they share.
 
 use rand::Rng;
@@ -23,12 +23,14 @@ mod agents;
 mod app_tickets;
 mod audit;
 mod builds;
+mod samples;
 mod tokens;
 mod users;
 mod workspaces;
 
 pub use agents::{HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 pub use audit::{AuditEvent, AuditFilter};
+pub use samples::{Admission, ResourceSample, SAMPLE_BUCKET_MS, SAMPLE_RETENTION_MS, SampleGate};
 pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};
 pub use workspaces::CreatedWorkspace;
 

@@ -391,8 +391,9 @@ test("alice edits the policy: a bad glob is named, a concurrent edit says reload
   await page.waitForURL(/action=policy.update/);
   const newest = page.locator("#audit tbody tr").first();
   assert.match(await newest.locator("td[data-label=Who]").innerText(), /^alice$/);
-  await newest.locator("summary").click();
-  assert.match(await newest.locator("pre").last().innerText(), /registry\.example\/docker:\*dind\*/);
+  await newest.getByText("What changed").click();
+  assert.match(await newest.locator("pre.diff").innerText(), /^\+ +"registry\.example\/docker:\*dind\*"$/m, "the added line, alone");
+  assert.doesNotMatch(await newest.locator("pre.diff").innerText(), /serviceAccountName/, "only what changed");
   await shot(page, "admin-audit");
   await page.close();
 });

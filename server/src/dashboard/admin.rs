@@ -307,6 +307,46 @@ pub async fn audit(
     )
 }
 
+/// A before/after value for people: JSON indented, anything else as it is.
+pub fn pretty(value: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| value.to_string())
+}
+
+/// The lines only one side has (`-` before, `+` after), in order: a longest-common-subsequence
+/// diff of the two texts' lines, so a changed policy shows as the few lines that changed.
+pub fn changed_lines(before: &str, after: &str) -> Vec<(char, String)> {
+    let a: Vec<&str> = before.lines().collect();
+    let b: Vec<&str> = after.lines().collect();
+    // lcs[i][j]: common lines of a[i..] and b[j..].
+    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, vec![]);
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(('+', b[j].trim_end().to_string()));
+            j += 1;
+        } else {
+            out.push(('-', a[i].trim_end().to_string()));
+            i += 1;
+        }
+    }
+    out
+}
+
 fn audit_table(entries: &[AuditEntry]) -> Markup {
     html! {
         @if entries.is_empty() {
@@ -329,10 +369,20 @@ fn audit_table(entries: &[AuditEntry]) -> Markup {
                                     " " a.muted href={ "/admin/audit?workspace_id=" (ws) } title="Only this workspace" { "(workspace)" }
                                 }
                                 @if e.before.is_some() || e.after.is_some() {
+                                    @let before = e.before.as_deref().map(pretty).unwrap_or_default();
+                                    @let after = e.after.as_deref().map(pretty).unwrap_or_default();
                                     details {
-                                        summary { "Before and after" }
-                                        @if let Some(b) = &e.before { p.muted { "Before" } pre { (b) } }
-                                        @if let Some(a) = &e.after { p.muted { "After" } pre { (a) } }
+                                        summary { "What changed" }
+                                        pre.diff {
+                                            @for (sign, line) in changed_lines(&before, &after) {
+                                                span class={ "diff-" (if sign == '+' { "add" } else { "del" }) } { (sign) " " (line) "\n" }
+                                            }
+                                        }
+                                        details {
+                                            summary { "Before and after in full" }
+                                            @if e.before.is_some() { p.muted { "Before" } pre { (before) } }
+                                            @if e.after.is_some() { p.muted { "After" } pre { (after) } }
+                                        }
                                     }
                                 }
                             }
@@ -430,5 +480,24 @@ mod tests {
         };
         let e = audit_filter(&bad).unwrap_err();
         assert!(e.starts_with("From:") && e.contains("yesterday"), "{e}");
+        assert_eq!(pretty(r#"{"a":[1]}"#), "{\n  \"a\": [\n    1\n  ]\n}");
+        assert_eq!(pretty("plain <text>"), "plain <text>");
+    }
+
+    #[test]
+    fn changed_lines_table() {
+        let cases: &[(&str, &str, &[(char, &str)])] = &[
+            ("a\nb\nc", "a\nb\nc", &[]),
+            ("a\nc", "a\nb\nc", &[('+', "b")]),
+            ("a\nb\nc", "a\nc", &[('-', "b")]),
+            ("a\nb", "a\nB", &[('+', "B"), ('-', "b")]),
+            ("", "x", &[('+', "x")]),
+            ("x", "", &[('-', "x")]),
+        ];
+        for (before, after, want) in cases {
+            let got = changed_lines(before, after);
+            let want: Vec<(char, String)> = want.iter().map(|(c, l)| (*c, l.to_string())).collect();
+            assert_eq!(got, want, "{before:?} → {after:?}");
+        }
     }
 }

@@ -49,34 +49,45 @@ pub fn offer_sample(state: &AppState, workspace_id: &str, stats: ResourceStats) 
     });
 }
 
-/// One graph's line: `M`/`L` path data over the window `[end - SAMPLE_RETENTION_MS, end]`,
-/// values scaled to `0..=max` (clamped), broken where samples are more than [`GAP_MS`]
-/// apart. A lone point is a zero-length segment (drawn as a dot by the round line cap).
-pub fn path_data(points: &[(i64, f64)], end: i64, max: f64) -> String {
+/// One graph's line and the area under it (SVG path data) over the window
+/// `[end - SAMPLE_RETENTION_MS, end]`, values scaled to `0..=max` (clamped), broken where
+/// samples are more than [`GAP_MS`] apart. Each run starts a bucket before its first sample, so
+/// a lone sample is a short flat step rather than an invisible point.
+pub fn paths(points: &[(i64, f64)], end: i64, max: f64) -> (String, String) {
     let start = end - SAMPLE_RETENTION_MS;
     let max = if max.is_finite() && max > 0.0 {
         max
     } else {
         1.0
     };
-    let mut d = String::new();
+    let x_of = |at: i64| (at.max(start) - start) as f64 / SAMPLE_RETENTION_MS as f64 * WIDTH;
+    let y_of = |v: f64| {
+        let v = if v.is_finite() { v } else { 0.0 };
+        HEIGHT - (v / max).clamp(0.0, 1.0) * (HEIGHT - 2.0) - 1.0
+    };
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![];
     let mut prev: Option<i64> = None;
     for &(at, v) in points.iter().filter(|(at, _)| *at >= start && *at <= end) {
-        let x = (at - start) as f64 / SAMPLE_RETENTION_MS as f64 * WIDTH;
-        let v = if v.is_finite() { v } else { 0.0 };
-        let y = HEIGHT - (v / max).clamp(0.0, 1.0) * (HEIGHT - 2.0) - 1.0;
-        let joined = prev.is_some_and(|p| at - p <= GAP_MS);
-        if !d.is_empty() {
-            d.push(' ');
-        }
-        if joined {
-            d.push_str(&format!("L{x:.1} {y:.1}"));
-        } else {
-            d.push_str(&format!("M{x:.1} {y:.1} l0 0"));
+        let y = y_of(v);
+        match runs.last_mut() {
+            Some(run) if prev.is_some_and(|p| at - p <= GAP_MS) => run.push((x_of(at), y)),
+            _ => runs.push(vec![(x_of(at - SAMPLE_BUCKET_MS), y), (x_of(at), y)]),
         }
         prev = Some(at);
     }
-    d
+    let mut line = vec![];
+    let mut area = vec![];
+    for run in &runs {
+        let (x0, _) = run[0];
+        let (xn, _) = run[run.len() - 1];
+        let pts: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1} {y:.1}")).collect();
+        line.push(format!("M{}", pts.join(" L")));
+        area.push(format!(
+            "M{x0:.1} {HEIGHT:.1} L{} L{xn:.1} {HEIGHT:.1} Z",
+            pts.join(" L")
+        ));
+    }
+    (line.join(" "), area.join(" "))
 }
 
 /// Bytes for people: `512 B`, `3.4 MiB`, `1.2 GiB`.
@@ -110,7 +121,8 @@ struct Graph {
     title: &'static str,
     now: String,
     peak: String,
-    d: String,
+    /// (line, area).
+    d: (String, String),
 }
 
 fn graphs(samples: &[ResourceSample], end: i64) -> Vec<Graph> {
@@ -136,7 +148,12 @@ fn graphs(samples: &[ResourceSample], end: i64) -> Vec<Graph> {
             Some(s) => bytes(used(s)),
             None => "—".into(),
         };
-        (path_data(&pts, end, max as f64), now, bytes(peak))
+        let peak = if samples.is_empty() {
+            "—".into()
+        } else {
+            bytes(peak)
+        };
+        (paths(&pts, end, max as f64), now, peak)
     };
     let (mem_d, mem_now, mem_peak) = of_total(|s| s.memory_used_bytes, |s| s.memory_total_bytes);
     let (disk_d, disk_now, disk_peak) = of_total(|s| s.disk_used_bytes, |s| s.disk_total_bytes);
@@ -147,8 +164,12 @@ fn graphs(samples: &[ResourceSample], end: i64) -> Vec<Graph> {
             now: last
                 .map(|s| cores(s.cpu_cores))
                 .unwrap_or_else(|| "—".into()),
-            peak: cores(cpu_peak),
-            d: path_data(&cpu, end, cpu_max),
+            peak: if samples.is_empty() {
+                "—".into()
+            } else {
+                cores(cpu_peak)
+            },
+            d: paths(&cpu, end, cpu_max),
         },
         Graph {
             id: "memory",
@@ -180,7 +201,8 @@ pub fn panel(samples: &[ResourceSample], end: i64) -> Markup {
                     svg.spark viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } preserveAspectRatio="none"
                         role="img" aria-label={ (g.title) " over the last hour: now " (g.now) ", peak " (g.peak) } {
                         path.axis d={ "M0 " (HEIGHT - 0.5) "H" (WIDTH) } vector-effect="non-scaling-stroke" {}
-                        path.line d=(g.d) vector-effect="non-scaling-stroke" {}
+                        path.area d=(g.d.1) {}
+                        path.line d=(g.d.0) vector-effect="non-scaling-stroke" {}
                     }
                     div.graph-scale { span { "1 h ago" } span { "peak " (g.peak) } span { "now" } }
                 }
@@ -190,7 +212,10 @@ pub fn panel(samples: &[ResourceSample], end: i64) -> Markup {
             p.hint { "No samples yet: the agent reports CPU, memory and disk with its heartbeats, \
                 and the graphs fill in as they arrive." }
         } @else {
-            p.hint { (samples.len()) " samples, one per " (SAMPLE_BUCKET_MS / 1000) " s." }
+            p.hint {
+                (samples.len()) @if samples.len() == 1 { " sample" } @else { " samples" }
+                ", one per " (SAMPLE_BUCKET_MS / 1000) " s."
+            }
         }
     }
 }
@@ -246,32 +271,32 @@ mod tests {
         let end = 10 * SAMPLE_RETENTION_MS;
         let start = end - SAMPLE_RETENTION_MS;
         let half = start + SAMPLE_RETENTION_MS / 2;
-        // (case, points, max, want)
+        // (case, points, max, want line)
         let cases: &[(&str, Vec<(i64, f64)>, f64, &str)] = &[
             ("none", vec![], 1.0, ""),
             (
-                "one point is a dot",
+                "one sample is a step over its bucket",
                 vec![(half, 0.5)],
                 1.0,
-                "M120.0 24.0 l0 0",
+                "M118.0 24.0 L120.0 24.0",
             ),
             (
-                "joined",
+                "joined, the first step clamped to the window",
                 vec![(start, 0.0), (start + SAMPLE_BUCKET_MS, 1.0)],
                 1.0,
-                "M0.0 47.0 l0 0 L2.0 1.0",
+                "M0.0 47.0 L0.0 47.0 L2.0 1.0",
             ),
             (
                 "gap starts a new line",
                 vec![(start, 0.0), (start + GAP_MS + 1, 0.0)],
                 1.0,
-                "M0.0 47.0 l0 0 M6.0 47.0 l0 0",
+                "M0.0 47.0 L0.0 47.0 M4.0 47.0 L6.0 47.0",
             ),
             (
                 "above max is clamped",
                 vec![(end, 9.0)],
                 1.0,
-                "M240.0 1.0 l0 0",
+                "M238.0 1.0 L240.0 1.0",
             ),
             (
                 "older than the hour is left out",
@@ -283,18 +308,22 @@ mod tests {
                 "zero max does not divide by zero",
                 vec![(end, 0.0)],
                 0.0,
-                "M240.0 47.0 l0 0",
+                "M238.0 47.0 L240.0 47.0",
             ),
             (
                 "NaN is drawn as zero",
                 vec![(end, f64::NAN)],
                 1.0,
-                "M240.0 47.0 l0 0",
+                "M238.0 47.0 L240.0 47.0",
             ),
         ];
         for (name, points, max, want) in cases {
-            assert_eq!(path_data(points, end, *max), *want, "{name}");
+            assert_eq!(paths(points, end, *max).0, *want, "{name}");
         }
+        assert_eq!(
+            paths(&[(half, 0.5)], end, 1.0).1,
+            "M118.0 48.0 L118.0 24.0 L120.0 24.0 L120.0 48.0 Z"
+        );
     }
 
     #[test]

@@ -241,13 +241,19 @@ test("bob through Keycloak: create, live to running, code-server through the pro
   console.log("bob's statuses seen live:", seen.join(" → "));
   await shot(page, "member-list");
 
+  // An hour of earlier samples, as if it had been running that long.
+  await control(`/history?workspace_id=${await page.locator("#rows tr[data-name=web]").getAttribute("data-id")}`);
   await page.locator("#rows tr[data-name=web]").getByRole("link", { name: "web" }).click();
   await page.waitForURL(/\/@bob\/web$/);
   await page.locator("#live .status-running").waitFor();
-  // The heartbeats' stats as graphs, and the scheduler's event about the pod.
+  // The heartbeats' stats as graphs (the newest from the live heartbeat), and the scheduler's
+  // event about the pod.
   await page.locator("#graph-cpu .graph-now", { hasText: "0.35 cores" }).waitFor();
   assert.match(await page.locator("#graph-memory .graph-now").innerText(), /1\.5 GiB of 8\.0 GiB/);
-  assert.equal(await page.locator("#graph-cpu svg.spark path.line").count(), 1);
+  assert.match(await page.locator("#graph-cpu svg").getAttribute("aria-label"), /^CPU over the last hour: now 0\.35 cores, peak 1\.\d\d cores$/);
+  const line = await page.locator("#graph-cpu svg.spark path.line").getAttribute("d");
+  assert.ok(line.split("L").length > 100, `an hour of points: ${line.slice(0, 80)}…`);
+  assert.match(await page.locator("#resources .hint").innerText(), /^1[01]\d samples/);
   await page.locator("#pod-events tr[data-reason=Scheduled]").waitFor();
   await shot(page, "member-workspace");
 

@@ -11,8 +11,9 @@
 //! audit log), sends a cross-site form, and saves screenshots (360 px and 1920 px, member and
 //! admin) into `target/screenshots/`.
 //!
-//! What only the cluster can do (cordon the workers, record an event) the script asks this
-//! process for over a small loopback control server.
+//! What only the cluster can do (cordon the workers, record an event) or only time would (an
+//! hour of resource samples) the script asks this process for over a small loopback control
+//! server.
 
 #[path = "../../server/tests/common/oidc_provider.rs"]
 mod oidc_provider;
@@ -110,16 +111,52 @@ struct EventQuery {
     message: String,
 }
 
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    workspace_id: String,
+}
+
+/// What the control server reaches: the cluster as its admin, and the server's database.
+#[derive(Clone)]
+struct Control {
+    admin: kube::Client,
+    db: lumie_server::db::Db,
+}
+
 /// `POST /cordon?on=…`: cordons (returning once the scheduler refuses pods) or uncordons
 /// every worker.
-async fn cordon(State(admin): State<kube::Client>, Query(q): Query<CordonQuery>) -> String {
-    nodes::cordon_workers(&admin, q.on).await.unwrap();
+async fn cordon(State(c): State<Control>, Query(q): Query<CordonQuery>) -> String {
+    nodes::cordon_workers(&c.admin, q.on).await.unwrap();
+    "ok".into()
+}
+
+/// `POST /history?workspace_id=…`: the hour of samples a workspace running that long would
+/// have left (the live heartbeats add the newest), so the graphs show a real hour.
+async fn history(State(c): State<Control>, Query(q): Query<HistoryQuery>) -> String {
+    use lumie_server::db::SAMPLE_BUCKET_MS;
+    let now = chrono::Utc::now().timestamp_millis();
+    let gib = 1u64 << 30;
+    for i in 2..120i64 {
+        let at = now - i * SAMPLE_BUCKET_MS;
+        let t = (120 - i) as f64;
+        let stats = lumie_contract::agent_api::ResourceStats {
+            cpu_cores: 0.3 + 0.25 * (t / 9.0).sin() + if i % 37 == 0 { 1.1 } else { 0.0 },
+            memory_used_bytes: gib + (t * 4.0e6) as u64,
+            memory_total_bytes: 8 * gib,
+            disk_used_bytes: 3 * gib - (i as u64) * (gib / 400),
+            disk_total_bytes: 20 * gib,
+            ..Default::default()
+        };
+        c.db.record_sample(&q.workspace_id, at / SAMPLE_BUCKET_MS, at, &stats)
+            .await
+            .unwrap();
+    }
     "ok".into()
 }
 
 /// `POST /event?pod=…&message=…`: a Warning event about that pod in the workspace namespace,
 /// as a kubelet would record one.
-async fn event(State(admin): State<kube::Client>, Query(q): Query<EventQuery>) -> String {
+async fn event(State(c): State<Control>, Query(q): Query<EventQuery>) -> String {
     let ns = lumie_contract::workspace::NAMESPACE;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let ev: Event = serde_json::from_value(serde_json::json!({
@@ -130,7 +167,7 @@ async fn event(State(admin): State<kube::Client>, Query(q): Query<EventQuery>) -
         "firstTimestamp": now, "lastTimestamp": now,
     }))
     .unwrap();
-    Api::<Event>::namespaced(admin, ns)
+    Api::<Event>::namespaced(c.admin, ns)
         .create(&PostParams::default(), &ev)
         .await
         .unwrap();
@@ -217,7 +254,11 @@ async fn dashboard_in_chromium() {
     let control_app = axum::Router::new()
         .route("/cordon", post(cordon))
         .route("/event", post(event))
-        .with_state(admin.clone());
+        .route("/history", post(history))
+        .with_state(Control {
+            admin: admin.clone(),
+            db: server.state.db.clone(),
+        });
     let control_task = tokio::spawn(async move {
         let _ = axum::serve(control, control_app).await;
     });

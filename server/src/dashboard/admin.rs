@@ -38,13 +38,10 @@ pub const PAGES: &[(&str, &str)] = &[
 /// How long each of the doctor's network probes may take from the health page.
 pub const DOCTOR_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Members get exactly the page an unknown path would give, so the pages confirm nothing.
-fn admins_only(p: &Principal, path: &str) -> Result<(), Response> {
-    if p.user.is_admin {
-        Ok(())
-    } else {
-        Err(not_found(p, path))
-    }
+/// Members get exactly the page an unknown path would give, so the pages confirm nothing:
+/// `Some` is that page.
+fn refused_unless_admin(p: &Principal, path: &str) -> Option<Response> {
+    (!p.user.is_admin).then(|| not_found(p, path))
 }
 
 /// The dashboard's not-found page for `path`.
@@ -74,7 +71,7 @@ fn admin_layout(p: &Principal, title: &str, current: &str, body: Markup) -> Mark
 
 /// `GET /admin/users`.
 pub async fn users(State(state): State<AppState>, Viewer(p): Viewer) -> Response {
-    if let Err(r) = admins_only(&p, "/admin/users") {
+    if let Some(r) = refused_unless_admin(&p, "/admin/users") {
         return r;
     }
     let users = match state.db.list_users().await {
@@ -145,7 +142,7 @@ async fn read_policy(state: &AppState) -> Result<PolicyJson, String> {
 
 /// `GET /admin/policy`.
 pub async fn policy(State(state): State<AppState>, Viewer(p): Viewer) -> Response {
-    if let Err(r) = admins_only(&p, "/admin/policy") {
+    if let Some(r) = refused_unless_admin(&p, "/admin/policy") {
         return r;
     }
     let policy = read_policy(&state).await;
@@ -268,7 +265,7 @@ pub async fn audit(
     Viewer(p): Viewer,
     Query(q): Query<AuditPageQuery>,
 ) -> Response {
-    if let Err(r) = admins_only(&p, "/admin/audit") {
+    if let Some(r) = refused_unless_admin(&p, "/admin/audit") {
         return r;
     }
     let (entries, problem) = match audit_filter(&q) {
@@ -400,7 +397,7 @@ fn audit_table(entries: &[AuditEntry]) -> Markup {
 
 /// `GET /admin/health`: the doctor's checks with the server's own permissions.
 pub async fn health(State(state): State<AppState>, Viewer(p): Viewer) -> Response {
-    if let Err(r) = admins_only(&p, "/admin/health") {
+    if let Some(r) = refused_unless_admin(&p, "/admin/health") {
         return r;
     }
     let options = DoctorOptions {
@@ -484,9 +481,12 @@ mod tests {
         assert_eq!(pretty("plain <text>"), "plain <text>");
     }
 
+    /// (before, after, the changed lines).
+    type DiffCase<'a> = (&'a str, &'a str, &'a [(char, &'a str)]);
+
     #[test]
     fn changed_lines_table() {
-        let cases: &[(&str, &str, &[(char, &str)])] = &[
+        let cases: &[DiffCase] = &[
             ("a\nb\nc", "a\nb\nc", &[]),
             ("a\nc", "a\nb\nc", &[('+', "b")]),
             ("a\nb\nc", "a\nc", &[('-', "b")]),

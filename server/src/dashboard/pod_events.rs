@@ -80,7 +80,7 @@ pub fn lines(events: Vec<Event>) -> Vec<EventLine> {
                 .unwrap_or_default(),
         })
         .collect();
-    out.sort_by(|a, b| b.at.cmp(&a.at));
+    out.sort_by_key(|e| std::cmp::Reverse(e.at));
     out.truncate(MAX_EVENTS);
     out
 }

@@ -266,13 +266,15 @@ pub async fn fragment(
 mod tests {
     use super::*;
 
+    /// (case, points, max, the line wanted).
+    type PathCase = (&'static str, Vec<(i64, f64)>, f64, &'static str);
+
     #[test]
     fn paths_scale_clamp_and_break_at_gaps() {
         let end = 10 * SAMPLE_RETENTION_MS;
         let start = end - SAMPLE_RETENTION_MS;
         let half = start + SAMPLE_RETENTION_MS / 2;
-        // (case, points, max, want line)
-        let cases: &[(&str, Vec<(i64, f64)>, f64, &str)] = &[
+        let cases: &[PathCase] = &[
             ("none", vec![], 1.0, ""),
             (
                 "one sample is a step over its bucket",

@@ -178,7 +178,7 @@ pub async fn policy(State(state): State<AppState>, Viewer(p): Viewer) -> Respons
                         }
                         form #policy-form data-resource-version=(pj.resource_version.as_deref().unwrap_or("")) novalidate {
                             label for="policy-yaml" { "Spec (YAML)" }
-                            textarea #policy-yaml name="spec" rows="22" spellcheck="false" autocomplete="off"
+                            textarea #policy-yaml name="spec" rows="22" wrap="off" spellcheck="false" autocomplete="off"
                                 aria-describedby="policy-error policy-hint" { (yaml.as_deref().unwrap_or("")) }
                             p.alert #policy-error role="alert" aria-live="assertive" hidden {}
                             p.hint #policy-hint {

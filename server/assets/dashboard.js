@@ -82,8 +82,8 @@ function syncEmpty() {
   const table = $("#workspaces");
   if (empty) empty.hidden = rows > 0;
   if (table) table.hidden = rows === 0;
-  const filters = $(".filters");
-  if (filters && filters.tagName === "DIV") filters.hidden = rows === 0;
+  const filters = $(".filters[data-hide-when-empty]");
+  if (filters && !$("#search").value) filters.hidden = rows === 0;
 }
 
 async function refreshRow(id) {

@@ -755,3 +755,118 @@ async fn heartbeat_stats_become_the_workspace_pages_graphs() {
         .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_list_comes_a_page_at_a_time_and_searches_every_workspace() {
+    use lumie_server::dashboard::workspaces::PAGE_SIZE;
+    let d = dash().await;
+    let owner = d.state.db.create_user("ann", "", false).await.unwrap();
+    for i in 0..120 {
+        d.state
+            .db
+            .create_workspace(
+                &owner,
+                &format!("ws{i:03}"),
+                &format!("coder-ann-ws{i:03}"),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let admin = session_cookie(&d.sign_in(&d.admin, "/", Some(ORIGIN)).await);
+    let rows = |a: &Answer| a.body.matches("<tr id=\"ws-").count();
+    let a = d.page("/", Some(&admin)).await;
+    assert_eq!(rows(&a), PAGE_SIZE);
+    assert!(a.body.contains("1–50 of 120"), "{}", a.body);
+    assert!(
+        a.body.contains(r#"href="/?page=2" rel="next""#),
+        "{}",
+        a.body
+    );
+    let a = d.page("/?page=3", Some(&admin)).await;
+    assert_eq!(rows(&a), 20);
+    assert!(a.body.contains("101–120 of 120"), "{}", a.body);
+    assert!(!a.body.contains(r#"rel="next""#));
+    // The search covers every page; the filters stay in the page links.
+    let a = d.page("/?q=WS11&owner=ann", Some(&admin)).await;
+    assert_eq!(rows(&a), 10, "ws110 … ws119");
+    assert!(
+        a.body.contains("1–10 of 10 matching <q>WS11</q>"),
+        "{}",
+        a.body
+    );
+    let a = d.page("/?q=nothing-like-it", Some(&admin)).await;
+    assert_eq!(rows(&a), 0);
+    assert!(
+        a.body
+            .contains("No workspace matches <q>nothing-like-it</q>."),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body.contains(r#"<p class="empty" id="empty" hidden>"#),
+        "{}",
+        a.body
+    );
+}
+
+/// (owner id, search, offset, limit, the page's owner/name, how many match).
+type PageCase<'a> = (Option<&'a str>, &'a str, usize, usize, &'a [&'a str], usize);
+
+async fn pages_on(db: &lumie_server::db::Db) {
+    let ann = db.create_user("ann", "", false).await.unwrap();
+    let bo = db.create_user("bo", "", false).await.unwrap();
+    for (owner, name) in [
+        (&ann, "web"),
+        (&ann, "a-b"),
+        (&ann, "axb"),
+        (&bo, "web"),
+        (&bo, "db"),
+    ] {
+        db.create_workspace(
+            owner,
+            name,
+            &format!("coder-{}-{name}", owner.username),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let names = |page: &[lumie_server::model::WorkspaceRecord]| {
+        page.iter()
+            .map(|w| format!("{}/{}", w.owner_name, w.name))
+            .collect::<Vec<_>>()
+    };
+    let cases: &[PageCase] = &[
+        (
+            None,
+            "",
+            0,
+            10,
+            &["ann/a-b", "ann/axb", "ann/web", "bo/db", "bo/web"],
+            5,
+        ),
+        (None, "", 1, 2, &["ann/axb", "ann/web"], 5),
+        (Some(&bo.id), "", 0, 10, &["bo/db", "bo/web"], 2),
+        (None, "WEB", 0, 10, &["ann/web", "bo/web"], 2),
+        (None, "bo", 0, 10, &["bo/db", "bo/web"], 2),
+        (None, "a_b", 0, 10, &[], 0),
+        (None, "%", 0, 10, &[], 0),
+        (Some(&ann.id), "-b", 0, 10, &["ann/a-b"], 1),
+    ];
+    for (owner, search, offset, limit, want, total) in cases {
+        let (page, n) = db
+            .workspace_page(*owner, search, *offset, *limit)
+            .await
+            .unwrap();
+        assert_eq!(names(&page), *want, "{owner:?} {search:?} {offset}");
+        assert_eq!(n, *total, "{owner:?} {search:?}");
+    }
+}
+
+#[tokio::test]
+async fn workspace_pages_filter_and_page_in_sql_on_both_databases() {
+    let (sqlite, _dir) = common::sqlite_db().await;
+    pages_on(&sqlite).await;
+    pages_on(&common::pg_db().await).await;
+}

@@ -23,6 +23,7 @@ mod agents;
 mod app_tickets;
 mod audit;
 mod builds;
+mod dashboard;
 mod samples;
 mod tokens;
 mod users;
@@ -30,6 +31,7 @@ mod workspaces;
 
 pub use agents::{HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 pub use audit::{AuditEvent, AuditFilter};
+pub use dashboard::contains_pattern;
 pub use samples::{Admission, ResourceSample, SAMPLE_BUCKET_MS, SAMPLE_RETENTION_MS, SampleGate};
 pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};
 pub use workspaces::CreatedWorkspace;

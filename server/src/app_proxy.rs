@@ -372,7 +372,8 @@ fn signed_out_page(state: &AppState, why: &str, return_to: &str) -> Response {
     let body = maud::html! {
         section.card.narrow {
             h1 { "Sign in required" }
-            p #error-message { (why) ". Sign in, and you will be brought back here." }
+            p { "Sign in to open this app; you will be brought back here." }
+            p.hint #error-message { "(" (why) ")" }
             @match &oidc {
                 Some(link) => {
                     p { a.button.primary #oidc-login href=(link) { "Sign in with Keycloak" } }

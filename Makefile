@@ -33,3 +33,4 @@ bench-agent:
 bench-server:
 	$(CARGO) bench -p lumie-server --bench harness_latency
 	$(CARGO) bench -p lumie-server --bench postgres_throughput
+	$(CARGO) bench -p lumie-server --bench dashboard_render

@@ -82,8 +82,8 @@ function syncEmpty() {
   const table = $("#workspaces");
   if (empty) empty.hidden = rows > 0;
   if (table) table.hidden = rows === 0;
-  const filters = $(".filters");
-  if (filters && filters.tagName === "DIV") filters.hidden = rows === 0;
+  const filters = $(".filters[data-hide-when-empty]");
+  if (filters && !$("#search").value) filters.hidden = rows === 0;
 }
 
 async function refreshRow(id) {
@@ -164,12 +164,23 @@ function initWorkspace() {
     if (f && f.html && f.html !== last) { last = f.html; keepFocus(() => { live.innerHTML = f.html; }); }
     else if (f && f.gone) say("This workspace is gone.");
   };
+  const panels = $$("[data-refresh]").map((el) => {
+    let html = null;
+    const again = async () => {
+      const f = await fragment(el.dataset.refresh);
+      if (f && f.html && f.html !== html) { html = f.html; el.innerHTML = f.html; }
+    };
+    setInterval(() => { if (!document.hidden) again(); }, Number(el.dataset.every) || 30_000);
+    return again;
+  });
   watch(live.dataset.watch, (ws) => {
     refresh();
+    for (const again of panels) again();
     if (ws.status === "deleted") say("Deleted");
   });
   // Status changes arrive by SSE; the agent's connection and app health change without a
-  // status change, so the panel is also refreshed every 10 s while the tab is visible.
+  // status change, so the panel is also refreshed every 10 s while the tab is visible. The
+  // graphs and events ([data-refresh]) refresh on their own period and on each status change.
   setInterval(() => { if (!document.hidden) refresh(); }, 10_000);
 }
 
@@ -252,8 +263,6 @@ function initTokens() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { initList(); initWorkspace(); initTokens(); });
-
 // ----- the startup log (workspace page) -----
 
 // Follows the workspace's startup log: lines after the server-rendered ones (data-after) are
@@ -291,3 +300,56 @@ function initStartupLog() {
 }
 
 document.addEventListener("DOMContentLoaded", initStartupLog);
+// ----- the policy editor (admins) -----
+
+function initPolicy() {
+  const form = $("#policy-form");
+  if (!form) return;
+  const text = $("#policy-yaml");
+  const err = $("#policy-error");
+  const saved = $("#policy-saved");
+  const reload = $("#policy-reload");
+  const show = (message) => {
+    err.textContent = message;
+    err.hidden = !message;
+    text.setAttribute("aria-invalid", message ? "true" : "false");
+  };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    show("");
+    saved.textContent = "";
+    const button = $("#policy-save");
+    button.disabled = true;
+    // The API's own document in YAML: the editor's text is the spec, indented under `spec:`
+    // (one line down, two columns in: positions in the messages are moved back to the editor's).
+    const rv = form.dataset.resourceVersion;
+    const body = "spec:\n" + text.value.split("\n").map((l) => "  " + l).join("\n") + "\n"
+      + (rv ? `resourceVersion: ${JSON.stringify(rv)}\n` : "");
+    try {
+      const r = await fetch("/api/v2/policy", {
+        method: "PUT", credentials: "same-origin", body,
+        headers: { "Content-Type": "application/yaml", Accept: "application/json" },
+      });
+      const data = await r.json().catch(() => null);
+      if (r.status === 409) {
+        show("The policy changed since you opened it — reload to see the current version, then make your change again.");
+        reload.hidden = false;
+      } else if (!r.ok) {
+        const msg = (data && data.message) || `saving failed: ${r.status}`;
+        show(msg.replace(/line (\d+) column (\d+)/g, (_, l, c) => `line ${Math.max(1, l - 1)} column ${Math.max(1, c - 2)}`));
+        text.focus();
+      } else {
+        form.dataset.resourceVersion = data.resourceVersion || "";
+        const v = $("#policy-version");
+        if (v) v.textContent = data.resourceVersion || "?";
+        saved.textContent = `Saved: resourceVersion ${data.resourceVersion}.`;
+      }
+    } catch (e) {
+      show(e.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => { initList(); initWorkspace(); initTokens(); initPolicy(); });

@@ -92,7 +92,16 @@ async fn heartbeat(
     let start = Instant::now();
     let r = match agent_token(&headers) {
         Ok(token) => match state.agent_auth.authenticate(token).await {
-            Ok(workspace_id) => state.agents.heartbeat(&workspace_id, hb),
+            Ok(workspace_id) => {
+                let stats = hb.stats.clone();
+                let r = state.agents.heartbeat(&workspace_id, hb);
+                if r.is_ok()
+                    && let Some(stats) = stats
+                {
+                    crate::dashboard::resources::offer_sample(&state, &workspace_id, stats);
+                }
+                r
+            }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

@@ -362,25 +362,35 @@ fn sign_in_link(state: &AppState, return_to: &str) -> Option<String> {
         .map(|_| format!("{LOGIN_PATH}?redirect={}", encode(return_to)))
 }
 
-/// 401: a page with a sign-in link returning to `return_to` on the access URL.
+/// 401: the dashboard's sign-in card, with a button that comes back to `return_to` (a local
+/// path on the access URL): "Sign in with Keycloak" when OIDC is configured (and the dashboard's
+/// other ways to sign in), otherwise the dashboard's sign-in page (the token form).
 fn signed_out_page(state: &AppState, why: &str, return_to: &str) -> Response {
-    match sign_in_link(state, return_to) {
-        Some(link) => page(
-            StatusCode::UNAUTHORIZED,
-            "Sign in required",
-            &format!("{why}. Sign in, and you will be brought back here."),
-            Some((&link, "Sign in")),
-        ),
-        None => page(
-            StatusCode::UNAUTHORIZED,
-            "Sign in required",
-            &format!(
-                "{why}. No browser sign-in is configured on this server: send your token in a \
-                 Coder-Session-Token header."
-            ),
-            None,
-        ),
-    }
+    use crate::dashboard::{Nav, html_response, layout, login_redirect};
+    let dashboard = login_redirect(return_to);
+    let oidc = sign_in_link(state, return_to);
+    let body = maud::html! {
+        section.card.narrow {
+            h1 { "Sign in required" }
+            p { "Sign in to open this app; you will be brought back here." }
+            p.hint #error-message { "(" (why) ")" }
+            @match &oidc {
+                Some(link) => {
+                    p { a.button.primary #oidc-login href=(link) { "Sign in with Keycloak" } }
+                    p { a #other-sign-in href=(dashboard) { "Other ways to sign in (API token)" } }
+                }
+                None => {
+                    p { a.button.primary #sign-in href=(dashboard) { "Sign in" } }
+                    p.hint { "No browser sign-in is configured on this server: sign in with an API \
+                        token, or send it in a Coder-Session-Token header." }
+                }
+            }
+        }
+    };
+    html_response(
+        StatusCode::UNAUTHORIZED,
+        layout("Sign in required", None, Nav::None, body),
+    )
 }
 
 fn not_found_page(title: &str) -> Response {

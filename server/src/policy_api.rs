@@ -5,7 +5,8 @@
 //! are server-side apply under the field manager [`FIELD_MANAGER`], with the client's
 //! `resourceVersion` as an optimistic-concurrency precondition, and validated with the same
 //! [`WorkspacePolicySpec::validate`] the webhook runs, so both refuse a policy with the same
-//! messages. Every change is audited (`policy.update`) with the spec before and after.
+//! messages. The body is JSON, or the same document as YAML (`Content-Type: application/yaml`,
+//! what the dashboard's editor sends). Every change is audited (`policy.update`) with the spec before and after.
 
 use axum::extract::State;
 use axum::routing::get;
@@ -74,7 +75,8 @@ fn policies(state: &AppState) -> Result<Api<WorkspacePolicy>> {
     Ok(Api::all(client))
 }
 
-fn policy_json(obj: Option<WorkspacePolicy>) -> PolicyJson {
+/// The answer for the object read (or its absence: the built-in default).
+pub fn policy_json(obj: Option<WorkspacePolicy>) -> PolicyJson {
     match obj {
         Some(p) => PolicyJson {
             spec: p.spec,
@@ -92,6 +94,26 @@ fn policy_json(obj: Option<WorkspacePolicy>) -> PolicyJson {
 /// Parses a `PUT` body: serde's message for a body that is not a policy at all.
 pub fn parse_put(body: &[u8]) -> Result<PutPolicyRequest> {
     serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("not a valid policy: {e}")))
+}
+
+/// Parses a `PUT` body sent as YAML (`Content-Type: application/yaml`, the dashboard's policy
+/// editor): the same document as the JSON body, with serde's message and position.
+pub fn parse_put_yaml(body: &[u8]) -> Result<PutPolicyRequest> {
+    serde_yaml::from_slice(body).map_err(|e| Error::BadRequest(format!("not a valid policy: {e}")))
+}
+
+/// Whether a request's `Content-Type` says YAML.
+pub fn is_yaml(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            matches!(
+                t.trim().to_ascii_lowercase().as_str(),
+                "application/yaml" | "application/x-yaml" | "text/yaml"
+            )
+        })
 }
 
 /// Validates a new spec as a change from `previous` (the webhook's own rule for an UPDATE): every
@@ -121,10 +143,15 @@ async fn get_policy(State(state): State<AppState>, p: Principal) -> Result<Json<
 async fn put_policy(
     State(state): State<AppState>,
     p: Principal,
+    headers: http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<PolicyJson>> {
     p.require_admin()?;
-    let req = parse_put(&body)?;
+    let req = if is_yaml(&headers) {
+        parse_put_yaml(&body)?
+    } else {
+        parse_put(&body)?
+    };
     // Problems that need no cluster first (a 400 without a kube client too).
     validate_put(&req.spec, None)?;
     let api = policies(&state)?;
@@ -304,6 +331,33 @@ mod tests {
         for p in &problems {
             assert!(message.contains(p.as_str()), "{p:?} missing from {message}");
         }
+    }
+
+    #[test]
+    fn a_yaml_body_is_the_same_document() {
+        let yaml = "spec:\n  mode: Sometimes\nresourceVersion: \"7\"\n";
+        let e = parse_put_yaml(yaml.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown variant `Sometimes`") && e.contains("line 2"),
+            "{e}"
+        );
+        let spec = serde_yaml::to_string(&WorkspacePolicySpec::contract_default()).unwrap();
+        let indented: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+        let req = parse_put_yaml(format!("spec:\n{indented}resourceVersion: \"7\"\n").as_bytes())
+            .unwrap();
+        assert_eq!(req.spec, WorkspacePolicySpec::contract_default());
+        assert_eq!(req.resource_version.as_deref(), Some("7"));
+        let mut h = http::HeaderMap::new();
+        for (ct, yaml) in [
+            ("application/yaml", true),
+            ("application/yaml; charset=utf-8", true),
+            ("text/yaml", true),
+            ("application/json", false),
+        ] {
+            h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(is_yaml(&h), yaml, "{ct}");
+        }
+        assert!(!is_yaml(&http::HeaderMap::new()));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::agent_api::AgentAuth;
 use crate::agents::AgentHub;
 use crate::caller::AuthChain;
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, SampleGate};
 use crate::drift::ReadinessState;
 use crate::edge::Edge;
 use crate::events::{Dirty, Events};
@@ -50,6 +50,8 @@ pub struct AppState {
     pub edge: Edge,
     /// "New startup-script output", for log followers.
     pub log_events: crate::startup_logs::LogEvents,
+    /// Which heartbeats become resource samples (the dashboard's graphs).
+    pub samples: Arc<SampleGate>,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ impl AppState {
             cluster: ClusterViews::default(),
             edge,
             log_events: Default::default(),
+            samples: Arc::default(),
         })
     }
 }

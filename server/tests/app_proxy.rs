@@ -418,7 +418,14 @@ async fn a_signed_out_visit_links_to_sign_in_and_back() {
     let r = plain.get("/@alice/dev/apps/tilt/", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.body.contains("Coder-Session-Token header"), "{}", r.body);
-    assert!(!r.body.contains("href="), "{}", r.body);
+    // … and offers the dashboard's sign-in (the token form), coming back to the app.
+    assert!(
+        r.body
+            .contains(r#"href="/login?redirect=%2F%40alice%2Fdev%2Fapps%2Ftilt%2F""#),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("oidc/login"), "{}", r.body);
 }
 
 #[tokio::test]

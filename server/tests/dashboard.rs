@@ -1,7 +1,8 @@
 //! The dashboard in-process (`router(state)` + `oneshot`, real SQLite): signed-out redirects
 //! with a safe return path, the token sign-in form (same origin only), HTML escaping of
-//! user-supplied text, the workspace-name check, and the token API (list, revoke, who may,
-//! audit, expiry, last use).
+//! user-supplied text, the workspace-name check, the token API (list, revoke, who may,
+//! audit, expiry, last use), the admin pages (not found for members), and the resource samples
+//! behind the workspace page's graphs (one per bucket on SQLite and PostgreSQL, from heartbeats).
 
 mod common;
 
@@ -529,4 +530,343 @@ async fn token_api_list_revoke_permissions_and_audit() {
     );
     assert!(audit.iter().any(|e| e.action == "token.create"
         && e.after.as_deref().is_some_and(|a| a.ends_with(" laptop"))));
+}
+
+#[tokio::test]
+async fn admin_pages_are_not_found_for_members_and_shown_to_admins() {
+    let d = dash().await;
+    let bob = d.member("bob").await;
+    let member = session_cookie(&d.sign_in(&bob, "/", Some(ORIGIN)).await);
+    let admin = session_cookie(&d.sign_in(&d.admin, "/", Some(ORIGIN)).await);
+    let pages = [
+        "/admin/users",
+        "/admin/policy",
+        "/admin/audit",
+        "/admin/health",
+    ];
+    // A member: the not-found page, exactly as for a path that does not exist, and no link.
+    for page in pages {
+        let a = d.page(page, Some(&member)).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{page}");
+        assert!(
+            a.body.contains(&format!("There is no page at {page}.")),
+            "{page}: {}",
+            a.body
+        );
+        assert!(!a.body.contains("Users and roles"), "{page}");
+    }
+    let home = d.page("/", Some(&member)).await;
+    assert!(!home.body.contains("/admin/"), "{}", home.body);
+    let home = d.page("/", Some(&admin)).await;
+    assert!(
+        home.body.contains(r#"href="/admin/users""#),
+        "{}",
+        home.body
+    );
+    // Signed out: the sign-in page, returning to the admin page.
+    let a = d.page("/admin/audit?action=policy.*", None).await;
+    assert_eq!(
+        a.location(),
+        "/login?redirect=%2Fadmin%2Faudit%3Faction%3Dpolicy.*"
+    );
+
+    // An admin: users with roles, read-only.
+    let a = d.page("/admin/users", Some(&admin)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.body.contains(r#"<tr data-user="bob">"#) && a.body.contains("member"),
+        "{}",
+        a.body
+    );
+    // No kube client here: the policy and health pages say so instead of failing.
+    let a = d.page("/admin/policy", Some(&admin)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("no Kubernetes API client"), "{}", a.body);
+    let a = d.page("/admin/health", Some(&admin)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.body
+            .contains(r#"data-check="kube-api" data-status="failure""#),
+        "{}",
+        a.body
+    );
+    // The audit log with its filters: the sign-ins above are there; a bad time is named.
+    let a = d
+        .page("/admin/audit?action=session.*&user=bob", Some(&admin))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("session.token_login"), "{}", a.body);
+    assert!(!a.body.contains(">admin</td>"), "{}", a.body);
+    let a = d.page("/admin/audit?since=yesterday", Some(&admin)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.body.contains("From: &quot;yesterday&quot; is not a time"),
+        "{}",
+        a.body
+    );
+}
+
+async fn samples_on(db: &lumie_server::db::Db) {
+    use lumie_contract::agent_api::ResourceStats;
+    use lumie_server::db::SAMPLE_BUCKET_MS;
+    let stats = |cpu: f64| ResourceStats {
+        cpu_cores: cpu,
+        memory_used_bytes: 1 << 30,
+        memory_total_bytes: 4 << 30,
+        disk_used_bytes: u64::MAX,
+        disk_total_bytes: 10 << 30,
+        ..Default::default()
+    };
+    let t0 = 1_000 * SAMPLE_BUCKET_MS;
+    // Two replicas offering the same bucket: one sample.
+    assert!(
+        db.record_sample("ws-1", 1000, t0, &stats(0.5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.record_sample("ws-1", 1000, t0 + 5, &stats(0.9))
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.record_sample("ws-1", 1001, t0 + SAMPLE_BUCKET_MS, &stats(0.25))
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.record_sample("ws-2", 1000, t0, &stats(1.0))
+            .await
+            .unwrap()
+    );
+    let s = db.samples_since("ws-1", 0).await.unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].cpu_cores, 0.5);
+    assert_eq!(s[0].disk_used_bytes, i64::MAX, "clamped, not wrapped");
+    assert_eq!(s[1].cpu_cores, 0.25);
+    assert_eq!(db.samples_since("ws-1", t0 + 1).await.unwrap().len(), 1);
+    assert_eq!(db.prune_samples(t0 + 1).await.unwrap(), 2);
+    assert_eq!(db.samples_since("ws-1", 0).await.unwrap().len(), 1);
+    assert!(db.samples_since("ws-2", 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn resource_samples_are_one_per_bucket_and_pruned_on_both_databases() {
+    let (sqlite, _dir) = common::sqlite_db().await;
+    samples_on(&sqlite).await;
+    samples_on(&common::pg_db().await).await;
+}
+
+#[tokio::test]
+async fn heartbeat_stats_become_the_workspace_pages_graphs() {
+    let (db, dir) = common::sqlite_db().await;
+    let (admin, token) = db.bootstrap_admin("admin").await.unwrap().unwrap();
+    let ws = db
+        .create_workspace(&admin, "dev", "coder-admin-dev", None)
+        .await
+        .unwrap()
+        .workspace;
+    let state = AppState::new(
+        Config::for_tests(dir.path().to_path_buf()),
+        db.clone(),
+        Template::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let fixed = std::sync::Arc::new(lumie_server::agent_api::FixedAgents::new(
+        state.agent_auth.expected_username(),
+    ));
+    fixed.add("agent-token", &ws.id);
+    state.agent_auth.install(fixed.clone(), fixed);
+    let d = Dash {
+        state,
+        admin: token,
+        _dir: dir,
+    };
+    let hb = serde_json::json!({
+        "lifecycle": "ready",
+        "apps": {},
+        "version": "test",
+        "stats": {
+            "cpu_cores": 0.5, "memory_used_bytes": 1073741824u64, "memory_total_bytes": 4294967296u64,
+            "disk_used_bytes": 1073741824u64, "disk_total_bytes": 10737418240u64,
+            "network_rx_bytes": 0, "network_tx_bytes": 0, "forwarded_connections_open": 0,
+            "forwarded_connections_total": 0, "forwarded_bytes": 0
+        }
+    });
+    for _ in 0..3 {
+        let a = d
+            .api(
+                "POST",
+                lumie_contract::agent_api::HEARTBEAT_PATH,
+                "agent-token",
+                Some(hb.clone()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+    // The sample is written off the heartbeat's path: wait for the row (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let samples = loop {
+        let s = db.samples_since(&ws.id, 0).await.unwrap();
+        if !s.is_empty() || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(
+        samples.len(),
+        1,
+        "three heartbeats in one bucket: one sample"
+    );
+    let cookie = session_cookie(&d.sign_in(&d.admin, "/", Some(ORIGIN)).await);
+    let page = d.page("/@admin/dev", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("0.50 cores"), "{}", page.body);
+    assert!(
+        page.body.contains("1.0 GiB of 4.0 GiB (25 %)"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("no Kubernetes API client"),
+        "{}",
+        page.body
+    );
+    let frag = d
+        .page(&format!("/_dashboard/resources/{}", ws.id), Some(&cookie))
+        .await;
+    assert_eq!(frag.status, StatusCode::OK);
+    assert!(frag.body.contains(r#"id="graph-disk""#), "{}", frag.body);
+    // Someone else's workspace: not found, like the page.
+    let bob = d.member("bob").await;
+    let a = d
+        .api(
+            "GET",
+            &format!("/_dashboard/resources/{}", ws.id),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = d
+        .api("GET", &format!("/_dashboard/events/{}", ws.id), &bob, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_list_comes_a_page_at_a_time_and_searches_every_workspace() {
+    use lumie_server::dashboard::workspaces::PAGE_SIZE;
+    let d = dash().await;
+    let owner = d.state.db.create_user("ann", "", false).await.unwrap();
+    for i in 0..120 {
+        d.state
+            .db
+            .create_workspace(
+                &owner,
+                &format!("ws{i:03}"),
+                &format!("coder-ann-ws{i:03}"),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let admin = session_cookie(&d.sign_in(&d.admin, "/", Some(ORIGIN)).await);
+    let rows = |a: &Answer| a.body.matches("<tr id=\"ws-").count();
+    let a = d.page("/", Some(&admin)).await;
+    assert_eq!(rows(&a), PAGE_SIZE);
+    assert!(a.body.contains("1–50 of 120"), "{}", a.body);
+    assert!(
+        a.body.contains(r#"href="/?page=2" rel="next""#),
+        "{}",
+        a.body
+    );
+    let a = d.page("/?page=3", Some(&admin)).await;
+    assert_eq!(rows(&a), 20);
+    assert!(a.body.contains("101–120 of 120"), "{}", a.body);
+    assert!(!a.body.contains(r#"rel="next""#));
+    // The search covers every page; the filters stay in the page links.
+    let a = d.page("/?q=WS11&owner=ann", Some(&admin)).await;
+    assert_eq!(rows(&a), 10, "ws110 … ws119");
+    assert!(
+        a.body.contains("1–10 of 10 matching <q>WS11</q>"),
+        "{}",
+        a.body
+    );
+    let a = d.page("/?q=nothing-like-it", Some(&admin)).await;
+    assert_eq!(rows(&a), 0);
+    assert!(
+        a.body
+            .contains("No workspace matches <q>nothing-like-it</q>."),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body.contains(r#"<p class="empty" id="empty" hidden>"#),
+        "{}",
+        a.body
+    );
+}
+
+/// (owner id, search, offset, limit, the page's owner/name, how many match).
+type PageCase<'a> = (Option<&'a str>, &'a str, usize, usize, &'a [&'a str], usize);
+
+async fn pages_on(db: &lumie_server::db::Db) {
+    let ann = db.create_user("ann", "", false).await.unwrap();
+    let bo = db.create_user("bo", "", false).await.unwrap();
+    for (owner, name) in [
+        (&ann, "web"),
+        (&ann, "a-b"),
+        (&ann, "axb"),
+        (&bo, "web"),
+        (&bo, "db"),
+    ] {
+        db.create_workspace(
+            owner,
+            name,
+            &format!("coder-{}-{name}", owner.username),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let names = |page: &[lumie_server::model::WorkspaceRecord]| {
+        page.iter()
+            .map(|w| format!("{}/{}", w.owner_name, w.name))
+            .collect::<Vec<_>>()
+    };
+    let cases: &[PageCase] = &[
+        (
+            None,
+            "",
+            0,
+            10,
+            &["ann/a-b", "ann/axb", "ann/web", "bo/db", "bo/web"],
+            5,
+        ),
+        (None, "", 1, 2, &["ann/axb", "ann/web"], 5),
+        (Some(&bo.id), "", 0, 10, &["bo/db", "bo/web"], 2),
+        (None, "WEB", 0, 10, &["ann/web", "bo/web"], 2),
+        (None, "bo", 0, 10, &["bo/db", "bo/web"], 2),
+        (None, "a_b", 0, 10, &[], 0),
+        (None, "%", 0, 10, &[], 0),
+        (Some(&ann.id), "-b", 0, 10, &["ann/a-b"], 1),
+    ];
+    for (owner, search, offset, limit, want, total) in cases {
+        let (page, n) = db
+            .workspace_page(*owner, search, *offset, *limit)
+            .await
+            .unwrap();
+        assert_eq!(names(&page), *want, "{owner:?} {search:?} {offset}");
+        assert_eq!(n, *total, "{owner:?} {search:?}");
+    }
+}
+
+#[tokio::test]
+async fn workspace_pages_filter_and_page_in_sql_on_both_databases() {
+    let (sqlite, _dir) = common::sqlite_db().await;
+    pages_on(&sqlite).await;
+    pages_on(&common::pg_db().await).await;
 }

@@ -10,13 +10,19 @@
 //!
 //! - [`login`]: `/login` (OIDC button when configured, break-glass token form), `/logout`;
 //! - [`workspaces`]: `/`, the workspace list and create form, and its row fragments;
-//! - [`workspace`]: `/@{owner}/{workspace}`, one workspace;
-//! - [`tokens`]: the token settings page, `/settings/tokens`.
+//! - [`workspace`]: `/@{owner}/{workspace}`, one workspace, with [`resources`] (the resource
+//!   graphs) and [`pod_events`] (the pod's Kubernetes events);
+//! - [`tokens`]: the token settings page, `/settings/tokens`;
+//! - [`admin`]: `/admin/…`, users, the policy editor, the audit log and operator health
+//!   (admins only; members get the not-found page).
 //!
 //! A signed-out visit to a page redirects to `/login?redirect=<that page>` ([`Viewer`]); only a
 //! local path is ever a return destination ([`safe_return_path`]).
 
+pub mod admin;
 pub mod login;
+pub mod pod_events;
+pub mod resources;
 pub mod tokens;
 pub mod workspace;
 pub mod workspaces;
@@ -62,6 +68,12 @@ pub fn routes() -> Router<AppState> {
         .route("/@{owner}/{workspace}", get(workspace::page))
         .route("/_dashboard/rows/{id}", get(workspaces::row_fragment))
         .route("/_dashboard/live/{id}", get(workspace::live_fragment))
+        .route("/_dashboard/resources/{id}", get(resources::fragment))
+        .route("/_dashboard/events/{id}", get(pod_events::fragment))
+        .route("/admin/users", get(admin::users))
+        .route("/admin/policy", get(admin::policy))
+        .route("/admin/audit", get(admin::audit))
+        .route("/admin/health", get(admin::health))
         .route("/assets/{file}", get(asset))
 }
 
@@ -167,6 +179,8 @@ pub enum Nav {
     Workspaces,
     /// Tokens.
     Tokens,
+    /// The admin pages (shown to admins only).
+    Admin,
     /// None (sign-in, errors).
     None,
 }
@@ -192,6 +206,9 @@ pub fn layout(title: &str, user: Option<&User>, nav: Nav, body: Markup) -> Marku
                         nav aria-label="Main" {
                             a href="/" aria-current=[(nav == Nav::Workspaces).then_some("page")] { "Workspaces" }
                             a href="/settings/tokens" aria-current=[(nav == Nav::Tokens).then_some("page")] { "API tokens" }
+                            @if u.is_admin {
+                                a href=(admin::PAGES[0].0) aria-current=[(nav == Nav::Admin).then_some("page")] { "Admin" }
+                            }
                         }
                         div.who {
                             span.user { (u.username) }

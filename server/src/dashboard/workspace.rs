@@ -3,8 +3,9 @@
 //! start/stop/delete, and the build history. `/_dashboard/live/{id}` renders the live part
 //! alone for the page's SSE watch to swap in.
 //!
-//! Resource graphs, Kubernetes events, the startup log and the terminal are later slices of
-//! issue 11: the page keeps a titled place for them and says so, rather than faking them.
+//! Below them, each in its own module and section: the resource graphs over the last hour
+//! ([`super::resources`]) and the pod's Kubernetes events ([`super::pod_events`]), each
+//! refreshed in place, then the agent's startup log, followed live (`startup_log`).
 
 use std::collections::HashMap;
 
@@ -13,11 +14,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
-use super::{Nav, Viewer, duration, error_page, html_response, layout, status_badge, when};
+use super::{
+    Nav, Viewer, duration, error_page, html_response, layout, pod_events, resources, status_badge,
+    when,
+};
 use crate::api::{WorkspaceJson, full_workspace, visible_workspace};
 use crate::caller::Principal;
 use crate::error::Error;
-use crate::model::{BuildRecord, WorkspaceStatus};
+use crate::model::{BuildRecord, WorkspaceStatus, now_ms};
 use crate::state::AppState;
 
 /// `GET /@{owner}/{workspace}`.
@@ -57,6 +61,9 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
             who.insert(id.to_string(), name);
         }
     }
+    let now = now_ms();
+    let samples = resources::recent(state, &ws.id, now).await?;
+    let events = pod_events::read(state, &ws.pod_name).await;
     Ok(layout(
         &format!("{owner}/{name}"),
         Some(&p.user),
@@ -74,14 +81,9 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
                 h2 #builds-title { "Build history" }
                 (build_table(&builds, &who))
             }
+            (resources::section(&ws.id, &samples, now))
+            (pod_events::section(&ws.id, &events))
             (startup_log(state, &ws.id).await?)
-            section.card.later aria-labelledby="later-title" {
-                h2 #later-title { "Resources, events, startup log, terminal" }
-                p.muted { "Not in the dashboard yet: resource graphs, the pod's Kubernetes events, \
-                    the agent's startup log and a terminal come in later slices. Until then, "
-                    code { "kubectl -n " (state.config.namespace) " describe pod " (json.pod_name) }
-                    " shows events." }
-            }
         },
     ))
 }

@@ -1,5 +1,5 @@
 //! `/`: the signed-in user's workspaces (admins: everyone's, with an owner filter and a search
-//! box), the create form, and `/_dashboard/rows/{id}`, one row as HTML for the live updates
+//! box), [`PAGE_SIZE`] to a page, the create form, and `/_dashboard/rows/{id}`, one row as HTML for the live updates
 //! (the JS replaces a row when the list watch reports a change, so rows are rendered in one
 //! place only: here).
 
@@ -20,8 +20,23 @@ use crate::state::AppState;
 pub struct ListQuery {
     /// Admins: only this owner's.
     pub owner: Option<String>,
-    /// Search text (names and owners), applied as the user types too.
+    /// Search text (names and owners): applied here over every workspace, and as the user
+    /// types over the rows shown.
     pub q: Option<String>,
+    /// Which page of [`PAGE_SIZE`] rows (from 1).
+    pub page: Option<usize>,
+}
+
+/// Rows per page: an admin with 1,000 workspaces gets them a page at a time, so the page stays
+/// quick to render and light to load (the budgets in `benches/dashboard_render.rs`).
+pub const PAGE_SIZE: usize = 50;
+
+/// The rows of page `page` (from 1, clamped to the last) of `total`: (range, page, pages).
+pub fn page_of(total: usize, page: usize) -> (std::ops::Range<usize>, usize, usize) {
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page = page.clamp(1, pages);
+    let start = (page - 1) * PAGE_SIZE;
+    (start..(start + PAGE_SIZE).min(total), page, pages)
 }
 
 /// `GET /`.
@@ -47,19 +62,35 @@ async fn render(state: &AppState, p: &Principal, q: &ListQuery) -> crate::Result
             None => Some(String::new()),
         },
     };
-    let list = state.db.list_workspaces(owner_id.as_deref()).await?;
-    let builds = state.db.latest_builds(owner_id.as_deref()).await?;
-    let rows: Vec<WorkspaceJson> = list
+    let search = q.q.clone().unwrap_or_default();
+    // The page asked for, clamped once the total is known (a second read only past the end).
+    let asked = q.page.unwrap_or(1).max(1);
+    let (mut found, mut total) = state
+        .db
+        .workspace_page(
+            owner_id.as_deref(),
+            &search,
+            (asked - 1) * PAGE_SIZE,
+            PAGE_SIZE,
+        )
+        .await?;
+    let (range, page, pages) = page_of(total, asked);
+    if page != asked {
+        (found, total) = state
+            .db
+            .workspace_page(owner_id.as_deref(), &search, range.start, PAGE_SIZE)
+            .await?;
+    }
+    // The rows show no build, so none is read.
+    let rows: Vec<WorkspaceJson> = found
         .iter()
-        .filter(|ws| ws.status != WorkspaceStatus::Deleted)
-        .map(|ws| workspace_json(state, ws, builds.get(&ws.id)))
+        .map(|ws| workspace_json(state, ws, None))
         .collect();
     let owners = if admin {
         state.db.list_users().await?
     } else {
         vec![]
     };
-    let search = q.q.clone().unwrap_or_default();
     let title = if admin {
         "All workspaces"
     } else {
@@ -107,15 +138,17 @@ async fn render(state: &AppState, p: &Principal, q: &ListQuery) -> crate::Result
                     button type="submit" { "Filter" }
                 }
             } @else {
-                div.filters hidden[rows.is_empty()] {
+                form.filters data-hide-when-empty method="get" action="/" role="search"
+                    hidden[rows.is_empty() && search.is_empty()] {
                     div.field {
                         label for="search" { "Search" }
                         input #search name="q" type="search" value=(search) placeholder="Name";
                     }
+                    @if pages > 1 || !search.is_empty() { button type="submit" { "Filter" } }
                 }
             }
             section #list data-watch="/api/v2/workspaces/watch" {
-                p.empty #empty hidden[!rows.is_empty()] {
+                p.empty #empty hidden[!rows.is_empty() || !search.is_empty()] {
                     strong { "No workspaces yet." }
                     " Type a name above and press Create: you get a pod with Tilt, code-server \
                       and the agents UI, and a home volume that survives stops. From a shell: "
@@ -137,9 +170,45 @@ async fn render(state: &AppState, p: &Principal, q: &ListQuery) -> crate::Result
                         @for ws in &rows { (row(ws)) }
                     }
                 }
+                @if pages > 1 || !search.is_empty() {
+                    (pager(owner_filter, &search, range.clone(), total, page, pages))
+                }
             }
         },
     ))
+}
+
+/// "51–100 of 1,002" with the previous and next page's links (the filters kept).
+fn pager(
+    owner: Option<&str>,
+    search: &str,
+    range: std::ops::Range<usize>,
+    total: usize,
+    page: usize,
+    pages: usize,
+) -> Markup {
+    let href = |to: usize| {
+        let mut q = openidconnect::url::form_urlencoded::Serializer::new(String::new());
+        if let Some(o) = owner {
+            q.append_pair("owner", o);
+        }
+        if !search.is_empty() {
+            q.append_pair("q", search);
+        }
+        q.append_pair("page", &to.to_string());
+        format!("/?{}", q.finish())
+    };
+    html! {
+        nav.pager aria-label="Pages" {
+            span #page-count {
+                @if total == 0 { "No workspace matches " q { (search) } "." }
+                @else { (range.start + 1) "–" (range.end) " of " (total) }
+                @if !search.is_empty() && total > 0 { " matching " q { (search) } }
+            }
+            @if page > 1 { a href=(href(page - 1)) rel="prev" { "← Previous" } }
+            @if page < pages { a href=(href(page + 1)) rel="next" { "Next →" } }
+        }
+    }
 }
 
 /// What the agent column says.
@@ -249,6 +318,27 @@ pub async fn row_fragment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_of_the_list() {
+        // (total, asked, range, page, pages)
+        let cases = [
+            (0, 1, 0..0, 1, 1),
+            (3, 1, 0..3, 1, 1),
+            (PAGE_SIZE, 2, 0..PAGE_SIZE, 1, 1),
+            (1002, 1, 0..PAGE_SIZE, 1, 21),
+            (1002, 21, 1000..1002, 21, 21),
+            (1002, 99, 1000..1002, 21, 21),
+            (1002, 0, 0..PAGE_SIZE, 1, 21),
+        ];
+        for (total, asked, range, page, pages) in cases {
+            assert_eq!(
+                page_of(total, asked),
+                (range, page, pages),
+                "{total} {asked}"
+            );
+        }
+    }
 
     #[test]
     fn actions_by_status() {

@@ -7,7 +7,8 @@
 //!
 //! One file per area, each adding its methods to [`Db`]: `users` (token and OIDC users),
 //! `tokens` (API tokens and browser sessions), `app_tickets` (subdomain app tickets and
-//! credentials), `workspaces`, `builds`, `agents`, `audit` and `logs` (startup-script output).
+//! credentials), `workspaces`, `builds`, `agents`, `audit`, `logs` (startup-script output),
+//! `samples` (the dashboard's resource graphs) and `dashboard` (the list page's query).
 //! This file opens the database and holds what they share.
 
 use rand::Rng;
@@ -24,6 +25,8 @@ mod app_tickets;
 mod audit;
 mod builds;
 mod logs;
+mod dashboard;
+mod samples;
 mod tokens;
 mod users;
 mod workspaces;
@@ -31,6 +34,8 @@ mod workspaces;
 pub use agents::{HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 pub use audit::{AuditEvent, AuditFilter};
 pub use logs::{KEEP_STARTS, LogStart, StoredLine, drop_cutoff};
+pub use dashboard::contains_pattern;
+pub use samples::{Admission, ResourceSample, SAMPLE_BUCKET_MS, SAMPLE_RETENTION_MS, SampleGate};
 pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};
 pub use workspaces::CreatedWorkspace;
 

@@ -11,10 +11,10 @@ use super::{Db, bad_value, is_unique_violation, new_id};
 use crate::error::{Error, Result};
 use crate::model::*;
 
-const WORKSPACE_COLS: &str = "w.id, w.owner_id, u.username AS owner_name, w.name, w.pod_name, \
+pub(super) const WORKSPACE_COLS: &str = "w.id, w.owner_id, u.username AS owner_name, w.name, w.pod_name, \
     w.desired_state, w.status, w.status_reason, w.created_at, w.updated_at, w.status_changed_at, w.deleted_at";
 
-fn workspace_from(row: &AnyRow) -> Result<WorkspaceRecord> {
+pub(super) fn workspace_from(row: &AnyRow) -> Result<WorkspaceRecord> {
     let desired: String = row.try_get("desired_state")?;
     let status: String = row.try_get("status")?;
     Ok(WorkspaceRecord {

@@ -267,6 +267,13 @@ impl IdentityError {
 
     /// A small HTML page naming the failure, for browser routes.
     pub fn page(&self) -> Response {
+        self.page_returning(None)
+    }
+
+    /// [`IdentityError::page`] whose "Sign in again" goes to the dashboard's sign-in page and
+    /// from there back to `return_to` (a local path; anything else returns to `/`).
+    pub fn page_returning(&self, return_to: Option<&str>) -> Response {
+        let again = html_escape(&crate::dashboard::login_redirect(return_to.unwrap_or("/")));
         let message = html_escape(&self.to_string());
         let title = match self {
             IdentityError::HostMismatch { .. } | IdentityError::OriginMismatch { .. } => {
@@ -278,7 +285,7 @@ impl IdentityError {
             "<!doctype html><html><head><title>{title}</title></head><body>\
              <h1>{title}</h1><p id=\"message\">{message}</p>\
              <p>Failure: <code id=\"kind\">{}</code></p>\
-             <p><a href=\"/api/v2/users/oidc/login\">Sign in again</a></p></body></html>",
+             <p><a href=\"{again}\">Sign in again</a></p></body></html>",
             self.kind()
         );
         (self.status(), Html(body)).into_response()
@@ -384,6 +391,25 @@ mod tests {
         );
         assert!(IdentityError::MissingClientSecret.is_operator_problem());
         assert!(!IdentityError::ReplayedCallback.is_operator_problem());
+    }
+
+    #[test]
+    fn sign_in_again_goes_to_the_dashboard_login_with_the_return_path() {
+        let body = |r: Option<&str>| {
+            let resp = IdentityError::ReplayedCallback.page_returning(r);
+            let bytes =
+                futures::executor::block_on(axum::body::to_bytes(resp.into_body(), 1 << 16))
+                    .unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        assert!(body(None).contains(r#"<a href="/login">Sign in again</a>"#));
+        assert!(
+            body(Some("/@bob/dev?x=1&y=2"))
+                .contains(r#"<a href="/login?redirect=%2F%40bob%2Fdev%3Fx%3D1%26y%3D2">"#),
+            "{}",
+            body(Some("/@bob/dev?x=1&y=2"))
+        );
+        assert!(body(Some("https://evil.example/")).contains(r#"<a href="/login">"#));
     }
 
     #[test]

@@ -211,7 +211,7 @@ async fn login(
     .await;
     match result {
         Ok((url, cookie)) => redirect(&url, &[cookie]),
-        Err(e) => refuse(&state, "login", e),
+        Err(e) => refuse(&state, "login", e, Some(&return_to)),
     }
 }
 
@@ -230,7 +230,9 @@ async fn callback(
     req: Request,
 ) -> Response {
     let client_ip = client_ip_of(req.extensions(), req.headers(), &state.0.options.proxy);
-    match finish_login(&state, q, req.headers(), client_ip).await {
+    // Known once the login's state is matched: where "Sign in again" returns to on a failure.
+    let mut return_path = None;
+    match finish_login(&state, q, req.headers(), client_ip, &mut return_path).await {
         Ok((user, cookie, return_to)) => {
             state
                 .0
@@ -247,7 +249,7 @@ async fn callback(
             );
             redirect(&return_to, &[cookie, clear_login])
         }
-        Err(e) => refuse(&state, "callback", e),
+        Err(e) => refuse(&state, "callback", e, return_path.as_deref()),
     }
 }
 
@@ -256,6 +258,7 @@ async fn finish_login(
     q: CallbackQuery,
     headers: &HeaderMap,
     client_ip: Option<std::net::IpAddr>,
+    return_path: &mut Option<String>,
 ) -> Result<(UserRecord, String, String), IdentityError> {
     let inner = &state.0;
     if let Some(error) = q.error {
@@ -268,6 +271,7 @@ async fn finish_login(
     let pending = inner
         .logins
         .take(&login_state, cookie_value(headers, LOGIN_COOKIE))?;
+    *return_path = Some(pending.return_to.clone());
     let code = q.code.ok_or(IdentityError::MissingParameter("code"))?;
     inner.oidc.check_issuer_parameter(q.iss.as_deref())?;
     let claims = inner.oidc.complete_login(&pending, &code).await?;
@@ -308,7 +312,12 @@ async fn logout(State(state): State<IdentityState>, headers: HeaderMap) -> Respo
 }
 
 /// The error page, a log line naming the failure, and the counter.
-fn refuse(state: &IdentityState, step: &'static str, e: IdentityError) -> Response {
+fn refuse(
+    state: &IdentityState,
+    step: &'static str,
+    e: IdentityError,
+    return_to: Option<&str>,
+) -> Response {
     let kind = e.kind();
     state
         .0
@@ -320,7 +329,7 @@ fn refuse(state: &IdentityState, step: &'static str, e: IdentityError) -> Respon
     } else {
         tracing::warn!(step, kind, error = %e, "OIDC login refused");
     }
-    e.page()
+    e.page_returning(return_to)
 }
 
 fn redirect(location: &str, cookies: &[String]) -> Response {

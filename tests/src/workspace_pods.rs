@@ -90,9 +90,19 @@ impl PodAction for DevContainerRunner {
     }
 }
 
-/// The built `lumie-agent` binary next to the running test or demo executable, built with
-/// cargo (same profile) when it is not there yet.
+/// The built `lumie-agent` binary next to the running test or demo executable. Under cargo
+/// (`CARGO` is set: a test run) it is always built first, once per process, so a narrow
+/// `cargo test -p lumie-tests` never runs a stale agent (a no-op when it is fresh); outside cargo
+/// (the demo, after `make demo` built it) only when it is missing.
 pub fn agent_binary() -> Result<PathBuf, HarnessError> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_agent_binary().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(HarnessError::Binaries)
+}
+
+fn build_agent_binary() -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe().map_err(io_error("locating the current executable"))?;
     // target/<profile>/deps/<test> or target/<profile>/<bin>
     let mut profile_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -100,7 +110,7 @@ pub fn agent_binary() -> Result<PathBuf, HarnessError> {
         profile_dir.pop();
     }
     let bin = profile_dir.join("lumie-agent");
-    if !bin.exists() {
+    if !bin.exists() || std::env::var_os("CARGO").is_some() {
         let release = profile_dir.ends_with("release");
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cargo

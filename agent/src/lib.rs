@@ -10,6 +10,7 @@
 //! - [`heartbeat`]: the heartbeat client and loop;
 //! - [`stats`]: resource usage;
 //! - [`forward`]: port forwarding;
+//! - [`session`]: terminal, SSH and TCP sessions opened by the control plane with a ticket;
 //! - [`agent`]: wiring it together and the shutdown sequence ([`run`]).
 
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod forward;
 pub mod health;
 pub mod heartbeat;
 pub mod lifecycle;
+pub mod session;
 pub mod stats;
 
 use std::path::PathBuf;

@@ -87,7 +87,12 @@ async fn heartbeat(
     let start = Instant::now();
     let r = match agent_token(&headers) {
         Ok(token) => match state.agent_auth.authenticate(token).await {
-            Ok(workspace_id) => state.agents.heartbeat(&workspace_id, hb),
+            Ok(workspace_id) => state.agents.heartbeat(&workspace_id, hb).map(|mut answer| {
+                // Session tickets: the keys they are signed with, and the workspace they name.
+                answer.session_keys = state.sessions.keys.public_keys();
+                answer.workspace_id = Some(workspace_id);
+                answer
+            }),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

@@ -15,6 +15,7 @@ use crate::edge::Edge;
 use crate::events::{Dirty, Events};
 use crate::metrics::Metrics;
 use crate::reconcile::ClusterViews;
+use crate::sessions::SessionHub;
 use crate::template::Template;
 
 /// Everything handlers and tasks share. Cheap to clone.
@@ -48,6 +49,8 @@ pub struct AppState {
     pub cluster: ClusterViews,
     /// Access URL, trusted proxy, Host guard and OIDC login.
     pub edge: Edge,
+    /// Session ticket keys and workspace use through sessions.
+    pub sessions: Arc<SessionHub>,
 }
 
 impl AppState {
@@ -75,7 +78,9 @@ impl AppState {
             &config.namespace,
             &template.service_account_name,
         ));
+        let sessions = Arc::new(SessionHub::load(&db).await?);
         Ok(AppState {
+            sessions,
             agent_auth,
             auth: Arc::new(AuthChain::api_tokens(db.clone())),
             config: Arc::new(config),

@@ -23,12 +23,14 @@ mod agents;
 mod app_tickets;
 mod audit;
 mod builds;
+mod session_keys;
 mod tokens;
 mod users;
 mod workspaces;
 
 pub use agents::{HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 pub use audit::{AuditEvent, AuditFilter};
+pub use session_keys::SessionKeyRow;
 pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};
 pub use workspaces::CreatedWorkspace;
 

@@ -75,7 +75,9 @@ pub async fn run(
                 tracing::info!(%addr, "listening for sessions");
                 tasks.spawn(sessions.serve(listener));
             }
-            Err(e) => tracing::warn!(%addr, error = %e, "cannot listen for sessions; terminal, SSH and port-forward are off"),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot listen for sessions; terminal, SSH and port-forward are off")
+            }
         }
     }
     let (health_tx, mut health_rx) = mpsc::unbounded_channel::<HealthChange>();

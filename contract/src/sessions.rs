@@ -192,7 +192,10 @@ mod tests {
         for f in [
             Frame::Data(b"hello".to_vec()),
             Frame::Data(vec![]),
-            Frame::Resize { rows: 40, cols: 120 },
+            Frame::Resize {
+                rows: 40,
+                cols: 120,
+            },
             Frame::Exit(-1),
             Frame::Exit(3),
         ] {
@@ -220,7 +223,13 @@ mod tests {
         }
         let r: TerminalControl =
             serde_json::from_str(r#"{"type":"resize","rows":30,"cols":100}"#).unwrap();
-        assert_eq!(r, TerminalControl::Resize { rows: 30, cols: 100 });
+        assert_eq!(
+            r,
+            TerminalControl::Resize {
+                rows: 30,
+                cols: 100
+            }
+        );
         assert_eq!(
             serde_json::to_string(&TerminalControl::Exit { code: 3 }).unwrap(),
             r#"{"type":"exit","code":3}"#

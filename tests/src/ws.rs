@@ -127,7 +127,8 @@ pub async fn ssh(
     user: &str,
 ) -> Result<russh::client::Handle<TrustingClient>, russh::Error> {
     let config = Arc::new(russh::client::Config::default());
-    let mut handle = russh::client::connect_stream(config, into_stream(socket), TrustingClient).await?;
+    let mut handle =
+        russh::client::connect_stream(config, into_stream(socket), TrustingClient).await?;
     match handle.authenticate_none(user).await? {
         russh::client::AuthResult::Success => Ok(handle),
         other => panic!("the agent's SSH server refused `none` authentication: {other:?}"),
@@ -156,9 +157,7 @@ pub async fn exec(
     while let Some(msg) = channel.wait().await {
         match msg {
             russh::ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-            russh::ChannelMsg::ExtendedData { data, ext: 1 } => {
-                out.stderr.extend_from_slice(&data)
-            }
+            russh::ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
             russh::ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
             russh::ChannelMsg::Close => break,
             _ => {}

@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lumie_contract::agent_api::HeartbeatResponse;
-use lumie_contract::sessions::{
-    ANSWER_OK, Frame, MAX_REQUEST_LINE, SessionKind, SessionRequest,
-};
+use lumie_contract::sessions::{ANSWER_OK, Frame, MAX_REQUEST_LINE, SessionKind, SessionRequest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -98,7 +96,11 @@ impl Sessions {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+    async fn handle(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut stream)).await {
             Ok(Ok(l)) => l,
@@ -112,7 +114,11 @@ impl Sessions {
             }
         };
         let now = unix_now();
-        let verdict = self.verifier.lock().expect("verifier lock").verify(&req, now);
+        let verdict = self
+            .verifier
+            .lock()
+            .expect("verifier lock")
+            .verify(&req, now);
         let claims = match verdict {
             Ok(c) => c,
             Err(refusal) => {
@@ -128,18 +134,24 @@ impl Sessions {
                     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            let msg = format!("error: nothing answers on port {port} in the workspace ({e})\n");
+                            let msg = format!(
+                                "error: nothing answers on port {port} in the workspace ({e})\n"
+                            );
                             stream.write_all(msg.as_bytes()).await?;
                             return Ok(());
                         }
                         Err(_) => {
-                            let msg = format!("error: connecting to port {port} in the workspace timed out\n");
+                            let msg = format!(
+                                "error: connecting to port {port} in the workspace timed out\n"
+                            );
                             stream.write_all(msg.as_bytes()).await?;
                             return Ok(());
                         }
                     };
                 let _ = upstream.set_nodelay(true);
-                stream.write_all(format!("{ANSWER_OK}\n").as_bytes()).await?;
+                stream
+                    .write_all(format!("{ANSWER_OK}\n").as_bytes())
+                    .await?;
                 tokio::io::copy_bidirectional_with_sizes(
                     &mut stream,
                     &mut upstream,
@@ -149,7 +161,9 @@ impl Sessions {
                 .await?;
             }
             SessionKind::Ssh => {
-                stream.write_all(format!("{ANSWER_OK}\n").as_bytes()).await?;
+                stream
+                    .write_all(format!("{ANSWER_OK}\n").as_bytes())
+                    .await?;
                 let handler = ssh::Handler {
                     shell: self.shell.clone(),
                     app_host: self.app_host,
@@ -164,7 +178,9 @@ impl Sessions {
                     req.rows.unwrap_or(DEFAULT_SIZE.0),
                     req.cols.unwrap_or(DEFAULT_SIZE.1),
                 );
-                let spawned = self.shell.spawn_pty(None, "xterm-256color", rows, cols, &[]);
+                let spawned = self
+                    .shell
+                    .spawn_pty(None, "xterm-256color", rows, cols, &[]);
                 let (pty, child) = match spawned {
                     Ok(x) => x,
                     Err(e) => {
@@ -173,7 +189,9 @@ impl Sessions {
                         return Ok(());
                     }
                 };
-                stream.write_all(format!("{ANSWER_OK}\n").as_bytes()).await?;
+                stream
+                    .write_all(format!("{ANSWER_OK}\n").as_bytes())
+                    .await?;
                 run_terminal(stream, pty, child).await?;
             }
         }
@@ -197,7 +215,9 @@ async fn refuse(
     why: &str,
 ) -> std::io::Result<()> {
     tracing::warn!(%peer, kind = kind.map(|k| k.as_str()), reason = why, "session refused");
-    stream.write_all(format!("error: {why}\n").as_bytes()).await?;
+    stream
+        .write_all(format!("error: {why}\n").as_bytes())
+        .await?;
     stream.shutdown().await
 }
 
@@ -209,12 +229,16 @@ async fn read_line(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(std::io::Error::other("connection closed before the request line"));
+            return Err(std::io::Error::other(
+                "connection closed before the request line",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(i) = buf.iter().position(|b| *b == b'\n') {
             if i + 1 != buf.len() {
-                return Err(std::io::Error::other("bytes after the request line before the answer"));
+                return Err(std::io::Error::other(
+                    "bytes after the request line before the answer",
+                ));
             }
             buf.truncate(i);
             return Ok(buf);

@@ -176,7 +176,8 @@ mod tests {
 
     #[test]
     fn passwd_lookup() {
-        let text = "root:x:0:0:root:/root:/bin/bash\ncoder:x:1000:1000::/home/coder:/bin/zsh\nbad line\n";
+        let text =
+            "root:x:0:0:root:/root:/bin/bash\ncoder:x:1000:1000::/home/coder:/bin/zsh\nbad line\n";
         assert_eq!(
             passwd_entry(text, Some("coder"), None),
             Some(("coder".into(), "/home/coder".into(), "/bin/zsh".into()))
@@ -196,10 +197,10 @@ mod tests {
             user: "t".into(),
         };
         let child = info
-            .spawn_pipes("echo $((6*7)) $GREETING; echo err >&2; exit 3", &[(
-                "GREETING".into(),
-                "hi".into(),
-            )])
+            .spawn_pipes(
+                "echo $((6*7)) $GREETING; echo err >&2; exit 3",
+                &[("GREETING".into(), "hi".into())],
+            )
             .unwrap();
         let out = child.wait_with_output().await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "42 hi\n");

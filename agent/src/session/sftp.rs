@@ -206,7 +206,9 @@ impl russh_sftp::server::Handler for Sftp {
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        let m = tokio::fs::metadata(self.path(&path)).await.map_err(status)?;
+        let m = tokio::fs::metadata(self.path(&path))
+            .await
+            .map_err(status)?;
         Ok(Attrs {
             id,
             attrs: FileAttributes::from(&m),

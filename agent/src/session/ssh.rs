@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg};
-use tokio::io::{AsyncWriteExt, AsyncReadExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::process::{ShellInfo, exit_code};
 use super::sftp::Sftp;
@@ -72,10 +72,14 @@ impl russh::server::Handler for Handler {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
-        tokio::spawn(session_channel(channel, self.shell.clone()));
+        tokio::spawn(session_channel(
+            channel,
+            self.shell.clone(),
+            session.handle(),
+        ));
         Ok(())
     }
 
@@ -107,9 +111,7 @@ impl russh::server::Handler for Handler {
             }
             Err(e) => {
                 tracing::debug!(%host, port, error = %e, "direct-tcpip target refused");
-                reply
-                    .reject(russh::ChannelOpenFailure::ConnectFailed)
-                    .await;
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             }
         }
         Ok(())
@@ -195,7 +197,11 @@ fn clamp(v: u32) -> u16 {
 
 /// A session channel: collects `pty-req` and `env`, then runs what `exec`, `shell` or the
 /// `sftp` subsystem asks for. (The handler above has already answered each request.)
-async fn session_channel(mut channel: Channel<Msg>, shell: Arc<ShellInfo>) {
+async fn session_channel(
+    mut channel: Channel<Msg>,
+    shell: Arc<ShellInfo>,
+    session: russh::server::Handle,
+) {
     let mut env: Vec<(String, String)> = vec![];
     let mut pty: Option<PtyWanted> = None;
     loop {
@@ -226,7 +232,20 @@ async fn session_channel(mut channel: Channel<Msg>, shell: Arc<ShellInfo>) {
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
                 let sftp = Sftp::new(shell.home.clone());
-                russh_sftp::server::run(channel.into_stream(), sftp).await;
+                let id = channel.id();
+                let (eof_tx, eof_rx) = tokio::sync::oneshot::channel();
+                let stream = EofSignal {
+                    inner: channel.into_stream(),
+                    eof: Some(eof_tx),
+                };
+                russh_sftp::server::run(stream, sftp).await;
+                // The client is done (EOF): end as OpenSSH's sftp-server does, with status 0,
+                // which `scp` reports as its own.
+                if eof_rx.await.is_ok() {
+                    let _ = session.exit_status_request(id, 0).await;
+                    let _ = session.eof(id).await;
+                    let _ = session.close(id).await;
+                }
                 return;
             }
             Some(ChannelMsg::Close) | None => return,
@@ -286,7 +305,10 @@ async fn run(
                     child.wait().await.ok()
                 }
             };
-            if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output).await.is_err() {
+            if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output)
+                .await
+                .is_err()
+            {
                 output.abort();
             }
             status.map(exit_code).unwrap_or(255)
@@ -298,15 +320,16 @@ async fn run(
                 Err(e) => return fail(&tx, &e).await,
             };
             let mut stdin = child.stdin.take();
-            let copy = |from: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
-                        mut to: Box<dyn tokio::io::AsyncWrite + Send + Unpin>| {
-                tokio::spawn(async move {
-                    if let Some(mut from) = from {
-                        let _ = tokio::io::copy(&mut from, &mut to).await;
-                    }
-                    let _ = to.flush().await;
-                })
-            };
+            let copy =
+                |from: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+                 mut to: Box<dyn tokio::io::AsyncWrite + Send + Unpin>| {
+                    tokio::spawn(async move {
+                        if let Some(mut from) = from {
+                            let _ = tokio::io::copy(&mut from, &mut to).await;
+                        }
+                        let _ = to.flush().await;
+                    })
+                };
             let mut out = copy(
                 child.stdout.take().map(|s| Box::new(s) as _),
                 Box::new(tx.make_writer()),
@@ -341,7 +364,10 @@ async fn run(
                 }
             };
             for task in [&mut out, &mut err] {
-                if tokio::time::timeout(DRAIN_AFTER_EXIT * 4, &mut *task).await.is_err() {
+                if tokio::time::timeout(DRAIN_AFTER_EXIT * 4, &mut *task)
+                    .await
+                    .is_err()
+                {
                     task.abort();
                 }
             }
@@ -361,4 +387,53 @@ async fn fail(tx: &russh::ChannelWriteHalf<Msg>, e: &std::io::Error) {
     let _ = tx.exit_status(127).await;
     let _ = tx.eof().await;
     let _ = tx.close().await;
+}
+
+/// A stream that says when its reading side reached EOF (the SFTP server runs in a task of its
+/// own and says nothing when it ends).
+struct EofSignal<S> {
+    inner: S,
+    eof: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let at_eof = matches!(r, std::task::Poll::Ready(Ok(()))) && buf.filled().len() == before;
+        if (at_eof && buf.remaining() > 0 || matches!(r, std::task::Poll::Ready(Err(_))))
+            && let Some(tx) = self.eof.take()
+        {
+            let _ = tx.send(());
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofSignal<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -86,7 +86,9 @@ impl Verifier {
                 VerifyingKey::from_bytes(&bytes).ok()
             })
             .collect();
-        let ws = workspace_id.map(str::to_string).or(self.workspace_id.take());
+        let ws = workspace_id
+            .map(str::to_string)
+            .or(self.workspace_id.take());
         let changed = keys != self.keys || ws != self.workspace_id;
         if !keys.is_empty() {
             self.keys = keys;
@@ -102,7 +104,10 @@ impl Verifier {
 
     /// Checks `req` at `now` (seconds since the epoch) and, when it passes, remembers its id.
     pub fn verify(&mut self, req: &SessionRequest, now: i64) -> Result<TicketClaims, Refusal> {
-        let Some(workspace_id) = self.workspace_id.as_deref().filter(|_| !self.keys.is_empty())
+        let Some(workspace_id) = self
+            .workspace_id
+            .as_deref()
+            .filter(|_| !self.keys.is_empty())
         else {
             return Err(Refusal::NoKeys);
         };
@@ -117,7 +122,8 @@ impl Verifier {
         }
         let claims: TicketClaims =
             serde_json::from_slice(&claims_bytes).map_err(|_| Refusal::Malformed)?;
-        if claims.exp + CLOCK_SKEW_SECS < now || claims.exp > now + TICKET_TTL_SECS + CLOCK_SKEW_SECS
+        if claims.exp + CLOCK_SKEW_SECS < now
+            || claims.exp > now + TICKET_TTL_SECS + CLOCK_SKEW_SECS
         {
             return Err(Refusal::Expired);
         }
@@ -203,55 +209,194 @@ mod tests {
         let other = key(3);
         let exp = NOW + 30;
         // (case, signer, claims, requested kind, requested port, expected)
-        let cases: Vec<(&str, &SigningKey, TicketClaims, SessionKind, Option<u16>, Result<(), Refusal>)> = vec![
-            ("valid ssh", &good, claims("a", "ws-1", Ssh, None, exp), Ssh, None, Ok(())),
-            ("valid tcp", &good, claims("b", "ws-1", Tcp, Some(8080), exp), Tcp, Some(8080), Ok(())),
-            ("valid terminal", &good, claims("c", "ws-1", Terminal, None, exp), Terminal, None, Ok(())),
-            ("replayed", &good, claims("a", "ws-1", Ssh, None, exp), Ssh, None, Err(Refusal::Replayed)),
-            ("expired", &good, claims("d", "ws-1", Ssh, None, NOW - 10), Ssh, None, Err(Refusal::Expired)),
-            ("valid too long", &good, claims("e", "ws-1", Ssh, None, NOW + 3600), Ssh, None, Err(Refusal::Expired)),
-            ("wrong workspace", &good, claims("f", "ws-2", Ssh, None, exp), Ssh, None, Err(Refusal::WrongWorkspace)),
-            ("wrong kind", &good, claims("g", "ws-1", Ssh, None, exp), Terminal, None, Err(Refusal::WrongKind { ticket: Ssh, requested: Terminal })),
-            ("wrong port", &good, claims("h", "ws-1", Tcp, Some(8080), exp), Tcp, Some(22), Err(Refusal::WrongPort)),
-            ("tcp without port", &good, claims("i", "ws-1", Tcp, None, exp), Tcp, None, Err(Refusal::WrongPort)),
-            ("port on ssh", &good, claims("j", "ws-1", Ssh, Some(22), exp), Ssh, Some(22), Err(Refusal::WrongPort)),
-            ("bad signature", &other, claims("k", "ws-1", Ssh, None, exp), Ssh, None, Err(Refusal::BadSignature)),
+        let cases: Vec<(
+            &str,
+            &SigningKey,
+            TicketClaims,
+            SessionKind,
+            Option<u16>,
+            Result<(), Refusal>,
+        )> = vec![
+            (
+                "valid ssh",
+                &good,
+                claims("a", "ws-1", Ssh, None, exp),
+                Ssh,
+                None,
+                Ok(()),
+            ),
+            (
+                "valid tcp",
+                &good,
+                claims("b", "ws-1", Tcp, Some(8080), exp),
+                Tcp,
+                Some(8080),
+                Ok(()),
+            ),
+            (
+                "valid terminal",
+                &good,
+                claims("c", "ws-1", Terminal, None, exp),
+                Terminal,
+                None,
+                Ok(()),
+            ),
+            (
+                "replayed",
+                &good,
+                claims("a", "ws-1", Ssh, None, exp),
+                Ssh,
+                None,
+                Err(Refusal::Replayed),
+            ),
+            (
+                "expired",
+                &good,
+                claims("d", "ws-1", Ssh, None, NOW - 10),
+                Ssh,
+                None,
+                Err(Refusal::Expired),
+            ),
+            (
+                "valid too long",
+                &good,
+                claims("e", "ws-1", Ssh, None, NOW + 3600),
+                Ssh,
+                None,
+                Err(Refusal::Expired),
+            ),
+            (
+                "wrong workspace",
+                &good,
+                claims("f", "ws-2", Ssh, None, exp),
+                Ssh,
+                None,
+                Err(Refusal::WrongWorkspace),
+            ),
+            (
+                "wrong kind",
+                &good,
+                claims("g", "ws-1", Ssh, None, exp),
+                Terminal,
+                None,
+                Err(Refusal::WrongKind {
+                    ticket: Ssh,
+                    requested: Terminal,
+                }),
+            ),
+            (
+                "wrong port",
+                &good,
+                claims("h", "ws-1", Tcp, Some(8080), exp),
+                Tcp,
+                Some(22),
+                Err(Refusal::WrongPort),
+            ),
+            (
+                "tcp without port",
+                &good,
+                claims("i", "ws-1", Tcp, None, exp),
+                Tcp,
+                None,
+                Err(Refusal::WrongPort),
+            ),
+            (
+                "port on ssh",
+                &good,
+                claims("j", "ws-1", Ssh, Some(22), exp),
+                Ssh,
+                Some(22),
+                Err(Refusal::WrongPort),
+            ),
+            (
+                "bad signature",
+                &other,
+                claims("k", "ws-1", Ssh, None, exp),
+                Ssh,
+                None,
+                Err(Refusal::BadSignature),
+            ),
         ];
         let mut v = verifier();
         for (case, signer, c, kind, port, want) in cases {
-            let got = v.verify(&request(ticket(signer, &c), kind, port), NOW).map(|_| ());
+            let got = v
+                .verify(&request(ticket(signer, &c), kind, port), NOW)
+                .map(|_| ());
             assert_eq!(got, want, "{case}");
         }
         // A failed check does not burn the id: the right request with it still works once.
         let c = claims("h", "ws-1", Tcp, Some(8080), exp);
-        assert!(v.verify(&request(ticket(&good, &c), Tcp, Some(8080)), NOW).is_ok());
+        assert!(
+            v.verify(&request(ticket(&good, &c), Tcp, Some(8080)), NOW)
+                .is_ok()
+        );
         // Garbage and tampered tickets.
         for t in ["", "nothing", "00.00"] {
-            assert_eq!(v.verify(&request(t.into(), Ssh, None), NOW), Err(Refusal::Malformed), "{t}");
+            assert_eq!(
+                v.verify(&request(t.into(), Ssh, None), NOW),
+                Err(Refusal::Malformed),
+                "{t}"
+            );
         }
         let t = ticket(&good, &claims("m", "ws-1", Ssh, None, exp));
-        let tampered = t.replacen("ws-1".as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>().as_str(), "77732d32", 1);
-        assert_eq!(v.verify(&request(tampered, Ssh, None), NOW), Err(Refusal::BadSignature));
+        let tampered = t.replacen(
+            "ws-1"
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .as_str(),
+            "77732d32",
+            1,
+        );
+        assert_eq!(
+            v.verify(&request(tampered, Ssh, None), NOW),
+            Err(Refusal::BadSignature)
+        );
     }
 
     #[test]
     fn no_keys_refuses_and_memory_is_bounded() {
         let mut v = Verifier::default();
         let good = key(2);
-        let t = ticket(&good, &claims("a", "ws-1", SessionKind::Ssh, None, NOW + 30));
-        assert_eq!(v.verify(&request(t, SessionKind::Ssh, None), NOW), Err(Refusal::NoKeys));
+        let t = ticket(
+            &good,
+            &claims("a", "ws-1", SessionKind::Ssh, None, NOW + 30),
+        );
+        assert_eq!(
+            v.verify(&request(t, SessionKind::Ssh, None), NOW),
+            Err(Refusal::NoKeys)
+        );
 
         let mut v = Verifier::with_capacity(64);
-        v.update(&[hex::encode(good.verifying_key().to_bytes())], Some("ws-1"));
+        v.update(
+            &[hex::encode(good.verifying_key().to_bytes())],
+            Some("ws-1"),
+        );
         for i in 0..64 {
-            let t = ticket(&good, &claims(&i.to_string(), "ws-1", SessionKind::Ssh, None, NOW + 30));
+            let t = ticket(
+                &good,
+                &claims(&i.to_string(), "ws-1", SessionKind::Ssh, None, NOW + 30),
+            );
             assert!(v.verify(&request(t, SessionKind::Ssh, None), NOW).is_ok());
         }
-        let t = ticket(&good, &claims("x", "ws-1", SessionKind::Ssh, None, NOW + 30));
-        assert_eq!(v.verify(&request(t.clone(), SessionKind::Ssh, None), NOW), Err(Refusal::Busy));
+        let t = ticket(
+            &good,
+            &claims("x", "ws-1", SessionKind::Ssh, None, NOW + 30),
+        );
+        assert_eq!(
+            v.verify(&request(t.clone(), SessionKind::Ssh, None), NOW),
+            Err(Refusal::Busy)
+        );
         // Once they expire, they are forgotten.
-        let t = ticket(&good, &claims("x", "ws-1", SessionKind::Ssh, None, NOW + 100));
-        assert!(v.verify(&request(t, SessionKind::Ssh, None), NOW + 60).is_ok());
+        let t = ticket(
+            &good,
+            &claims("x", "ws-1", SessionKind::Ssh, None, NOW + 100),
+        );
+        assert!(
+            v.verify(&request(t, SessionKind::Ssh, None), NOW + 60)
+                .is_ok()
+        );
         assert_eq!(v.used.len(), 1);
     }
 
@@ -262,7 +407,10 @@ mod tests {
         let k2 = hex::encode(key(2).verifying_key().to_bytes());
         assert!(v.update(&[k3, k2], None));
         for (i, signer) in [key(2), key(3)].iter().enumerate() {
-            let t = ticket(signer, &claims(&i.to_string(), "ws-1", SessionKind::Ssh, None, NOW + 30));
+            let t = ticket(
+                signer,
+                &claims(&i.to_string(), "ws-1", SessionKind::Ssh, None, NOW + 30),
+            );
             assert!(v.verify(&request(t, SessionKind::Ssh, None), NOW).is_ok());
         }
         // An answer without keys keeps the ones known.

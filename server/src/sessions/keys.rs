@@ -81,7 +81,9 @@ impl SessionKeys {
         let rows = db.session_keys().await?;
         let loaded = rows.iter().map(parse).collect::<Result<Vec<_>>>()?;
         if loaded.is_empty() {
-            return Err(Error::Internal("no session signing key in the database".into()));
+            return Err(Error::Internal(
+                "no session signing key in the database".into(),
+            ));
         }
         *self.keys.write().expect("session keys lock") = loaded;
         Ok(())
@@ -169,12 +171,18 @@ mod tests {
         // A ticket from one replica verifies with the key the other announces.
         let t = a.mint("ws", SessionKind::Tcp, Some(80));
         let (claims, sig) = sessions::split_ticket(&t).unwrap();
-        let pk: [u8; 32] = hex::decode(&b.public_keys()[0]).unwrap().try_into().unwrap();
+        let pk: [u8; 32] = hex::decode(&b.public_keys()[0])
+            .unwrap()
+            .try_into()
+            .unwrap();
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).unwrap();
         vk.verify_strict(&claims, &ed25519_dalek::Signature::from_bytes(&sig))
             .unwrap();
         let c: TicketClaims = serde_json::from_slice(&claims).unwrap();
-        assert_eq!((c.workspace_id.as_str(), c.kind, c.port), ("ws", SessionKind::Tcp, Some(80)));
+        assert_eq!(
+            (c.workspace_id.as_str(), c.kind, c.port),
+            ("ws", SessionKind::Tcp, Some(80))
+        );
         assert!(c.exp > now_ms() / 1000 && c.exp <= now_ms() / 1000 + TICKET_TTL_SECS);
     }
 }

@@ -111,12 +111,18 @@ pub fn reachable(
 ) -> Result<String> {
     let name = format!("{}/{}", ws.owner_name, ws.name);
     if ws.desired_state == DesiredState::Deleted
-        || matches!(ws.status, WorkspaceStatus::Deleting | WorkspaceStatus::Deleted)
+        || matches!(
+            ws.status,
+            WorkspaceStatus::Deleting | WorkspaceStatus::Deleted
+        )
     {
         return Err(Error::NotFound(format!("workspace {} not found", ws.id)));
     }
     if ws.desired_state == DesiredState::Stopped
-        || matches!(ws.status, WorkspaceStatus::Stopped | WorkspaceStatus::Stopping)
+        || matches!(
+            ws.status,
+            WorkspaceStatus::Stopped | WorkspaceStatus::Stopping
+        )
     {
         return Err(Error::Conflict(format!(
             "workspace {name} is {}: start it first",
@@ -161,7 +167,8 @@ pub fn terminal_size(rows: Option<u16>, cols: Option<u16>) -> Result<(u16, u16)>
     Ok((rows, cols))
 }
 
-type Upgrade = std::result::Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+type Upgrade =
+    std::result::Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 async fn ssh(
     State(state): State<AppState>,
@@ -317,11 +324,18 @@ enum Dial {
 }
 
 /// Dials the agent's session port, sends the request line and reads the answer.
-async fn dial(addr: &str, request: &SessionRequest) -> std::result::Result<BufReader<TcpStream>, Dial> {
+async fn dial(
+    addr: &str,
+    request: &SessionRequest,
+) -> std::result::Result<BufReader<TcpStream>, Dial> {
     let stream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Dial::Unreachable(e.to_string())),
-        Err(_) => return Err(Dial::Unreachable(format!("no connection within {DIAL_TIMEOUT:?}"))),
+        Err(_) => {
+            return Err(Dial::Unreachable(format!(
+                "no connection within {DIAL_TIMEOUT:?}"
+            )));
+        }
     };
     let _ = stream.set_nodelay(true);
     let mut conn = BufReader::new(stream);
@@ -336,7 +350,11 @@ async fn dial(addr: &str, request: &SessionRequest) -> std::result::Result<BufRe
     let answer = match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => return Err(Dial::Unreachable(e.to_string())),
-        Err(_) => return Err(Dial::Unreachable(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+        Err(_) => {
+            return Err(Dial::Unreachable(format!(
+                "no answer within {ANSWER_TIMEOUT:?}"
+            )));
+        }
     };
     let answer = answer.trim_end();
     if answer == ANSWER_OK {
@@ -344,8 +362,12 @@ async fn dial(addr: &str, request: &SessionRequest) -> std::result::Result<BufRe
     }
     match answer.strip_prefix("error: ") {
         Some(why) => Err(Dial::Refused(why.to_string())),
-        None if answer.is_empty() => Err(Dial::Unreachable("the agent closed the connection".into())),
-        None => Err(Dial::Unreachable("the agent's answer is not the session protocol".into())),
+        None if answer.is_empty() => {
+            Err(Dial::Unreachable("the agent closed the connection".into()))
+        }
+        None => Err(Dial::Unreachable(
+            "the agent's answer is not the session protocol".into(),
+        )),
     }
 }
 
@@ -370,10 +392,14 @@ async fn run(
 ) {
     let started = Instant::now();
     let started_ms = now_ms();
-    let open_gauge = state.metrics.sessions_open.get_or_create(&SessionLabels {
-        kind: kind.as_str().into(),
-        outcome: String::new(),
-    }).clone();
+    let open_gauge = state
+        .metrics
+        .sessions_open
+        .get_or_create(&SessionLabels {
+            kind: kind.as_str().into(),
+            outcome: String::new(),
+        })
+        .clone();
     open_gauge.inc();
     state.sessions.touch(&ws.id);
     let bytes = Arc::new(Bytes::default());
@@ -447,7 +473,9 @@ async fn pump_raw<S: AsyncRead + AsyncWrite>(socket: WebSocket, conn: S, bytes: 
                     if wr.write_all(&b).await.is_err() {
                         break;
                     }
-                    bytes.to_workspace.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    bytes
+                        .to_workspace
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
                 Message::Close(_) => break,
                 _ => {}
@@ -492,7 +520,9 @@ async fn pump_terminal<S: AsyncRead + AsyncWrite>(socket: WebSocket, conn: S, by
         while let Some(Ok(msg)) = ws_rx.next().await {
             let frame = match msg {
                 Message::Binary(b) => {
-                    bytes.to_workspace.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    bytes
+                        .to_workspace
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
                     Frame::Data(b.to_vec())
                 }
                 Message::Text(t) => match serde_json::from_str::<TerminalControl>(t.as_str()) {
@@ -523,7 +553,9 @@ async fn pump_terminal<S: AsyncRead + AsyncWrite>(socket: WebSocket, conn: S, by
                         buf.drain(..used);
                         let msg = match frame {
                             Frame::Data(d) => {
-                                bytes.from_workspace.fetch_add(d.len() as u64, Ordering::Relaxed);
+                                bytes
+                                    .from_workspace
+                                    .fetch_add(d.len() as u64, Ordering::Relaxed);
                                 Message::Binary(d.into())
                             }
                             Frame::Exit(code) => {
@@ -589,16 +621,58 @@ mod tests {
         use WorkspaceStatus as S;
         let ip = Some("10.0.0.5".to_string());
         // (desired, status, pod ip, agent, expected status code or Ok)
-        let cases: Vec<(D, S, Option<String>, Option<ConnectionStatus>, std::result::Result<&str, u16>)> = vec![
-            (D::Running, S::Running, ip.clone(), Some(Connected), Ok("10.0.0.5")),
-            (D::Running, S::Starting, ip.clone(), Some(Connected), Ok("10.0.0.5")),
-            (D::Running, S::Failed, ip.clone(), Some(Connected), Ok("10.0.0.5")),
+        let cases: Vec<(
+            D,
+            S,
+            Option<String>,
+            Option<ConnectionStatus>,
+            std::result::Result<&str, u16>,
+        )> = vec![
+            (
+                D::Running,
+                S::Running,
+                ip.clone(),
+                Some(Connected),
+                Ok("10.0.0.5"),
+            ),
+            (
+                D::Running,
+                S::Starting,
+                ip.clone(),
+                Some(Connected),
+                Ok("10.0.0.5"),
+            ),
+            (
+                D::Running,
+                S::Failed,
+                ip.clone(),
+                Some(Connected),
+                Ok("10.0.0.5"),
+            ),
             (D::Stopped, S::Stopped, None, None, Err(409)),
-            (D::Stopped, S::Stopping, ip.clone(), Some(Connected), Err(409)),
+            (
+                D::Stopped,
+                S::Stopping,
+                ip.clone(),
+                Some(Connected),
+                Err(409),
+            ),
             (D::Running, S::Stopped, None, None, Err(409)),
-            (D::Deleted, S::Deleting, ip.clone(), Some(Connected), Err(404)),
+            (
+                D::Deleted,
+                S::Deleting,
+                ip.clone(),
+                Some(Connected),
+                Err(404),
+            ),
             (D::Running, S::Pending, None, None, Err(503)),
-            (D::Running, S::Running, ip.clone(), Some(Disconnected), Err(503)),
+            (
+                D::Running,
+                S::Running,
+                ip.clone(),
+                Some(Disconnected),
+                Err(503),
+            ),
             (D::Running, S::Starting, ip.clone(), None, Err(503)),
         ];
         for (i, (d, s, pod, agent, want)) in cases.into_iter().enumerate() {

@@ -208,15 +208,16 @@ mod tests {
         let good = key(2);
         let other = key(3);
         let exp = NOW + 30;
-        // (case, signer, claims, requested kind, requested port, expected)
-        let cases: Vec<(
-            &str,
-            &SigningKey,
+        /// (case, signer, claims, requested kind, requested port, expected)
+        type Case<'a> = (
+            &'a str,
+            &'a SigningKey,
             TicketClaims,
             SessionKind,
             Option<u16>,
             Result<(), Refusal>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "valid ssh",
                 &good,

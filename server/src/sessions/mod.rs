@@ -621,13 +621,14 @@ mod tests {
         use WorkspaceStatus as S;
         let ip = Some("10.0.0.5".to_string());
         // (desired, status, pod ip, agent, expected status code or Ok)
-        let cases: Vec<(
+        type Case = (
             D,
             S,
             Option<String>,
             Option<ConnectionStatus>,
-            std::result::Result<&str, u16>,
-        )> = vec![
+            std::result::Result<&'static str, u16>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 D::Running,
                 S::Running,

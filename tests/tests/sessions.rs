@@ -13,7 +13,8 @@
 //!   workspace 409; a direct connection to the agent's session port with no ticket, an expired
 //!   one, a replayed one or another workspace's is refused;
 //! - every session is audited with its bytes and counted in the metrics, and marks the
-//!   workspace used.
+//!   workspace used;
+//! - the dashboard's terminal tab in Debian's chromium (`tests/browser/terminal.test.mjs`).
 //!
 //! One test, in order, on one workspace.
 
@@ -572,6 +573,46 @@ async fn terminal_ssh_and_tcp_through_the_control_plane() {
     assert!(
         ws_now.last_used_at.is_some(),
         "sessions mark the workspace used"
+    );
+
+    // The dashboard's terminal tab in a real browser (xterm.js over the same route).
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "run scripts/install-deps.sh (npm ci in tests/browser)"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "run scripts/install-deps.sh (apt chromium)"
+    );
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = {
+        let (url, token, profile) = (url.clone(), alice.clone(), work.path().join("chromium"));
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .args(["--test", "--test-reporter=spec", "terminal.test.mjs"])
+                .current_dir(&browser_dir)
+                .env("LUMIE_URL", url)
+                .env("LUMIE_TOKEN", token)
+                .env("LUMIE_WORKSPACE_PATH", "/@alice/sess")
+                .env("LUMIE_SCREENSHOTS", &shots)
+                .env("LUMIE_PROFILE_DIR", profile)
+                .output()
+                .expect("node runs")
+        })
+        .await
+        .unwrap()
+    };
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the terminal browser test failed: {}",
+        out.status
     );
 
     // Stopped: 409 with what to do, at once.

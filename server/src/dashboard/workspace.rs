@@ -1,9 +1,9 @@
 //! `/@{owner}/{workspace}`: one workspace — status and reason (live), the agent's lifecycle,
 //! connection and each app's health, buttons opening the apps through the app proxy (new tab),
-//! start/stop/delete, and the build history. `/_dashboard/live/{id}` renders the live part
-//! alone for the page's SSE watch to swap in.
+//! start/stop/delete, the terminal ([`terminal_section`]), and the build history.
+//! `/_dashboard/live/{id}` renders the live part alone for the page's SSE watch to swap in.
 //!
-//! Resource graphs, Kubernetes events, the startup log and the terminal are later slices of
+//! Resource graphs, Kubernetes events and the startup log are later slices of
 //! issue 11: the page keeps a titled place for them and says so, rather than faking them.
 
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ pub async fn page(
     Path((owner, name)): Path<(String, String)>,
 ) -> Response {
     match render(&state, &p, &owner, &name).await {
-        Ok(m) => html_response(StatusCode::OK, m),
+        Ok(m) => terminal_csp(html_response(StatusCode::OK, m)),
         Err(e) => error_page(e.status(), Some(&p.user), &e.to_string()),
     }
 }
@@ -70,14 +70,15 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
             div #live data-watch={ "/api/v2/workspaces/" (ws.id) "/watch" } data-fragment={ "/_dashboard/live/" (ws.id) } {
                 (live(&json))
             }
+            (terminal_section(&json))
             section.card aria-labelledby="builds-title" {
                 h2 #builds-title { "Build history" }
                 (build_table(&builds, &who))
             }
             section.card.later aria-labelledby="later-title" {
-                h2 #later-title { "Resources, events, startup log, terminal" }
+                h2 #later-title { "Resources, events, startup log" }
                 p.muted { "Not in the dashboard yet: resource graphs, the pod's Kubernetes events, \
-                    the agent's startup log and a terminal come in later slices. Until then, "
+                    and the agent's startup log come in later slices. Until then, "
                     code { "kubectl -n " (state.config.namespace) " describe pod " (json.pod_name) }
                     " shows events." }
             }
@@ -195,4 +196,38 @@ pub async fn live_fragment(
         Ok(ws) => html_response(StatusCode::OK, live(&ws)),
         Err(e) => e.into_response(),
     }
+}
+
+/// The terminal card: xterm.js over `GET /api/v2/workspaces/{id}/sessions/terminal` (same
+/// origin, the page's session), opened by its button (`assets/terminal.js`).
+pub fn terminal_section(ws: &WorkspaceJson) -> Markup {
+    html! {
+        section.card aria-labelledby="terminal-title" {
+            h2 #terminal-title { "Terminal" }
+            p.toolbar {
+                button #terminal-open type="button" { "Open a terminal" }
+                " "
+                span.muted #terminal-state role="status" aria-live="polite" {
+                    "A login shell in the workspace's dev container, through the control plane."
+                }
+            }
+            link rel="stylesheet" href="/assets/xterm.css";
+            div #terminal data-workspace=(ws.id) hidden style="background:#000;padding:8px;border-radius:6px" {}
+            script src="/assets/xterm.js" defer {}
+            script src="/assets/terminal.js" defer {}
+        }
+    }
+}
+
+/// The workspace page's policy with inline styles allowed: xterm.js sizes and colours its rows
+/// through `<style>` elements it writes. Scripts stay `'self'` only.
+fn terminal_csp(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    resp
 }

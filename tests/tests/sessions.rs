@@ -212,6 +212,44 @@ async fn terminal_ssh_and_tcp_through_the_control_plane() {
     assert!(stdout.contains("/home"), "HOME is the workspace's: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     assert_eq!(out.status, Some(0));
+    // An interactive shell on a PTY: the size from pty-req, window-change, the exit status.
+    let mut shell = ssh.channel_open_session().await.unwrap();
+    shell
+        .request_pty(true, "xterm-256color", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    shell.request_shell(true).await.unwrap();
+    let mut screen = String::new();
+    let mut status = None;
+    let mut expect =
+        async |shell: &mut russh::Channel<russh::client::Msg>, screen: &mut String, want: &str| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !screen.contains(want) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, shell.wait()).await {
+                    Ok(Some(russh::ChannelMsg::Data { data })) => {
+                        screen.push_str(&String::from_utf8_lossy(&data))
+                    }
+                    Ok(Some(russh::ChannelMsg::ExitStatus { exit_status })) => {
+                        status = Some(exit_status)
+                    }
+                    Ok(Some(_)) => {}
+                    other => panic!("shell ended before {want:?} ({other:?}): {screen:?}"),
+                }
+            }
+        };
+    shell.data(&b"stty size\r"[..]).await.unwrap();
+    expect(&mut shell, &mut screen, "24 80").await;
+    shell.window_change(100, 40, 0, 0).await.unwrap();
+    shell.data(&b"stty size\r"[..]).await.unwrap();
+    expect(&mut shell, &mut screen, "40 100").await;
+    shell.data(&b"exit 6\r"[..]).await.unwrap();
+    while let Some(msg) = shell.wait().await {
+        if let russh::ChannelMsg::ExitStatus { exit_status } = msg {
+            status = Some(exit_status);
+        }
+    }
+    assert_eq!(status, Some(6), "{screen:?}");
     let _ = ssh
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;

@@ -113,16 +113,19 @@ impl ShellInfo {
         Ok((pty, child))
     }
 
-    /// `shell -c command` on pipes (stdin, stdout, stderr).
+    /// `shell -c command`, or without a command a login shell, on pipes (stdin, stdout,
+    /// stderr): `ssh -T` and IDEs that drive a shell without a terminal.
     pub fn spawn_pipes(
         &self,
-        command: &str,
+        command: Option<&str>,
         extra_env: &[(String, String)],
     ) -> std::io::Result<tokio::process::Child> {
-        tokio::process::Command::new(&self.shell)
-            .arg("-c")
-            .arg(command)
-            .env_clear()
+        let mut cmd = tokio::process::Command::new(&self.shell);
+        match command {
+            Some(c) => cmd.arg("-c").arg(c),
+            None => cmd.arg0(self.login_arg0()),
+        };
+        cmd.env_clear()
             .envs(self.env(None, extra_env))
             .current_dir(self.working_dir())
             .stdin(Stdio::piped())
@@ -198,7 +201,7 @@ mod tests {
         };
         let child = info
             .spawn_pipes(
-                "echo $((6*7)) $GREETING; echo err >&2; exit 3",
+                Some("echo $((6*7)) $GREETING; echo err >&2; exit 3"),
                 &[("GREETING".into(), "hi".into())],
             )
             .unwrap();

@@ -314,8 +314,7 @@ async fn run(
             status.map(exit_code).unwrap_or(255)
         }
         None => {
-            let command = command.unwrap_or_default();
-            let mut child = match shell.spawn_pipes(&command, &env) {
+            let mut child = match shell.spawn_pipes(command.as_deref(), &env) {
                 Ok(c) => c,
                 Err(e) => return fail(&tx, &e).await,
             };

@@ -29,7 +29,8 @@ pub async fn connect(url: &str, token: &str) -> Result<Socket, Box<tungstenite::
         "Coder-Session-Token",
         token.parse().expect("a token is a header value"),
     );
-    let (socket, _) = tokio_tungstenite::connect_async(req)
+    // Without Nagle, as the CLI should: keystrokes and small SSH packets go out at once.
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
         .await
         .map_err(Box::new)?;
     Ok(socket)

@@ -155,8 +155,8 @@ impl Sessions {
                 tokio::io::copy_bidirectional_with_sizes(
                     &mut stream,
                     &mut upstream,
-                    64 * 1024,
-                    64 * 1024,
+                    256 * 1024,
+                    256 * 1024,
                 )
                 .await?;
             }

@@ -56,6 +56,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(30);
 /// After the client side of a stream ends, how long the workspace side may keep sending.
 pub const LINGER: Duration = Duration::from_secs(30);
+/// Largest binary message a raw session sends (one socket read).
+pub const RAW_CHUNK: usize = 256 * 1024;
 
 /// The session routes.
 pub fn routes() -> Router<AppState> {
@@ -484,14 +486,19 @@ async fn pump_raw<S: AsyncRead + AsyncWrite>(socket: WebSocket, conn: S, bytes: 
         let _ = wr.shutdown().await;
     };
     let down = async {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Read straight into the message's buffer: no copy between the socket and the frame.
+        let mut buf = bytes::BytesMut::new();
         loop {
-            match rd.read(&mut buf).await {
+            buf.reserve(RAW_CHUNK);
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     bytes.from_workspace.fetch_add(n as u64, Ordering::Relaxed);
-                    let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
-                    if ws_tx.send(Message::Binary(chunk)).await.is_err() {
+                    if ws_tx
+                        .send(Message::Binary(buf.split().freeze()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

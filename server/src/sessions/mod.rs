@@ -291,6 +291,9 @@ async fn open(
         }
     };
     count(&state, kind, "opened");
+    if p.user.id != ws.owner_id {
+        tracing::warn!(admin = %p.user.username, workspace = %ws.id, %kind, "admin opened a session into another user's workspace");
+    }
     let what = match port {
         Some(port) => format!("{kind} port {port}"),
         None => kind.to_string(),

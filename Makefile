@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps test lint demo bench-webhook bench-agent bench-server
+.PHONY: deps test lint demo bench-webhook bench-agent bench-server bench-sessions
 
 deps:
 	bash scripts/install-deps.sh
@@ -34,3 +34,7 @@ bench-server:
 	$(CARGO) bench -p lumie-server --bench harness_latency
 	$(CARGO) bench -p lumie-server --bench postgres_throughput
 	$(CARGO) bench -p lumie-server --bench dashboard_render
+
+# Port-forward throughput through server + agent vs direct, and the terminal's keystroke round trip.
+bench-sessions:
+	$(CARGO) bench -p lumie-tests --bench sessions

@@ -705,6 +705,7 @@ fn control_plane(count: Arc<AtomicUsize>) -> SocketAddr {
                     async {
                         axum::Json(lumie_contract::agent_api::HeartbeatResponse {
                             report_interval_seconds: 1,
+                            ..Default::default()
                         })
                     }
                 }),

@@ -67,12 +67,15 @@ pub async fn run(
 
     tracing::info!(version = crate::VERSION, url = %client.url(), "lumie-agent starting");
     let (first_contact_tx, first_contact) = oneshot::channel();
+    let sessions = Arc::new(crate::session::Sessions::new(config.app_host));
+    let keys = sessions.clone();
     let heartbeats = tokio::spawn(heartbeat::run_loop(
         client.clone(),
         report_rx,
         stats,
         config.report_interval,
         first_contact_tx,
+        move |answer| keys.update(answer),
     ));
 
     // Script output goes out in batches from the start; the manifest comes after the first
@@ -94,6 +97,18 @@ pub async fn run(
     let (script_tx, mut script_rx) = mpsc::channel::<(Exit, Vec<String>)>(1);
 
     let mut tasks = JoinSet::new();
+    if let Some(pod_ip) = config.pod_ip.filter(|_| config.session_port != 0) {
+        let addr = SocketAddr::new(pod_ip, config.session_port);
+        match forward::listen(addr) {
+            Ok(listener) => {
+                tracing::info!(%addr, "listening for sessions");
+                tasks.spawn(sessions.serve(listener));
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot listen for sessions; terminal, SSH and port-forward are off")
+            }
+        }
+    }
     let (health_tx, mut health_rx) = mpsc::unbounded_channel::<HealthChange>();
     let settings = CheckSettings {
         app_host: config.app_host,

@@ -114,6 +114,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Extra PEM CA bundle trusted for the control plane (private CA).
     pub ca_bundle: Option<PathBuf>,
+    /// Session port on the pod IP (0: no sessions).
+    pub session_port: u16,
 }
 
 impl Config {
@@ -142,6 +144,7 @@ impl Config {
             copy_mode: CopyMode::Buffers,
             shutdown_timeout: Duration::from_secs(10),
             ca_bundle: None,
+            session_port: workspace::SESSION_PORT,
         }
     }
 }
@@ -228,6 +231,9 @@ pub struct Cli {
     /// PEM bundle of extra CAs to trust for the control plane (private CA).
     #[arg(long, env = "LUMIE_AGENT_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
+    /// Port on the pod IP for terminal, SSH and TCP sessions opened by the control plane (0: none).
+    #[arg(long, env = "LUMIE_AGENT_SESSION_PORT", default_value_t = workspace::SESSION_PORT)]
+    pub session_port: u16,
     /// Log filter (`info`, `lumie_agent=debug`, …).
     #[arg(long, env = "LUMIE_AGENT_LOG", default_value = "info")]
     pub log: String,
@@ -258,6 +264,7 @@ impl Cli {
         config.copy_mode = self.copy_mode;
         config.shutdown_timeout = self.shutdown_timeout;
         config.ca_bundle = self.ca_bundle;
+        config.session_port = self.session_port;
         for spec in self.app_health.iter().filter(|s| !s.is_empty()) {
             let (slug, mode) = split_app_setting(spec)?;
             let health = match mode {

@@ -187,13 +187,15 @@ async fn parse_answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -
 
 /// Sends heartbeats forever: right away, then on the (jittered) report interval, and at once
 /// whenever `reports` changes. While the control plane cannot be reached, retries with backoff
-/// and says in the log what it is waiting for. Abort the task to stop it.
+/// and says in the log what it is waiting for. Each answer is handed to `on_answer` (session
+/// keys). Abort the task to stop it.
 pub async fn run_loop(
     client: HeartbeatClient,
     mut reports: watch::Receiver<Report>,
     mut stats: StatsCollector,
     interval_override: Option<Duration>,
     first_contact: tokio::sync::oneshot::Sender<()>,
+    on_answer: impl Fn(&HeartbeatResponse),
 ) {
     let mut backoff = Backoff::default();
     let mut connected = false;
@@ -203,6 +205,7 @@ pub async fn run_loop(
         let request = report.to_request(Some(stats.collect()));
         let wait = match client.send(&request).await {
             Ok(answer) => {
+                on_answer(&answer);
                 let interval = interval_override
                     .unwrap_or_else(|| Duration::from_secs(answer.report_interval_seconds.max(1)));
                 if !connected {

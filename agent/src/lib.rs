@@ -13,6 +13,7 @@
 //! - [`heartbeat`]: the heartbeat client and loop;
 //! - [`stats`]: resource usage;
 //! - [`forward`]: port forwarding;
+//! - [`session`]: terminal, SSH and TCP sessions opened by the control plane with a ticket;
 //! - [`agent`]: wiring it together and the shutdown sequence ([`run`]).
 
 pub mod agent;
@@ -24,6 +25,7 @@ pub mod heartbeat;
 pub mod lifecycle;
 pub mod logs;
 pub mod scripts;
+pub mod session;
 pub mod stats;
 
 use std::path::PathBuf;

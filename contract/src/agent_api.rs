@@ -128,10 +128,19 @@ pub struct HeartbeatRequest {
 }
 
 /// What the control plane answers to a heartbeat.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     /// Seconds until the next heartbeat is due.
     pub report_interval_seconds: u64,
+    /// The Ed25519 public keys (hex, 32 bytes) that session tickets are signed with, newest
+    /// first: the agent accepts a ticket signed by any of them, so a rotation reaches it within
+    /// one report interval ([`crate::sessions`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_keys: Vec<String>,
+    /// The workspace this agent belongs to (as the server authenticated it): tickets are bound
+    /// to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
 }
 
 crate::wire_enum!(

@@ -9,6 +9,7 @@
 //! - [`workspace`]: the fixed parts of the workspace pod (namespace, containers, home volume);
 //! - [`service`]: the port contract of the stable `dev-workspace` Service, as one rule;
 //! - [`agent_api`]: the messages between the agent and the control plane;
+//! - [`sessions`]: terminal, SSH and TCP sessions from the control plane to the agent;
 //! - [`diagnostics`]: how errors are written for operators (the cause chain on one line);
 //! - [`wire`]: enums that travel as strings, declared one way ([`wire_enum!`]).
 #![deny(missing_docs)]
@@ -20,5 +21,6 @@ pub mod labels;
 pub mod naming;
 pub mod policy;
 pub mod service;
+pub mod sessions;
 pub mod wire;
 pub mod workspace;

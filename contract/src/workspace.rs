@@ -49,3 +49,7 @@ pub const ENV_POD_IP: &str = "POD_IP";
 /// Key of the agent token in the per-workspace Secret of older versions (no longer created;
 /// a leftover one is deleted with its workspace).
 pub const SECRET_TOKEN_KEY: &str = "token";
+/// The agent's session port on the pod IP: terminal, SSH and TCP sessions opened by the control
+/// plane with a ticket ([`crate::sessions`]). Not an app port, and outside the ranges developer
+/// tools and the kernel's ephemeral ports use.
+pub const SESSION_PORT: u16 = 13399;

@@ -100,7 +100,12 @@ async fn heartbeat(
                 {
                     crate::dashboard::resources::offer_sample(&state, &workspace_id, stats);
                 }
-                r
+                r.map(|mut answer| {
+                    // Session tickets: the keys they are signed with, and the workspace they name.
+                    answer.session_keys = state.sessions.keys.public_keys();
+                    answer.workspace_id = Some(workspace_id);
+                    answer
+                })
             }
             Err(e) => Err(e),
         },

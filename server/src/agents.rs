@@ -247,6 +247,7 @@ impl AgentHub {
         }
         Ok(HeartbeatResponse {
             report_interval_seconds: self.interval.as_secs(),
+            ..Default::default()
         })
     }
 

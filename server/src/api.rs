@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::routes())
         .merge(crate::policy_api::routes())
         .merge(crate::agent_api::routes())
+        .merge(crate::sessions::routes())
         .merge(crate::distribution::routes())
         // The server's own routes answer errors as JSON; the app proxy (merged after this layer)
         // passes the apps' answers through untouched.
@@ -241,6 +242,9 @@ pub struct WorkspaceJson {
     /// Apps.
     #[serde(default)]
     pub apps: Vec<AppJson>,
+    /// When a terminal, SSH or TCP session last carried anything into the workspace (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
 }
 
 /// `GET /api/v2/workspaces`.
@@ -298,6 +302,7 @@ pub(crate) fn workspace_json(
         latest_build: build.map(BuildJson::from),
         agent: agent.as_ref().map(AgentJson::from),
         apps,
+        last_used_at: state.sessions.last_used(&ws.id).map(rfc3339),
     }
 }
 

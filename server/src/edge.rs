@@ -211,8 +211,13 @@ pub fn app(state: AppState) -> Router {
         .layer(from_fn_with_state(edge.proxy.clone(), client_ip_middleware))
 }
 
-/// Serves [`app`] on a bound listener until the task is dropped.
+/// Serves [`app`] on a bound listener until the task is dropped. Connections get TCP_NODELAY:
+/// a terminal's keystroke echo or an SSH packet must not wait for the previous one's ACK.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -6,6 +6,7 @@
 //! - [`api`]: the HTTP router ([`rejections`]: framework errors in its JSON shape); [`distribution`]: agent binary and init script;
 //!   [`app_proxy`]: the app proxy; [`agent_api`]: the agent's routes; [`agents`]: the agent table;
 //!   [`startup_logs`]: startup-script output (stored per start, `GET …/logs`, followed live);
+//!   [`sessions`]: terminal, SSH and TCP sessions into workspaces (WebSocket → agent);
 //! - [`template`]: the workspace Secret, PVC and Pod; [`status`]: status derivation;
 //! - [`spawner`]: kube actions (server-side apply, deletes); [`builds`]: the build executor;
 //! - [`reconcile`]: watchers, status writes, and the pure plan (desired vs actual, orphans) it
@@ -40,6 +41,7 @@ pub mod preflight;
 pub mod reconcile;
 pub mod rejections;
 pub mod serve;
+pub mod sessions;
 pub mod spawner;
 pub mod startup_logs;
 pub mod state;

@@ -50,6 +50,24 @@ pub struct BuildLabels {
     pub status: String,
 }
 
+/// `lumie_sessions_total{kind,outcome}`, `lumie_sessions_open{kind}` (outcome empty).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    /// `ssh`, `tcp`, `terminal`.
+    pub kind: String,
+    /// `opened`, `refused` (the agent said no), `unavailable` (not running, agent not reachable).
+    pub outcome: String,
+}
+
+/// `lumie_session_bytes_total{kind,direction}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionBytesLabels {
+    /// `ssh`, `tcp`, `terminal`.
+    pub kind: String,
+    /// `to_workspace`, `from_workspace`.
+    pub direction: String,
+}
+
 /// Every metric, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +91,12 @@ pub struct Metrics {
     pub pods_recreated: Counter,
     /// Objects with workspace labels but no workspace.
     pub orphans: Gauge,
+    /// Sessions asked for, by kind and outcome.
+    pub sessions: Family<SessionLabels, Counter>,
+    /// Sessions open now, by kind (`outcome` empty).
+    pub sessions_open: Family<SessionLabels, Gauge>,
+    /// Bytes carried by sessions.
+    pub session_bytes: Family<SessionBytesLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,6 +127,9 @@ impl Metrics {
             builds: Family::default(),
             pods_recreated: Counter::default(),
             orphans: Gauge::default(),
+            sessions: Family::default(),
+            sessions_open: Family::default(),
+            session_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +181,21 @@ impl Metrics {
             "orphaned_objects",
             "Objects with workspace labels but no workspace",
             m.orphans.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Terminal, SSH and TCP sessions asked for, by kind and outcome",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "sessions_open",
+            "Terminal, SSH and TCP sessions open now",
+            m.sessions_open.clone(),
+        );
+        registry.register(
+            "session_bytes",
+            "Bytes carried by sessions, by kind and direction",
+            m.session_bytes.clone(),
         );
         Metrics {
             registry: root,

@@ -134,6 +134,9 @@ pub async fn start_with(
     drift.check_and_record().await;
     let mut tasks = vec![tokio::spawn(drift.run())];
     tasks.push(tokio::spawn(state.agents.clone().run()));
+    tasks.push(tokio::spawn(
+        state.sessions.keys.clone().run_refresh(state.db.clone()),
+    ));
     let control_plane = lumie_contract::policy::CONTROL_PLANE_USER;
     let stores = start_watchers(&client, &namespace, control_plane, &state.dirty);
     state.agent_auth.install(

@@ -15,6 +15,7 @@ use crate::edge::Edge;
 use crate::events::{Dirty, Events};
 use crate::metrics::Metrics;
 use crate::reconcile::ClusterViews;
+use crate::sessions::SessionHub;
 use crate::template::Template;
 
 /// Everything handlers and tasks share. Cheap to clone.
@@ -52,6 +53,8 @@ pub struct AppState {
     pub log_events: crate::startup_logs::LogEvents,
     /// Which heartbeats become resource samples (the dashboard's graphs).
     pub samples: Arc<SampleGate>,
+    /// Session ticket keys and workspace use through sessions.
+    pub sessions: Arc<SessionHub>,
 }
 
 impl AppState {
@@ -79,7 +82,9 @@ impl AppState {
             &config.namespace,
             &template.service_account_name,
         ));
+        let sessions = Arc::new(SessionHub::load(&db).await?);
         Ok(AppState {
+            sessions,
             agent_auth,
             auth: Arc::new(AuthChain::api_tokens(db.clone())),
             config: Arc::new(config),

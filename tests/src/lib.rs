@@ -14,7 +14,8 @@
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
 //! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins;
 //! - [`tools`]: the repository root and the helm/kubectl the project installs;
-//! - [`workspace_pods`]: running a workspace pod's `dev` entry for real, stand-in apps, the agent binary.
+//! - [`workspace_pods`]: running a workspace pod's `dev` entry for real, stand-in apps, the agent binary;
+//! - [`ws`]: WebSocket clients of the session routes (byte pipes, an SSH client over one).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -25,6 +26,7 @@ pub mod nodes;
 pub mod simulator;
 pub mod tools;
 pub mod workspace_pods;
+pub mod ws;
 
 pub use cluster::{Cluster, HarnessError, Identity, io_error};
 pub use simulator::{PodAction, PodContext};

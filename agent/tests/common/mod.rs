@@ -124,6 +124,7 @@ async fn heartbeat(
     });
     Json(HeartbeatResponse {
         report_interval_seconds: rec.interval_secs,
+        ..Default::default()
     })
     .into_response()
 }

@@ -56,6 +56,22 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../assets/dashboard.js"),
     ),
+    // The workspace page's terminal: xterm.js (vendored, see assets/xterm/README.md) and its glue.
+    (
+        "/assets/xterm.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/xterm/xterm.js"),
+    ),
+    (
+        "/assets/xterm.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/xterm/xterm.css"),
+    ),
+    (
+        "/assets/terminal.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/terminal.js"),
+    ),
 ];
 
 /// The dashboard's routes (merged into [`crate::router`]).

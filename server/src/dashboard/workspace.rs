@@ -1,7 +1,7 @@
 //! `/@{owner}/{workspace}`: one workspace — status and reason (live), the agent's lifecycle,
 //! connection and each app's health, buttons opening the apps through the app proxy (new tab),
-//! start/stop/delete, and the build history. `/_dashboard/live/{id}` renders the live part
-//! alone for the page's SSE watch to swap in.
+//! start/stop/delete, the terminal ([`terminal_section`]), and the build history.
+//! `/_dashboard/live/{id}` renders the live part alone for the page's SSE watch to swap in.
 //!
 //! Below them, each in its own module and section: the resource graphs over the last hour
 //! ([`super::resources`]) and the pod's Kubernetes events ([`super::pod_events`]), each
@@ -31,7 +31,7 @@ pub async fn page(
     Path((owner, name)): Path<(String, String)>,
 ) -> Response {
     match render(&state, &p, &owner, &name).await {
-        Ok(m) => html_response(StatusCode::OK, m),
+        Ok(m) => terminal_csp(html_response(StatusCode::OK, m)),
         Err(e) => error_page(e.status(), Some(&p.user), &e.to_string()),
     }
 }
@@ -77,6 +77,7 @@ async fn render(state: &AppState, p: &Principal, owner: &str, name: &str) -> cra
             div #live data-watch={ "/api/v2/workspaces/" (ws.id) "/watch" } data-fragment={ "/_dashboard/live/" (ws.id) } {
                 (live(&json))
             }
+            (terminal_section(&json))
             section.card aria-labelledby="builds-title" {
                 h2 #builds-title { "Build history" }
                 (build_table(&builds, &who))
@@ -239,4 +240,38 @@ pub async fn live_fragment(
         Ok(ws) => html_response(StatusCode::OK, live(&ws)),
         Err(e) => e.into_response(),
     }
+}
+
+/// The terminal card: xterm.js over `GET /api/v2/workspaces/{id}/sessions/terminal` (same
+/// origin, the page's session), opened by its button (`assets/terminal.js`).
+pub fn terminal_section(ws: &WorkspaceJson) -> Markup {
+    html! {
+        section.card aria-labelledby="terminal-title" {
+            h2 #terminal-title { "Terminal" }
+            p.toolbar {
+                button #terminal-open type="button" { "Open a terminal" }
+                " "
+                span.muted #terminal-state role="status" aria-live="polite" {
+                    "A login shell in the workspace's dev container, through the control plane."
+                }
+            }
+            link rel="stylesheet" href="/assets/xterm.css";
+            div #terminal data-workspace=(ws.id) hidden style="background:#000;padding:8px;border-radius:6px" {}
+            script src="/assets/xterm.js" defer {}
+            script src="/assets/terminal.js" defer {}
+        }
+    }
+}
+
+/// The workspace page's policy with inline styles allowed: xterm.js sizes and colours its rows
+/// through `<style>` elements it writes. Scripts stay `'self'` only.
+fn terminal_csp(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    resp
 }

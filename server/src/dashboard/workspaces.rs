@@ -219,7 +219,8 @@ pub fn agent_summary(ws: &WorkspaceJson) -> String {
     }
 }
 
-/// The last thing that happened: the agent's last contact, else the last status change.
+/// The last thing that happened: the agent's last contact, a session's use, else the last
+/// status change.
 pub fn last_activity(ws: &WorkspaceJson) -> Option<i64> {
     let parse = |s: &str| {
         chrono::DateTime::parse_from_rfc3339(s)
@@ -232,7 +233,8 @@ pub fn last_activity(ws: &WorkspaceJson) -> Option<i64> {
         .and_then(|a| a.last_connected_at.as_deref())
         .and_then(parse);
     let status = parse(&ws.status_changed_at);
-    agent.max(status)
+    let used = ws.last_used_at.as_deref().and_then(parse);
+    agent.max(status).max(used)
 }
 
 /// Which buttons a status allows: (start, stop, delete).

@@ -27,6 +27,7 @@ mod builds;
 mod dashboard;
 mod logs;
 mod samples;
+mod session_keys;
 mod tokens;
 mod users;
 mod workspaces;
@@ -36,6 +37,7 @@ pub use audit::{AuditEvent, AuditFilter};
 pub use dashboard::contains_pattern;
 pub use logs::{KEEP_STARTS, LogStart, StoredLine, drop_cutoff};
 pub use samples::{Admission, ResourceSample, SAMPLE_BUCKET_MS, SAMPLE_RETENTION_MS, SampleGate};
+pub use session_keys::SessionKeyRow;
 pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};
 pub use workspaces::CreatedWorkspace;
 

@@ -214,8 +214,40 @@ async fn transition(
         Goal::Deleted => "Deleting",
     };
     println!("{verb} workspace {name}…");
-    let build = client.build(&ws, name, transition).await?;
+    let build = build_when_free(client, &ws, name, transition, wait).await?;
     finish(client, name, &ws.id, &build, goal, wait).await
+}
+
+/// Asks for a build; while another one is in flight (the server answers 409 "in progress"),
+/// waits for it and asks again, within the wait's limit (not at all with `--no-wait`).
+async fn build_when_free(
+    client: &Client,
+    ws: &Workspace,
+    name: &WorkspaceName,
+    transition: &str,
+    wait: &Wait,
+) -> Result<Build> {
+    let deadline = wait.timeout.map(|t| Instant::now() + t);
+    let mut said = false;
+    loop {
+        match client.build(ws, name, transition).await {
+            Err(Error::Api {
+                status: 409,
+                message,
+                ..
+            }) if wait.wait
+                && message.contains("in progress")
+                && deadline.is_none_or(|d| Instant::now() < d) =>
+            {
+                if !said {
+                    println!("Waiting for the build in progress to finish…");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn delete(client: &Client, name: &WorkspaceName, yes: bool, wait: &Wait) -> Result<u8> {
@@ -236,7 +268,7 @@ async fn delete(client: &Client, name: &WorkspaceName, yes: bool, wait: &Wait) -
         }
     }
     println!("Deleting workspace {name}…");
-    let build = client.build(&ws, name, "delete").await?;
+    let build = build_when_free(client, &ws, name, "delete", wait).await?;
     finish(client, name, &ws.id, &build, Goal::Deleted, wait).await
 }
 

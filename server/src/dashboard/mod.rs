@@ -16,6 +16,7 @@
 //! A signed-out visit to a page redirects to `/login?redirect=<that page>` ([`Viewer`]); only a
 //! local path is ever a return destination ([`safe_return_path`]).
 
+pub mod cli_auth;
 pub mod login;
 pub mod tokens;
 pub mod workspace;
@@ -59,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route(LOGIN_PAGE, get(login::page).post(login::sign_in))
         .route("/logout", axum::routing::post(login::sign_out))
         .route("/settings/tokens", get(tokens::page))
+        .route(cli_auth::PATH, get(cli_auth::page).post(cli_auth::create))
         .route("/@{owner}/{workspace}", get(workspace::page))
         .route("/_dashboard/rows/{id}", get(workspaces::row_fragment))
         .route("/_dashboard/live/{id}", get(workspace::live_fragment))

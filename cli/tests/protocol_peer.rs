@@ -1,0 +1,411 @@
+//! The `lumie` binary against a minimal peer of the session protocol, so the CLI's half of it is
+//! checked on its own: a small axum app answering the two REST calls `ssh` and `port-forward`
+//! make and the two WebSocket routes (`…/sessions/ssh` bridged to a russh SSH server that runs
+//! `exec` requests with `sh -c`, `…/sessions/tcp/{port}` bridged to 127.0.0.1:{port}), with the
+//! server's token and error rules (401 without the token, 409 JSON for a stopped workspace).
+//!
+//! The end-to-end tests with the real server and agent are `tests/tests/cli_sessions.rs`; this
+//! peer only stands in for what the CLI expects of them.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use russh::server::{self, Auth, Msg, Session};
+use russh::{Channel, ChannelId};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+const TOKEN: &str = "peer-token";
+
+fn workspace_json(name: &str) -> serde_json::Value {
+    let status = if name == "parked" {
+        "stopped"
+    } else {
+        "running"
+    };
+    serde_json::json!({
+        "id": format!("id-{name}"), "owner_name": "alice", "name": name,
+        "status": status, "status_reason": "", "apps": []
+    })
+}
+
+fn authorised(h: &HeaderMap) -> Result<(), Response> {
+    match h.get("coder-session-token").and_then(|v| v.to_str().ok()) {
+        Some(TOKEN) => Ok(()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"message": "no session token"})),
+        )
+            .into_response()),
+    }
+}
+
+async fn get_workspace(h: HeaderMap, Path((_, name)): Path<(String, String)>) -> Response {
+    if let Err(r) = authorised(&h) {
+        return r;
+    }
+    if name == "nope" {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"message": "workspace me/nope not found"})),
+        )
+            .into_response();
+    }
+    axum::Json(workspace_json(&name)).into_response()
+}
+
+async fn ssh_route(h: HeaderMap, Path(id): Path<String>, ws: WebSocketUpgrade) -> Response {
+    if let Err(r) = authorised(&h) {
+        return r;
+    }
+    if h.contains_key("origin") {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if id == "id-stopped" {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(serde_json::json!({"message": "workspace alice/stopped is stopped"})),
+        )
+            .into_response();
+    }
+    ws.on_upgrade(|socket| async move {
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let config = Arc::new(server::Config {
+            keys: vec![
+                russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                    .unwrap(),
+            ],
+            ..Default::default()
+        });
+        tokio::spawn(async move {
+            if let Ok(session) = server::run_stream(config, far, Sshd::default()).await {
+                let _ = session.await;
+            }
+        });
+        bridge(socket, near).await;
+    })
+}
+
+async fn tcp_route(
+    h: HeaderMap,
+    Path((_, port)): Path<(String, u16)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(r) = authorised(&h) {
+        return r;
+    }
+    ws.on_upgrade(move |socket| async move {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            bridge(socket, tcp).await;
+        }
+    })
+}
+
+/// Binary messages ↔ a byte stream, until either side ends.
+async fn bridge<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut ws: WebSocket,
+    stream: S,
+) {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            n = r.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => if ws.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() { break },
+            },
+            m = ws.recv() => match m {
+                Some(Ok(Message::Binary(b))) => if w.write_all(&b).await.is_err() { break },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = ws.send(Message::Close(None)).await;
+}
+
+/// An SSH server that accepts anyone and runs `exec` requests with `sh -c`.
+#[derive(Default, Clone)]
+struct Sshd {
+    stdin: Arc<Mutex<HashMap<ChannelId, tokio::process::ChildStdin>>>,
+}
+
+impl server::Handler for Sshd {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(russh::Error::IO)?;
+        self.stdin
+            .lock()
+            .await
+            .insert(channel, child.stdin.take().unwrap());
+        session.channel_success(channel)?;
+        let handle = session.handle();
+        tokio::spawn(async move {
+            let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+            let h2 = handle.clone();
+            let errs = tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n @ 1..) = err.read(&mut buf).await {
+                    let _ = h2.extended_data(channel, 1, buf[..n].to_vec()).await;
+                }
+            });
+            let mut buf = vec![0u8; 32 * 1024];
+            while let Ok(n @ 1..) = out.read(&mut buf).await {
+                let _ = handle.data(channel, buf[..n].to_vec()).await;
+            }
+            let _ = errs.await;
+            let code = child
+                .wait()
+                .await
+                .ok()
+                .and_then(|s| s.code())
+                .unwrap_or(255);
+            let _ = handle.exit_status_request(channel, code as u32).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(stdin) = self.stdin.lock().await.get_mut(&channel) {
+            let _ = stdin.write_all(data).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.stdin.lock().await.remove(&channel);
+        Ok(())
+    }
+}
+
+async fn peer() -> String {
+    let app = Router::new()
+        .route("/api/v2/users/{user}/workspace/{name}", get(get_workspace))
+        .route("/api/v2/workspaces/{id}/sessions/ssh", get(ssh_route))
+        .route(
+            "/api/v2/workspaces/{id}/sessions/tcp/{port}",
+            get(tcp_route),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn lumie(url: &str, token: &str, home: &std::path::Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_lumie"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("LUMIE_URL", url)
+        .env("LUMIE_SESSION_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+async fn run(
+    mut c: tokio::process::Command,
+    input: Option<&[u8]>,
+) -> (Option<i32>, String, String) {
+    if input.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().unwrap();
+    if let Some(bytes) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(bytes).await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("lumie finishes")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_exec_streams_and_exit_status_through_the_tunnel() {
+    let url = peer().await;
+    let home = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = lumie(&url, TOKEN, home.path());
+        c.args(args);
+        c
+    };
+    let (code, out, err) = run(
+        cmd(&["ssh", "dev", "--", "sh", "-c", "echo $((6*7)); exit 3"]),
+        None,
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (Some(3), "42\n"), "{err}");
+    let (code, out, err) = run(
+        cmd(&["ssh", "dev", "--", "sh", "-c", "echo out; echo err >&2"]),
+        None,
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (Some(0), "out\n"), "{err}");
+    assert!(err.contains("err"), "{err}");
+    let input = vec![b'x'; 300_000];
+    let (code, out, err) = run(cmd(&["ssh", "dev", "--", "wc -c"]), Some(&input)).await;
+    assert_eq!((code, out.trim()), (Some(0), "300000"), "{err}");
+
+    // Refusals before the upgrade become the CLI's sentences.
+    let (code, _, err) = run(cmd(&["ssh", "stopped", "--", "true"]), None).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("run `lumie start stopped`") && err.contains("is stopped"),
+        "{err}"
+    );
+    let (_, _, err) = run(cmd(&["ssh", "nope", "--", "true"]), None).await;
+    assert!(err.contains("no workspace nope"), "{err}");
+    let (_, _, err) = run(cmd(&["ssh", "parked", "--", "true"]), None).await;
+    assert!(err.contains("run `lumie start parked`"), "{err}");
+    let mut bad = lumie(&url, "wrong", home.path());
+    bad.args(["ssh", "dev", "--", "true"]);
+    let (_, _, err) = run(bad, None).await;
+    assert!(
+        err.contains("refused the session token") && err.contains(&format!("lumie login {url}")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_through_lumie_ssh_stdio() {
+    let url = peer().await;
+    let home = tempfile::tempdir().unwrap();
+    let proxy = format!(
+        "env LUMIE_URL={url} LUMIE_SESSION_TOKEN={TOKEN} HOME={} {} ssh --stdio dev",
+        home.path().display(),
+        env!("CARGO_BIN_EXE_lumie")
+    );
+    let out = tokio::process::Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy}"))
+        .args(["lumie.dev", "echo via-openssh; exit 4"])
+        .env("HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("ssh (openssh-client) is installed: scripts/install-deps.sh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via-openssh\n",
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_carries_bytes_both_ways_per_connection() {
+    let url = peer().await;
+    let home = tempfile::tempdir().unwrap();
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let remote = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = lumie(&url, TOKEN, home.path());
+    c.args(["port-forward", "dev", "--tcp", &format!("{local}:{remote}")]);
+    let mut child = c.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(
+        first,
+        format!("Forwarding 127.0.0.1:{local} → dev:{remote}")
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20u8 {
+        tasks.spawn(async move {
+            let payload: Vec<u8> = (0..1_000_000u32).map(|j| (j as u8) ^ i).collect();
+            let s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                .await
+                .unwrap();
+            let (mut r, mut w) = s.into_split();
+            let p = payload.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&p).await.unwrap();
+                w
+            });
+            let mut got = vec![0u8; payload.len()];
+            r.read_exact(&mut got).await.unwrap();
+            drop(writer.await.unwrap());
+            assert!(got == payload, "connection {i}");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    child.kill().await.unwrap();
+}

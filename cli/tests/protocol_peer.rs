@@ -37,19 +37,22 @@ fn workspace_json(name: &str) -> serde_json::Value {
     })
 }
 
-fn authorised(h: &HeaderMap) -> Result<(), Response> {
+/// The 401 the server answers without the right token, or `None` when it is there.
+fn refused(h: &HeaderMap) -> Option<Response> {
     match h.get("coder-session-token").and_then(|v| v.to_str().ok()) {
-        Some(TOKEN) => Ok(()),
-        _ => Err((
-            StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({"message": "no session token"})),
-        )
-            .into_response()),
+        Some(TOKEN) => None,
+        _ => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"message": "no session token"})),
+            )
+                .into_response(),
+        ),
     }
 }
 
 async fn get_workspace(h: HeaderMap, Path((_, name)): Path<(String, String)>) -> Response {
-    if let Err(r) = authorised(&h) {
+    if let Some(r) = refused(&h) {
         return r;
     }
     if name == "nope" {
@@ -63,7 +66,7 @@ async fn get_workspace(h: HeaderMap, Path((_, name)): Path<(String, String)>) ->
 }
 
 async fn ssh_route(h: HeaderMap, Path(id): Path<String>, ws: WebSocketUpgrade) -> Response {
-    if let Err(r) = authorised(&h) {
+    if let Some(r) = refused(&h) {
         return r;
     }
     if h.contains_key("origin") {
@@ -99,7 +102,7 @@ async fn tcp_route(
     Path((_, port)): Path<(String, u16)>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(r) = authorised(&h) {
+    if let Some(r) = refused(&h) {
         return r;
     }
     ws.on_upgrade(move |socket| async move {

@@ -158,7 +158,12 @@ async fn login(config: &Config, url: Option<String>, open: bool) -> Result<u8> {
         token: token.clone(),
         username: String::new(),
     })?;
-    let me = client.me().await?;
+    let me = client.me().await.map_err(|e| match e {
+        Error::Unauthorized { url, message } => Error::Usage(format!(
+            "{url} does not accept that token ({message}): get a new one at {url}{CLI_AUTH_PATH}"
+        )),
+        e => e,
+    })?;
     let path = credentials::save(
         &config.config_dir,
         &Credentials {
@@ -500,7 +505,7 @@ async fn config_ssh(
     if new_text == text {
         match &block {
             Some(b) => println!(
-                "{} is up to date ({} lumie hosts).",
+                "{} is up to date ({} lumie host(s)).",
                 file.display(),
                 ssh_config::hosts(b).len()
             ),
@@ -520,8 +525,9 @@ async fn config_ssh(
         Some(b) => {
             let hosts = ssh_config::hosts(b);
             println!(
-                "Wrote {} hosts to {}{}",
+                "Wrote {} host{} to {}{}",
                 hosts.len(),
+                if hosts.len() == 1 { "" } else { "s" },
                 written.display(),
                 match hosts.first() {
                     Some(h) => format!(": `ssh {h}` gets you in."),

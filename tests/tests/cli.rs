@@ -111,7 +111,10 @@ async fn without_a_login_it_says_how_to_log_in_then_login_stores_a_private_crede
         .run(&["login", &s.url, "--token", "not-a-token"])
         .await
         .failed();
-    assert!(e.contains("refused the session token"), "{e}");
+    assert!(
+        e.contains("does not accept that token") && e.contains("/cli-auth"),
+        "{e}"
+    );
     assert!(!user.credential_file().exists());
     // Without --token and without a terminal, the token is read from standard input.
     let out = user
@@ -410,7 +413,7 @@ async fn config_ssh_is_idempotent_removable_and_read_by_openssh() {
     // Again: nothing changes.
     let out = user.run(&["config-ssh"]).await.ok();
     assert!(
-        out.stdout.contains("is up to date (2 lumie hosts)"),
+        out.stdout.contains("is up to date (2 lumie host(s))"),
         "{}",
         out.stdout
     );

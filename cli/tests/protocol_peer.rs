@@ -135,10 +135,27 @@ async fn bridge<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let _ = ws.send(Message::Close(None)).await;
 }
 
-/// An SSH server that accepts anyone and runs `exec` requests with `sh -c`.
+/// An SSH server that accepts anyone, runs `exec` requests with `sh -c`, and a shell
+/// (`sh -i` as a session leader on a PTY) after a `pty-req`.
 #[derive(Default, Clone)]
 struct Sshd {
     stdin: Arc<Mutex<HashMap<ChannelId, tokio::process::ChildStdin>>>,
+    /// A channel's PTY size before the shell starts, then its master (for input and resizes).
+    ptys: Arc<Mutex<HashMap<ChannelId, Pty>>>,
+}
+
+struct Pty {
+    size: rustix::termios::Winsize,
+    master: Option<std::fs::File>,
+}
+
+fn winsize(cols: u32, rows: u32) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: rows as u16,
+        ws_col: cols as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
 }
 
 impl server::Handler for Sshd {
@@ -206,6 +223,114 @@ impl server::Handler for Sshd {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.ptys.lock().await.insert(
+            channel,
+            Pty {
+                size: winsize(cols, rows),
+                master: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let mut ptys = self.ptys.lock().await;
+        let Some(pty) = ptys.get_mut(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let io = |e: rustix::io::Errno| russh::Error::IO(e.into());
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).map_err(io)?;
+        grantpt(&master).map_err(io)?;
+        unlockpt(&master).map_err(io)?;
+        rustix::termios::tcsetwinsize(&master, pty.size).map_err(io)?;
+        let name = ptsname(&master, Vec::new()).map_err(io)?;
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .map_err(russh::Error::IO)?;
+        // `setsid -c`: a new session with the PTY as its controlling terminal, like sshd.
+        let mut child = tokio::process::Command::new("setsid")
+            .args(["-c", "sh", "-i"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PS1", "peer$ ")
+            .env("TERM", "xterm")
+            .stdin(slave.try_clone().map_err(russh::Error::IO)?)
+            .stdout(slave.try_clone().map_err(russh::Error::IO)?)
+            .stderr(slave)
+            .spawn()
+            .map_err(russh::Error::IO)?;
+        let master = std::fs::File::from(master);
+        pty.master = Some(master.try_clone().map_err(russh::Error::IO)?);
+        session.channel_success(channel)?;
+        let handle = session.handle();
+        // A thread of its own reads the master (a blocking read a runtime must not wait for).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut master = master;
+            let mut buf = vec![0u8; 8192];
+            // EIO once the shell and everything it started have exited.
+            while let Ok(n @ 1..) = master.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                let _ = handle.data(channel, chunk).await;
+            }
+            let code = child
+                .wait()
+                .await
+                .ok()
+                .and_then(|s| s.code())
+                .unwrap_or(255);
+            let _ = handle.exit_status_request(channel, code as u32).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(Pty {
+            master: Some(m), ..
+        }) = self.ptys.lock().await.get(&channel)
+        {
+            let _ = rustix::termios::tcsetwinsize(m, winsize(cols, rows));
+        }
+        Ok(())
+    }
+
     async fn data(
         &mut self,
         channel: ChannelId,
@@ -214,6 +339,12 @@ impl server::Handler for Sshd {
     ) -> Result<(), Self::Error> {
         if let Some(stdin) = self.stdin.lock().await.get_mut(&channel) {
             let _ = stdin.write_all(data).await;
+        } else if let Some(Pty {
+            master: Some(m), ..
+        }) = self.ptys.lock().await.get_mut(&channel)
+        {
+            use std::io::Write;
+            let _ = m.write_all(data);
         }
         Ok(())
     }
@@ -411,4 +542,91 @@ async fn port_forward_carries_bytes_both_ways_per_connection() {
         r.unwrap();
     }
     child.kill().await.unwrap();
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = std::process::Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is installed: scripts/install-deps.sh");
+    assert!(out.status.success(), "tmux {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn until_pane(session: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pane = tmux(&["capture-pane", "-p", "-t", session]);
+        if check(&pane) {
+            return pane;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} in the pane:\n{pane}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct KillSession(String);
+
+impl Drop for KillSession {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// `lumie ssh dev` in a real terminal (tmux): raw mode, the PTY's size, a resize (SIGWINCH →
+/// window-change), and the shell's exit status as lumie's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_shell_in_a_terminal_with_resize_and_exit_status() {
+    let url = peer().await;
+    let home = tempfile::tempdir().unwrap();
+    let status = home.path().join("status");
+    let session = format!("lumie-peer-{}", std::process::id());
+    let command = format!(
+        "env -i PATH=\"$PATH\" HOME='{home}' TERM=xterm LUMIE_URL={url} LUMIE_SESSION_TOKEN={TOKEN} '{lumie}' ssh dev; echo \"exit=$?\" > '{status}'; sleep 30",
+        home = home.path().display(),
+        lumie = env!("CARGO_BIN_EXE_lumie"),
+        status = status.display(),
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &command,
+    ]);
+    let _cleanup = KillSession(session.clone());
+    until_pane(&session, "prompt", |p| p.contains("peer$")).await;
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "stty size; echo hello-$((40+2))",
+        "Enter",
+    ]);
+    until_pane(&session, "the size and output", |p| {
+        p.contains("30 100") && p.contains("hello-42")
+    })
+    .await;
+    tmux(&["resize-window", "-t", &session, "-x", "120", "-y", "40"]);
+    tmux(&["send-keys", "-t", &session, "stty size", "Enter"]);
+    until_pane(&session, "the new size", |p| p.contains("40 120")).await;
+    tmux(&["send-keys", "-t", &session, "exit 7", "Enter"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&status).unwrap_or_default().trim() != "exit=7" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lumie ssh did not end with the shell's status:\n{}",
+            tmux(&["capture-pane", "-p", "-t", &session])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

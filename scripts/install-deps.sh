@@ -39,4 +39,7 @@ if [ -f "$here/tests/browser/package.json" ] && [ ! -d "$here/tests/browser/node
   log "npm packages for the browser tests"
   (cd "$here/tests/browser" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
 fi
+# The CLI's session tests: Debian's OpenSSH client (ssh, scp through `lumie config-ssh`) and
+# tmux to drive an interactive `lumie ssh` in a terminal.
+apt_install openssh-client tmux
 exit 0

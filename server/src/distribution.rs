@@ -2,6 +2,7 @@
 //! with its sha256 in [`SHA256_HEADER`], and the init script at
 //! `GET /api/v2/init-script/{os}/{arch}`; [`missing_binary_warning`] is what `/readyz` says
 //! when there is nothing to serve (every new workspace pod would wait for its agent forever).
+//! The developer CLI is served beside it from the same folder, `GET /bin/lumie-{os}-{arch}` ([`CLI_PREFIX`]), with the same checksum header.
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -22,6 +23,8 @@ use crate::template::INIT_SCRIPT;
 pub const SHA256_HEADER: &str = "X-Lumie-Agent-Sha256";
 /// Binary name prefix.
 pub const BINARY_PREFIX: &str = "lumie-agent-";
+/// The CLI's binary name prefix (`lumie-linux-amd64`).
+pub const CLI_PREFIX: &str = "lumie-";
 
 /// The routes of this module.
 pub fn routes() -> Router<AppState> {
@@ -36,7 +39,17 @@ static SHA_CACHE: LazyLock<Mutex<HashMap<PathBuf, (ShaKey, String)>>> =
 
 /// Whether `name` is `lumie-agent-<os>-<arch>` with plain lowercase parts (no path tricks).
 pub fn valid_binary_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(BINARY_PREFIX) else {
+    valid_name(name, BINARY_PREFIX)
+}
+
+/// Whether `name` is the CLI's `lumie-<os>-<arch>` (never an agent name: its arch would
+/// contain a `-`).
+pub fn valid_cli_name(name: &str) -> bool {
+    valid_name(name, CLI_PREFIX)
+}
+
+fn valid_name(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
         return false;
     };
     let Some((os, arch)) = rest.split_once('-') else {
@@ -117,12 +130,19 @@ fn not_found(dir: &FsPath, what: &str) -> Response {
 
 async fn binary(State(state): State<AppState>, Path(file): Path<String>) -> Response {
     let dir = state.config.agent_binary_dir.clone();
-    if !valid_binary_name(&file) {
+    if !valid_binary_name(&file) && !valid_cli_name(&file) {
         return not_found(&dir, &file);
     }
     let path = dir.join(&file);
     let (bytes, meta) = match (tokio::fs::read(&path).await, std::fs::metadata(&path)) {
         (Ok(b), Ok(m)) => (b, m),
+        _ if valid_cli_name(&file) => {
+            let body = format!(
+                "no CLI binary {file} in {} (LUMIE_AGENT_BINARY_DIR)\n",
+                dir.display()
+            );
+            return (StatusCode::NOT_FOUND, body).into_response();
+        }
         _ => return not_found(&dir, &file),
     };
     let sum = sha256_of(
@@ -217,6 +237,17 @@ mod tests {
             "lumie-agent-Linux-amd64",
         ] {
             assert!(!valid_binary_name(bad), "{bad}");
+        }
+        for ok in ["lumie-linux-amd64", "lumie-darwin-arm64"] {
+            assert!(valid_cli_name(ok) && !valid_binary_name(ok), "{ok}");
+        }
+        for bad in [
+            "lumie-agent-linux-amd64",
+            "lumie-linux",
+            "lumie-../x-y",
+            "lumie-linux-amd64.exe",
+        ] {
+            assert!(!valid_cli_name(bad), "{bad}");
         }
     }
 }

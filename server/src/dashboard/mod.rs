@@ -20,6 +20,7 @@
 //! local path is ever a return destination ([`safe_return_path`]).
 
 pub mod admin;
+pub mod cli_auth;
 pub mod login;
 pub mod pod_events;
 pub mod resources;
@@ -81,6 +82,7 @@ pub fn routes() -> Router<AppState> {
         .route(LOGIN_PAGE, get(login::page).post(login::sign_in))
         .route("/logout", axum::routing::post(login::sign_out))
         .route("/settings/tokens", get(tokens::page))
+        .route(cli_auth::PATH, get(cli_auth::page).post(cli_auth::create))
         .route("/@{owner}/{workspace}", get(workspace::page))
         .route("/_dashboard/rows/{id}", get(workspaces::row_fragment))
         .route("/_dashboard/live/{id}", get(workspace::live_fragment))

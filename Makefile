@@ -19,7 +19,7 @@ test: deps lint
 # One build of everything the demo runs (features resolved once, so nothing is rebuilt after it),
 # then the demo binary itself.
 demo: deps
-	$(CARGO) build --release -p lumie-agent -p lumie-server -p lumie-webhook -p lumie-tests --bin lumie-agent --bin lumie-server --bin lumie-webhook --bin lumie-demo --bin lumie-stand-in-apps
+	$(CARGO) build --release -p lumie-agent -p lumie-server -p lumie-webhook -p lumie-cli -p lumie-tests --bin lumie-agent --bin lumie --bin lumie-server --bin lumie-webhook --bin lumie-demo --bin lumie-stand-in-apps
 	"$${CARGO_TARGET_DIR:-target}/release/lumie-demo"
 
 ## Benchmarks: commands that print figures and ratios against a baseline measured in the same run.

@@ -166,6 +166,13 @@ async fn main() -> anyhow::Result<()> {
         "    (your workspace admin/demo is on the list; its page opens Tilt, code-server and the agents UI)"
     );
     println!("  - or use the API: curl -H 'Coder-Session-Token: {token}' {url}/api/v2/workspaces");
+    let lumie = std::env::current_exe()?.with_file_name("lumie");
+    if lumie.exists() {
+        println!(
+            "  - or the CLI: {cli} login {url} --token {token}; then {cli} ssh demo, {cli} list",
+            cli = lumie.display()
+        );
+    }
     println!(
         "  - or look at the cluster: KUBECONFIG={} kubectl -n lumie-dev get pods",
         cluster.kubeconfig(Identity::Admin).display()

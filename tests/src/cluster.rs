@@ -82,6 +82,9 @@ pub enum HarnessError {
         "install-binaries.sh failed ({0}); run tests/cluster/install-binaries.sh by hand to see why"
     )]
     Binaries(String),
+    /// A binary the tests run (the agent, the stand-in apps) is missing or did not build.
+    #[error("{0}")]
+    Build(String),
     /// A component did not come up; the message carries the tail of its log.
     #[error(
         "{component} did not start: {reason}\n--- last lines of {component}.log ---\n{log_tail}"

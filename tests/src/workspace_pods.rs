@@ -99,7 +99,7 @@ pub fn agent_binary() -> Result<PathBuf, HarnessError> {
     BUILT
         .get_or_init(|| build_agent_binary().map_err(|e| e.to_string()))
         .clone()
-        .map_err(HarnessError::Binaries)
+        .map_err(HarnessError::Build)
 }
 
 fn build_agent_binary() -> Result<PathBuf, HarnessError> {
@@ -124,7 +124,7 @@ fn build_agent_binary() -> Result<PathBuf, HarnessError> {
             .status()
             .map_err(io_error("running cargo build -p lumie-agent"))?;
         if !status.success() || !bin.exists() {
-            return Err(HarnessError::Binaries(format!(
+            return Err(HarnessError::Build(format!(
                 "cargo build -p lumie-agent: {status}, expected {}",
                 bin.display()
             )));
@@ -161,7 +161,7 @@ pub fn stand_in_apps_binary() -> Result<PathBuf, HarnessError> {
     }
     let bin = dir.join("lumie-stand-in-apps");
     if !bin.exists() {
-        return Err(HarnessError::Binaries(format!(
+        return Err(HarnessError::Build(format!(
             "{} is missing: build it with cargo build -p lumie-tests --bin lumie-stand-in-apps",
             bin.display()
         )));

@@ -42,3 +42,40 @@ pub async fn start_server(
 ) -> lumie_server::error::StartupResult<Running> {
     lumie_server::serve::start(config, cluster.client_as(Identity::ControlPlane).await).await
 }
+
+/// A member the admin made, with an API token of their own.
+pub struct Member {
+    /// The user's id.
+    pub id: String,
+    /// Their API token (`Coder-Session-Token`).
+    pub token: String,
+}
+
+/// Makes the member `username` and a token of theirs through the API, as the admin
+/// (`admin_token`) of the server at `url`. Panics with the server's answer when it refuses:
+/// this is test set-up.
+pub async fn member(url: &str, admin_token: &str, username: &str) -> Member {
+    let http = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        let req = http
+            .post(format!("{url}{path}"))
+            .header("Coder-Session-Token", admin_token)
+            .json(&body);
+        async move {
+            let resp = req.send().await.expect("the server answers");
+            let status = resp.status();
+            let json: serde_json::Value = resp.json().await.expect("a JSON answer");
+            assert!(status.is_success(), "POST {path}: {status} {json}");
+            json
+        }
+    };
+    let user = post(
+        "/api/v2/users".into(),
+        serde_json::json!({ "username": username }),
+    )
+    .await;
+    let id = user["id"].as_str().expect("a user id").to_string();
+    let key = post(format!("/api/v2/users/{id}/keys"), serde_json::json!({})).await;
+    let token = key["key"].as_str().expect("a token").to_string();
+    Member { id, token }
+}

@@ -28,7 +28,6 @@ use axum::routing::post;
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::PostParams;
-use lumie_server::api::{KeyJson, UserJson};
 use lumie_server::config::OidcConfig;
 use lumie_tests::workspace_pods::{self, StandInAgent, StandInApps};
 use lumie_tests::{Cluster, PodAction, PodContext, admission, control_plane, nodes};
@@ -223,30 +222,7 @@ async fn dashboard_in_chromium() {
     let token = server.first_admin_token.clone().unwrap();
 
     // A member with a token of their own.
-    let http = reqwest::Client::new();
-    let member: UserJson = http
-        .post(format!("{url}/api/v2/users"))
-        .header("Coder-Session-Token", &token)
-        .json(&serde_json::json!({ "username": "mia" }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let member_token: KeyJson = http
-        .post(format!("{url}/api/v2/users/{}/keys", member.id))
-        .header("Coder-Session-Token", &token)
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let member = control_plane::member(&url, &token, "mia").await;
 
     // What the script asks of the cluster.
     let control = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -275,7 +251,7 @@ async fn dashboard_in_chromium() {
             .current_dir(&browser_dir)
             .env("LUMIE_URL", url2)
             .env("LUMIE_ADMIN_TOKEN", token)
-            .env("LUMIE_MEMBER_TOKEN", member_token.key)
+            .env("LUMIE_MEMBER_TOKEN", &member.token)
             .env("LUMIE_CONTROL", control_url)
             .env("LUMIE_SCREENSHOTS", &shots)
             .env("LUMIE_PROFILE_DIR", profile)

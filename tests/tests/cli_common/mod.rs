@@ -135,34 +135,9 @@ impl User {
 
 /// A member named `name` and a token of theirs, made by the admin.
 pub async fn member(url: &str, admin_token: &str, name: &str) -> String {
-    let http = reqwest::Client::new();
-    let user: serde_json::Value = http
-        .post(format!("{url}/api/v2/users"))
-        .header("Coder-Session-Token", admin_token)
-        .json(&serde_json::json!({ "username": name }))
-        .send()
+    lumie_tests::control_plane::member(url, admin_token, name)
         .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key: serde_json::Value = http
-        .post(format!(
-            "{url}/api/v2/users/{}/keys",
-            user["id"].as_str().unwrap()
-        ))
-        .header("Coder-Session-Token", admin_token)
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    key["key"].as_str().unwrap().to_string()
+        .token
 }
 
 /// A workspace as the API shows it.

@@ -79,3 +79,32 @@ pub async fn member(url: &str, admin_token: &str, username: &str) -> Member {
     let token = key["key"].as_str().expect("a token").to_string();
     Member { id, token }
 }
+
+/// Starts a per-test-binary shared stack (webhook, server, runners) on a runtime of its own, on
+/// a thread that lives as long as the test process, and returns what `start` hands back; what
+/// it keeps (the second value: servers, webhooks) lives as long as the process too. Each
+/// `#[tokio::test]` has its own runtime that ends with it: a server started on one would die
+/// with the first test. Wrap the call in a `OnceLock` so the stack starts once.
+pub fn start_shared<T, K, F, Fut>(start: F) -> T
+where
+    T: Send + 'static,
+    K: 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (T, K)>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the shared stack");
+        rt.block_on(async move {
+            let (shared, _keep) = start().await;
+            if tx.send(shared).is_ok() {
+                std::future::pending::<()>().await;
+            }
+        });
+    });
+    rx.recv().expect("the shared stack starts")
+}

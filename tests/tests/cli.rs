@@ -33,47 +33,38 @@ struct Stack {
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
+        control_plane::start_shared(move || async move {
+            let cluster = Cluster::shared();
+            let admin = cluster.client().await;
+            let work = tempfile::tempdir().unwrap().keep();
+            let _webhook = admission::start_registered_webhook(cluster, &work)
+                .await
                 .unwrap();
-            rt.block_on(async move {
-                let cluster = Cluster::shared();
-                let admin = cluster.client().await;
-                let work = tempfile::tempdir().unwrap().keep();
-                let _webhook = admission::start_registered_webhook(cluster, &work)
-                    .await
-                    .unwrap();
-                workspace_pods::install_stable_service(&admin)
-                    .await
-                    .unwrap();
-                cluster.set_pod_action(Arc::new(StandInAgent {
-                    apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
-                    first_after_secs: 1,
-                }));
-                let mut config = control_plane::server_config(&work.join("server")).unwrap();
-                // The download folder, with the CLI in it (no agent: the stand-in needs none).
-                let bin_dir = work.join("bin");
-                std::fs::create_dir_all(&bin_dir).unwrap();
-                std::fs::copy(lumie_binary(), bin_dir.join("lumie-linux-amd64")).unwrap();
-                config.agent_binary_dir = bin_dir;
-                let url = config.access_url.clone();
-                let server = control_plane::start_server(cluster, config)
-                    .await
-                    .expect("lumie-server starts");
-                tx.send(Stack {
+            workspace_pods::install_stable_service(&admin)
+                .await
+                .unwrap();
+            cluster.set_pod_action(Arc::new(StandInAgent {
+                apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
+                first_after_secs: 1,
+            }));
+            let mut config = control_plane::server_config(&work.join("server")).unwrap();
+            // The download folder, with the CLI in it (no agent: the stand-in needs none).
+            let bin_dir = work.join("bin");
+            std::fs::create_dir_all(&bin_dir).unwrap();
+            std::fs::copy(lumie_binary(), bin_dir.join("lumie-linux-amd64")).unwrap();
+            config.agent_binary_dir = bin_dir;
+            let url = config.access_url.clone();
+            let server = control_plane::start_server(cluster, config)
+                .await
+                .expect("lumie-server starts");
+            (
+                Stack {
                     url,
                     admin_token: server.first_admin_token.clone().unwrap(),
-                })
-                .unwrap();
-                let _keep = (server, _webhook);
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("the stack starts")
+                },
+                (server, _webhook),
+            )
+        })
     })
 }
 

@@ -40,55 +40,46 @@ struct Stack {
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
+        control_plane::start_shared(move || async move {
+            let cluster = Cluster::shared();
+            let admin = cluster.client().await;
+            let work = tempfile::tempdir().unwrap().keep();
+            let webhook = admission::start_registered_webhook(cluster, &work)
+                .await
                 .unwrap();
-            rt.block_on(async move {
-                let cluster = Cluster::shared();
-                let admin = cluster.client().await;
-                let work = tempfile::tempdir().unwrap().keep();
-                let webhook = admission::start_registered_webhook(cluster, &work)
-                    .await
-                    .unwrap();
-                workspace_pods::install_stable_service(&admin)
-                    .await
-                    .unwrap();
-                let mut config = control_plane::server_config(&work.join("server")).unwrap();
-                config.agent_binary_dir = workspace_pods::agent_binary_dir(&work).unwrap();
-                config.agent_report_interval = Duration::from_secs(1);
-                let url = config.access_url.clone();
-                let server = control_plane::start_server(cluster, config)
-                    .await
-                    .expect("lumie-server starts");
-                let admin_token = server.first_admin_token.clone().unwrap();
-                let apps = StandInApps::start(IpAddr::V4(Ipv4Addr::LOCALHOST))
-                    .await
-                    .unwrap();
-                let pods = work.join("pods");
-                let mut runner = DevContainerRunner::new(&pods);
-                std::fs::create_dir_all(&runner.work_dir).unwrap();
-                runner.extra_env.extend([(
-                    "LUMIE_AGENT_HEALTH_INTERVAL".to_string(),
-                    "500ms".to_string(),
-                )]);
-                cluster.set_pod_action(Arc::new(runner));
-                let mia_token = member(&url, &admin_token, "mia").await;
-                tx.send(Stack {
+            workspace_pods::install_stable_service(&admin)
+                .await
+                .unwrap();
+            let mut config = control_plane::server_config(&work.join("server")).unwrap();
+            config.agent_binary_dir = workspace_pods::agent_binary_dir(&work).unwrap();
+            config.agent_report_interval = Duration::from_secs(1);
+            let url = config.access_url.clone();
+            let server = control_plane::start_server(cluster, config)
+                .await
+                .expect("lumie-server starts");
+            let admin_token = server.first_admin_token.clone().unwrap();
+            let apps = StandInApps::start(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .await
+                .unwrap();
+            let pods = work.join("pods");
+            let mut runner = DevContainerRunner::new(&pods);
+            std::fs::create_dir_all(&runner.work_dir).unwrap();
+            runner.extra_env.extend([(
+                "LUMIE_AGENT_HEALTH_INTERVAL".to_string(),
+                "500ms".to_string(),
+            )]);
+            cluster.set_pod_action(Arc::new(runner));
+            let mia_token = member(&url, &admin_token, "mia").await;
+            (
+                Stack {
                     url,
                     admin_token,
                     mia_token,
                     pods,
-                })
-                .unwrap();
-                let _keep = (server, webhook, apps);
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("the stack starts")
+                },
+                (server, webhook, apps),
+            )
+        })
     })
 }
 

@@ -83,60 +83,51 @@ esac
 fn stack() -> &'static Stack {
     STACK.get_or_init(|| {
         let cluster = Cluster::shared();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
+        control_plane::start_shared(move || async move {
+            let work = tempfile::tempdir().unwrap().keep();
+            let admin = cluster.client().await;
+            let webhook = admission::start_registered_webhook(cluster, &work)
+                .await
                 .unwrap();
-            rt.block_on(async move {
-                let work = tempfile::tempdir().unwrap().keep();
-                let admin = cluster.client().await;
-                let webhook = admission::start_registered_webhook(cluster, &work)
-                    .await
-                    .unwrap();
-                workspace_pods::install_stable_service(&admin)
-                    .await
-                    .unwrap();
-                let stand_in = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lumie-stand-in-apps"));
-                let template_file = work.join("template.yaml");
-                std::fs::write(
-                    &template_file,
-                    serde_yaml::to_string(&template(&stand_in)).unwrap(),
-                )
+            workspace_pods::install_stable_service(&admin)
+                .await
                 .unwrap();
-                let mut config = control_plane::server_config(&work.join("server")).unwrap();
-                config.template_file = Some(template_file);
-                config.agent_binary_dir = workspace_pods::agent_binary_dir(&work).unwrap();
-                config.agent_report_interval = Duration::from_secs(1);
-                let url = config.access_url.clone();
-                let server = control_plane::start_server(cluster, config).await.unwrap();
-                let app_host = workspace_pods::private_app_host();
-                let mut runner = DevContainerRunner::new(work.join("pods"));
-                std::fs::create_dir_all(&runner.work_dir).unwrap();
-                runner.extra_env.extend([
-                    (
-                        "LUMIE_AGENT_HEALTH_INTERVAL".to_string(),
-                        "200ms".to_string(),
-                    ),
-                    ("LUMIE_AGENT_HEALTH_THRESHOLD".to_string(), "2".to_string()),
-                    ("LUMIE_AGENT_APP_HOST".to_string(), app_host.to_string()),
-                ]);
-                let pods = runner.work_dir.clone();
-                cluster.set_pod_action(Arc::new(runner));
-                tx.send(Stack {
+            let stand_in = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lumie-stand-in-apps"));
+            let template_file = work.join("template.yaml");
+            std::fs::write(
+                &template_file,
+                serde_yaml::to_string(&template(&stand_in)).unwrap(),
+            )
+            .unwrap();
+            let mut config = control_plane::server_config(&work.join("server")).unwrap();
+            config.template_file = Some(template_file);
+            config.agent_binary_dir = workspace_pods::agent_binary_dir(&work).unwrap();
+            config.agent_report_interval = Duration::from_secs(1);
+            let url = config.access_url.clone();
+            let server = control_plane::start_server(cluster, config).await.unwrap();
+            let app_host = workspace_pods::private_app_host();
+            let mut runner = DevContainerRunner::new(work.join("pods"));
+            std::fs::create_dir_all(&runner.work_dir).unwrap();
+            runner.extra_env.extend([
+                (
+                    "LUMIE_AGENT_HEALTH_INTERVAL".to_string(),
+                    "200ms".to_string(),
+                ),
+                ("LUMIE_AGENT_HEALTH_THRESHOLD".to_string(), "2".to_string()),
+                ("LUMIE_AGENT_APP_HOST".to_string(), app_host.to_string()),
+            ]);
+            let pods = runner.work_dir.clone();
+            cluster.set_pod_action(Arc::new(runner));
+            (
+                Stack {
                     url,
                     token: server.first_admin_token.clone().unwrap(),
                     pods,
                     app_host,
-                })
-                .unwrap();
-                let _keep = (server, webhook);
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("the stack started")
+                },
+                (server, webhook),
+            )
+        })
     })
 }
 

@@ -1,23 +1,63 @@
-//! The build executor: carries out pending builds (and, after a restart, builds left `running`)
-//! one at a time per workspace. A build ends `succeeded` or `failed` with the apiserver's (or
-//! webhook's) message; transient errors are retried with backoff within a time limit.
+//! The build executor: carries out pending builds (and, after a restart or a change of leader,
+//! builds left `running`) one at a time per workspace. A build ends `succeeded` or `failed` with
+//! the apiserver's (or webhook's) message; transient errors are retried with backoff within a
+//! time limit.
+//!
+//! Only the leader runs it ([`crate::leader`]), and each build is carried out only under a claim
+//! in the database ([`claimable`] is the rule): the claim is renewed while the build runs, the
+//! build stops when the claim cannot be renewed in time (before it could expire for another
+//! replica), and its outcome is recorded only by the claim's holder. So even two leaders for a
+//! moment cannot run one build twice, and a build whose holder died is resumed by the next
+//! leader once its claim expires. Pending builds are polled every [`POLL`] besides the wake, so
+//! a build queued through another replica starts without a cross-replica signal.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lumie_contract::naming::WorkspaceNames;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::events::Dirty;
 use crate::metrics::{BuildLabels, Metrics};
-use crate::model::{BuildRecord, BuildStatus, Transition};
+use crate::model::{BuildRecord, BuildStatus, Transition, now_ms};
 use crate::spawner::{Spawner, describe_kube_error, is_transient};
 
 /// How long a build may retry transient errors before failing.
 pub const BUILD_DEADLINE: Duration = Duration::from_secs(180);
+/// How often the executor looks for builds besides being woken.
+pub const POLL: Duration = Duration::from_secs(1);
+/// How many builds one poll claims at most.
+const CLAIM_BATCH: i64 = 32;
+
+/// Whether `me` may claim a build at `now`: it is active, and its claim is free, already
+/// `me`'s, or expired. [`crate::db::Db::claim_builds`] carries out the same rule in SQL.
+pub fn claimable(
+    status: BuildStatus,
+    claimed_by: Option<&str>,
+    claim_expires_at: Option<i64>,
+    me: &str,
+    now_ms: i64,
+) -> bool {
+    status.is_active()
+        && match (claimed_by, claim_expires_at) {
+            (None, _) => true,
+            (Some(holder), _) if holder == me => true,
+            (Some(_), None) => true,
+            (Some(_), Some(expires)) => expires <= now_ms,
+        }
+}
+
+/// How long a claim holder may keep working after sending a renewal that succeeded: the
+/// claim's lifetime less one renew interval (a third of it), so a holder cut off from the
+/// database stops before the claim expires for others.
+pub fn claim_window(ttl: Duration) -> Duration {
+    ttl - ttl / 3
+}
 
 fn one_line(e: &Error) -> String {
     match e {
@@ -39,6 +79,19 @@ pub struct Executor {
     pub metrics: Arc<Metrics>,
     /// Woken by the API when a build is queued.
     pub wake: Arc<Notify>,
+    /// This replica's identity: the holder name on the claims it takes.
+    pub identity: String,
+    /// How long a claim lasts unless renewed (renewed every third of it).
+    pub claim_ttl: Duration,
+}
+
+/// Why a claimed build stopped before its end.
+#[derive(Debug)]
+enum Lost {
+    /// Another replica holds the claim now.
+    Taken,
+    /// The claim could not be renewed before it would expire.
+    Unrenewed,
 }
 
 impl Executor {
@@ -61,25 +114,67 @@ impl Executor {
         Ok(())
     }
 
-    /// Carries out one build to its end.
-    pub async fn execute(&self, build: BuildRecord) {
-        let ws_id = build.workspace_id.clone();
-        if let Err(e) = self.db.start_build(&build.id).await {
-            tracing::warn!(build = %build.id, error = %e, "cannot mark build running; will retry");
-            return;
-        }
-        self.dirty.mark(&ws_id);
-        let started = tokio::time::Instant::now();
+    /// Performs a build, retrying transient errors: its outcome.
+    async fn perform_with_retries(&self, build: &BuildRecord) -> std::result::Result<(), String> {
+        let started = Instant::now();
         let mut delay = Duration::from_millis(200);
-        let outcome = loop {
-            match self.perform(&build).await {
-                Ok(()) => break Ok(()),
+        loop {
+            match self.perform(build).await {
+                Ok(()) => return Ok(()),
                 Err(e) if is_transient(&e) && started.elapsed() < BUILD_DEADLINE => {
                     tracing::warn!(build = %build.id, error = %e, "transient build error; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
-                Err(e) => break Err(one_line(&e)),
+                Err(e) => return Err(one_line(&e)),
+            }
+        }
+    }
+
+    /// Keeps this replica's claim on `build` alive; returns when it is lost.
+    async fn keep_claim(&self, build_id: &str, mut renewed_at: Instant) -> Lost {
+        let window = claim_window(self.claim_ttl);
+        let every = self.claim_ttl / 3;
+        loop {
+            let deadline = renewed_at + window;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Lost::Unrenewed,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let sent = Instant::now();
+            let expires = now_ms() + self.claim_ttl.as_millis() as i64;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Lost::Unrenewed,
+                r = self.db.renew_build_claim(build_id, &self.identity, expires) => match r {
+                    Ok(true) => renewed_at = sent,
+                    Ok(false) => return Lost::Taken,
+                    Err(e) => tracing::warn!(build = %build_id, error = %e, "cannot renew the build's claim; retrying"),
+                },
+            }
+        }
+    }
+
+    /// Carries out one build this replica has claimed (at `claimed_at`) to its end, unless the
+    /// claim is lost first.
+    pub async fn execute(&self, build: BuildRecord, claimed_at: Instant) {
+        let ws_id = build.workspace_id.clone();
+        match self.db.start_claimed_build(&build.id, &self.identity).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(build = %build.id, "build claimed elsewhere or ended; leaving it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(build = %build.id, error = %e, "cannot mark build running; will retry");
+                return;
+            }
+        }
+        self.dirty.mark(&ws_id);
+        let outcome = tokio::select! {
+            outcome = self.perform_with_retries(&build) => outcome,
+            lost = self.keep_claim(&build.id, claimed_at) => {
+                tracing::warn!(build = %build.id, workspace = %ws_id, why = ?lost, "lost the build's claim: stopped carrying it out");
+                return;
             }
         };
         let (status, error) = match &outcome {
@@ -89,8 +184,12 @@ impl Executor {
         if let Some(msg) = error {
             tracing::warn!(build = %build.id, workspace = %ws_id, transition = %build.transition, error = %msg, "build failed");
         }
-        match self.db.finish_build(&build.id, status, error).await {
-            Ok(()) => {
+        match self
+            .db
+            .finish_claimed_build(&build.id, &self.identity, status, error)
+            .await
+        {
+            Ok(true) => {
                 self.metrics
                     .builds
                     .get_or_create(&BuildLabels {
@@ -99,6 +198,9 @@ impl Executor {
                     })
                     .inc();
             }
+            Ok(false) => {
+                tracing::warn!(build = %build.id, "the build's claim passed to another replica; its outcome is theirs to record")
+            }
             Err(e) => {
                 tracing::warn!(build = %build.id, error = %e, "cannot record build outcome; it will be carried out again")
             }
@@ -106,36 +208,127 @@ impl Executor {
         self.dirty.mark(&ws_id);
     }
 
-    /// Runs pending builds as they come (woken by the API, and every few seconds), one task per
-    /// workspace at a time. At start this picks up builds a previous process left behind.
+    /// Claims and runs builds as they come (woken by the API, and every [`POLL`]), one task per
+    /// workspace at a time. At start this picks up builds a previous process or leader left
+    /// behind, once their claims expire (at once for this identity's own). Every build task
+    /// belongs to this future: aborting it (leadership lost) stops them all.
     pub async fn run(self) {
-        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let mut tasks: JoinSet<String> = JoinSet::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
         loop {
-            match self.db.active_builds().await {
+            while let Some(done) = tasks.try_join_next() {
+                if let Ok(ws) = done {
+                    in_flight.remove(&ws);
+                }
+            }
+            let claimed_at = Instant::now();
+            let now = now_ms();
+            let expires = now + self.claim_ttl.as_millis() as i64;
+            match self
+                .db
+                .claim_builds(&self.identity, now, expires, CLAIM_BATCH)
+                .await
+            {
                 Ok(builds) => {
                     for b in builds {
-                        if !in_flight
-                            .lock()
-                            .expect("in-flight lock")
-                            .insert(b.workspace_id.clone())
-                        {
+                        if !in_flight.insert(b.workspace_id.clone()) {
                             continue;
                         }
-                        let (me, in_flight) = (self.clone(), in_flight.clone());
-                        tokio::spawn(async move {
+                        let me = self.clone();
+                        tasks.spawn(async move {
                             let ws = b.workspace_id.clone();
-                            me.execute(b).await;
-                            in_flight.lock().expect("in-flight lock").remove(&ws);
-                            me.wake.notify_one();
+                            me.execute(b, claimed_at).await;
+                            ws
                         });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list pending builds"),
+                Err(e) => tracing::warn!(error = %e, "cannot claim pending builds"),
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(POLL) => {}
+                Some(done) = tasks.join_next() => {
+                    if let Ok(ws) = done {
+                        in_flight.remove(&ws);
+                    }
+                }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_rule_table() {
+        use BuildStatus::*;
+        let now = 1_000;
+        let cases: &[(&str, BuildStatus, Option<&str>, Option<i64>, bool)] = &[
+            ("pending, unclaimed", Pending, None, None, true),
+            (
+                "running, unclaimed (left by an older version)",
+                Running,
+                None,
+                None,
+                true,
+            ),
+            ("pending, ours", Pending, Some("me"), Some(5_000), true),
+            (
+                "running, ours, expired",
+                Running,
+                Some("me"),
+                Some(10),
+                true,
+            ),
+            (
+                "running, another's, live",
+                Running,
+                Some("b"),
+                Some(1_001),
+                false,
+            ),
+            (
+                "running, another's, expires now",
+                Running,
+                Some("b"),
+                Some(1_000),
+                true,
+            ),
+            (
+                "running, another's, expired",
+                Running,
+                Some("b"),
+                Some(999),
+                true,
+            ),
+            (
+                "pending, another's without expiry",
+                Pending,
+                Some("b"),
+                None,
+                true,
+            ),
+            ("succeeded, unclaimed", Succeeded, None, None, false),
+            ("failed, ours", Failed, Some("me"), Some(5_000), false),
+            ("canceled, expired", Canceled, Some("b"), Some(0), false),
+        ];
+        for (what, status, holder, expires, want) in cases {
+            assert_eq!(
+                claimable(*status, *holder, *expires, "me", now),
+                *want,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_holder_stops_before_its_claim_expires() {
+        for secs in [3, 15, 30] {
+            let ttl = Duration::from_secs(secs);
+            assert!(claim_window(ttl) < ttl);
+            assert!(claim_window(ttl) >= ttl / 3 * 2);
         }
     }
 }

@@ -140,6 +140,18 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LUMIE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Namespace of the leader Lease (the server's own; PostgreSQL only).
+    #[arg(long, env = "LUMIE_LEASE_NAMESPACE", default_value = workspace::CONTROL_PLANE_NAMESPACE)]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LUMIE_LEASE_NAME", default_value = crate::leader::DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// Seconds a renewal holds the leader Lease; a dead leader is replaced within about this.
+    #[arg(long, env = "LUMIE_LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+    /// Seconds between renewals of the leader Lease (at most half the duration).
+    #[arg(long, env = "LUMIE_LEASE_RENEW_SECS", default_value_t = 5)]
+    pub lease_renew_secs: u64,
 }
 
 /// Where state is kept.
@@ -261,6 +273,8 @@ pub struct Config {
     pub drift_check_interval: Duration,
     /// Where the first admin's token goes on the first start; `None`: a terminal only.
     pub first_admin_secret: Option<SecretRef>,
+    /// Leader election (PostgreSQL; SQLite runs one replica, which leads).
+    pub leader: crate::leader::LeaderConfig,
 }
 
 /// A Secret by namespace and name.
@@ -331,6 +345,7 @@ impl Config {
             orphan_grace: Duration::from_secs(600),
             drift_check_interval: Duration::from_secs(60),
             first_admin_secret: None,
+            leader: crate::leader::LeaderConfig::default(),
         }
     }
 }
@@ -425,6 +440,24 @@ impl TryFrom<ServeArgs> for Config {
                 hint: "the namespace workspace pods live in, normally lumie-dev",
             });
         }
+        let leader = crate::leader::LeaderConfig {
+            namespace: a.lease_namespace.trim().to_string(),
+            name: a.lease_name.trim().to_string(),
+            duration: Duration::from_secs(a.lease_duration_secs),
+            renew: Duration::from_secs(a.lease_renew_secs),
+        };
+        crate::leader::decide::check_timing(leader.duration, leader.renew).map_err(|message| {
+            StartupError::InvalidSetting {
+                setting: "LUMIE_LEASE_DURATION_SECS / LUMIE_LEASE_RENEW_SECS",
+                message,
+            }
+        })?;
+        if leader.namespace.is_empty() || leader.name.is_empty() {
+            return Err(StartupError::MissingSetting {
+                setting: "LUMIE_LEASE_NAMESPACE / LUMIE_LEASE_NAME",
+                hint: "the leader Lease's namespace (the server's own, normally coder) and name",
+            });
+        }
         Ok(Config {
             listen: a.listen,
             access_url: access_url.trim_end_matches('/').to_string(),
@@ -448,6 +481,7 @@ impl TryFrom<ServeArgs> for Config {
                 namespace: a.first_admin_secret_namespace.trim().to_string(),
                 name,
             }),
+            leader,
         })
     }
 }

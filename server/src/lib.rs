@@ -34,6 +34,7 @@ pub mod drift;
 pub mod edge;
 pub mod error;
 pub mod events;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod policy_api;

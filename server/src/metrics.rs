@@ -68,6 +68,13 @@ pub struct SessionBytesLabels {
     pub direction: String,
 }
 
+/// `lumie_leader{identity}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaderLabels {
+    /// This replica's identity (pod name and a random suffix).
+    pub identity: String,
+}
+
 /// Every metric, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -97,6 +104,10 @@ pub struct Metrics {
     pub sessions_open: Family<SessionLabels, Gauge>,
     /// Bytes carried by sessions.
     pub session_bytes: Family<SessionBytesLabels, Counter>,
+    /// 1 while this replica holds the leader Lease, else 0.
+    pub leader: Family<LeaderLabels, Gauge>,
+    /// Times this replica took the Lease over from another holder.
+    pub leader_handovers: Counter,
 }
 
 impl Default for Metrics {
@@ -130,6 +141,8 @@ impl Metrics {
             sessions: Family::default(),
             sessions_open: Family::default(),
             session_bytes: Family::default(),
+            leader: Family::default(),
+            leader_handovers: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -196,6 +209,16 @@ impl Metrics {
             "session_bytes",
             "Bytes carried by sessions, by kind and direction",
             m.session_bytes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (runs the reconciler's actions and the builds), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "leader_handovers",
+            "Times this replica took the leader Lease over from another holder",
+            m.leader_handovers.clone(),
         );
         Metrics {
             registry: root,

@@ -21,6 +21,7 @@ use crate::config::{Config, SecretRef};
 use crate::db::Db;
 use crate::drift::DriftCheck;
 use crate::error::{StartupError, StartupResult};
+use crate::leader::{Elector, Leadership};
 use crate::reconcile::{Parts, Reconciler, start_watchers};
 use crate::spawner::Spawner;
 use crate::state::AppState;
@@ -33,6 +34,10 @@ pub const FIRST_ADMIN_TOKEN_KEY: &str = "token";
 /// Key of the username in the first admin's Secret.
 pub const FIRST_ADMIN_USERNAME_KEY: &str = "username";
 
+/// The claim holder name of a single-replica (SQLite) server: the same on every start, so a
+/// restarted process resumes its predecessor's builds at once.
+pub const SINGLE_REPLICA: &str = "single-replica";
+
 /// A started server.
 pub struct Running {
     /// Where it listens.
@@ -43,6 +48,9 @@ pub struct Running {
     pub first_admin_token: Option<String>,
     /// The Secret this start wrote the first admin's token to.
     pub first_admin_secret: Option<SecretRef>,
+    /// Whether this replica leads (runs the reconciler's actions and the builds).
+    pub leadership: Leadership,
+    elector: Option<Arc<Elector>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -54,12 +62,16 @@ impl Running {
         }
     }
 
-    /// Flushes pending heartbeats, then stops.
+    /// Flushes pending heartbeats, then stops; a leader hands its Lease back so another
+    /// replica takes over without waiting for it to expire.
     pub async fn shutdown(self) {
         if let Err(e) = self.state.agents.flush().await {
             tracing::warn!(error = %e, "final heartbeat flush failed");
         }
         self.abort();
+        if let Some(elector) = &self.elector {
+            elector.release().await;
+        }
     }
 }
 
@@ -137,6 +149,19 @@ pub async fn start_with(
     tasks.push(tokio::spawn(
         state.sessions.keys.clone().run_refresh(state.db.clone()),
     ));
+    // One leader over a shared database (a Lease); SQLite is one replica's file, which leads.
+    let (leadership, elector) = if state.db.is_shared() {
+        let (leadership, elector, task) = Elector::start(
+            client.clone(),
+            state.config.leader.clone(),
+            crate::leader::identity(),
+            state.metrics.clone(),
+        );
+        tasks.push(task);
+        (leadership, Some(elector))
+    } else {
+        (Leadership::always(SINGLE_REPLICA), None)
+    };
     let control_plane = lumie_contract::policy::CONTROL_PLANE_USER;
     let stores = start_watchers(&client, &namespace, control_plane, &state.dirty);
     state.agent_auth.install(
@@ -155,6 +180,7 @@ pub async fn start_with(
             agent_connection_timeout: state.config.agent_connection_timeout,
             orphan_grace: state.config.orphan_grace,
             control_plane: control_plane.to_string(),
+            leadership: leadership.clone(),
         },
         stores,
     ));
@@ -165,8 +191,14 @@ pub async fn start_with(
         dirty: state.dirty.clone(),
         metrics: state.metrics.clone(),
         wake: state.build_wake.clone(),
+        identity: leadership.identity().to_string(),
+        claim_ttl: state.config.leader.duration,
     };
-    tasks.push(tokio::spawn(executor.run()));
+    tasks.push(tokio::spawn(
+        leadership
+            .clone()
+            .while_leading("build executor", move || executor.clone().run()),
+    ));
     crate::edge::discover_at_start(&state.edge).await;
     let app_state = state.clone();
     tasks.push(tokio::spawn(async move {
@@ -180,6 +212,8 @@ pub async fn start_with(
         state,
         first_admin_token,
         first_admin_secret,
+        leadership,
+        elector,
         tasks,
     })
 }

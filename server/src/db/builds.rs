@@ -7,7 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::audit::AuditEvent;
-use super::{Db, bad_value, is_unique_violation, new_id};
+use super::{Backend, Db, bad_value, is_unique_violation, new_id};
 use crate::error::{Error, Result};
 use crate::model::*;
 
@@ -201,6 +201,134 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Whether this database can be shared by several replicas (PostgreSQL) and so needs a
+    /// leader election; SQLite is one process's file.
+    pub fn is_shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    /// Claims up to `limit` active builds for `me` until `expires_at`, oldest first: those with
+    /// no holder, held by `me` already, or whose claim expired by `now` (the rule
+    /// [`crate::builds::claimable`] states). On PostgreSQL rows another transaction is claiming
+    /// right now are skipped (`FOR UPDATE SKIP LOCKED`), and a row claimed and committed since
+    /// this statement's snapshot is re-checked under its lock, so two replicas never both get
+    /// one build; SQLite has one writer, so the conditional UPDATE is atomic as it stands.
+    pub async fn claim_builds(
+        &self,
+        me: &str,
+        now: i64,
+        expires_at: i64,
+        limit: i64,
+    ) -> Result<Vec<BuildRecord>> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let rows = sqlx::query(&format!(
+            "UPDATE builds SET claimed_by = $1, claim_expires_at = $2 WHERE id IN (\
+             SELECT id FROM builds WHERE status IN ('pending', 'running') \
+             AND (claimed_by IS NULL OR claimed_by = $1 OR claim_expires_at IS NULL OR claim_expires_at <= $3) \
+             ORDER BY created_at LIMIT $4{lock}) \
+             AND status IN ('pending', 'running') \
+             AND (claimed_by IS NULL OR claimed_by = $1 OR claim_expires_at IS NULL OR claim_expires_at <= $3) \
+             RETURNING {BUILD_COLS}"
+        ))
+        .bind(me)
+        .bind(expires_at)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut builds = rows.iter().map(build_from).collect::<Result<Vec<_>>>()?;
+        builds.sort_by_key(|b| b.created_at);
+        Ok(builds)
+    }
+
+    /// Extends `me`'s claim on an active build to `expires_at`; `false` when the claim is no
+    /// longer `me`'s (taken over after it expired) or the build ended.
+    pub async fn renew_build_claim(&self, id: &str, me: &str, expires_at: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE builds SET claim_expires_at = $3 WHERE id = $1 AND claimed_by = $2 \
+             AND status IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(me)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// [`Db::start_build`] for the claim's holder only: `false` when `me` does not hold it.
+    pub async fn start_claimed_build(&self, id: &str, me: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE builds SET status = 'running', started_at = COALESCE(started_at, $3) \
+             WHERE id = $1 AND claimed_by = $2 AND status IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(me)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// [`Db::finish_build`] for the claim's holder only (the claim is cleared): `false` when
+    /// `me` does not hold it, so a build ends once, by the replica that carried it out last.
+    pub async fn finish_claimed_build(
+        &self,
+        id: &str,
+        me: &str,
+        status: BuildStatus,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE builds SET status = $3, error = $4, completed_at = $5, claim_expires_at = NULL \
+             WHERE id = $1 AND claimed_by = $2 AND status IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(me)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Who holds an active build's claim and until when (for tests and `doctor`).
+    pub async fn build_claim(&self, id: &str) -> Result<Option<(String, i64)>> {
+        let row = sqlx::query(
+            "SELECT claimed_by, claim_expires_at FROM builds WHERE id = $1 AND claimed_by IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((
+                r.try_get("claimed_by")?,
+                r.try_get::<Option<i64>, _>("claim_expires_at")?
+                    .unwrap_or(0),
+            ))),
+        }
+    }
+
+    /// Ids and change times of live workspaces changed after `since` (ms), for the leader's
+    /// fallback poll: a change made through another replica is seen within the poll interval
+    /// even before a cross-replica signal arrives.
+    pub async fn workspaces_changed_since(&self, since: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, updated_at FROM workspaces WHERE updated_at > $1 AND deleted_at IS NULL",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("updated_at")?)))
+            .collect()
     }
 
     /// Finishes a build (succeeded, failed or canceled) with its error.

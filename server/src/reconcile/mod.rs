@@ -6,6 +6,10 @@
 //! workspace left, mark it deleted, delete orphans past their grace period, and delete at once
 //! any pod posing as a workspace's without the control plane having created it (an impostor:
 //! see [`plan::plan_impostor`]).
+//!
+//! Every replica runs the watchers and publishes [`ClusterViews`] (the API, the app proxy and
+//! agent authentication read them); only the leader ([`crate::leader`]) writes statuses and acts,
+//! and it also polls the database every [`POLL`] for workspaces changed through another replica.
 
 pub mod plan;
 pub mod watch;
@@ -20,6 +24,7 @@ use tokio::time::Instant;
 use crate::agents::AgentHub;
 use crate::db::Db;
 use crate::events::{Dirty, Events, WorkspaceEvent};
+use crate::leader::Leadership;
 use crate::metrics::{Metrics, StatusLabels};
 use crate::model::{BuildRecord, WorkspaceRecord, WorkspaceStatus, now_ms};
 use crate::spawner::Spawner;
@@ -29,6 +34,8 @@ pub use watch::{Stores, start_watchers};
 
 /// How often every workspace is re-derived even without a change.
 pub const RESYNC: Duration = Duration::from_secs(10);
+/// How often the leader looks for workspaces changed through another replica.
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// What the cluster shows per workspace id: written by the reconciler after every pass, read by
 /// the API and the app proxy (which needs the pod IP). Cheap to clone.
@@ -74,6 +81,8 @@ pub struct Parts {
     pub orphan_grace: Duration,
     /// The username the webhook stamps on the pods this server creates.
     pub control_plane: String,
+    /// Whether this replica acts (writes statuses, creates and deletes objects).
+    pub leadership: Leadership,
 }
 
 /// Per-workspace pod recreation backoff.
@@ -133,6 +142,10 @@ impl Reconciler {
         let p = &self.parts;
         let views = self.stores.views();
         p.views.replace(views.clone());
+        // The views are every replica's; judging and acting is the leader's.
+        if !p.leadership.is_leader() {
+            return Ok(());
+        }
         let stores_ready = self.stores.ready();
         if stores_ready {
             self.impostors().await;
@@ -272,16 +285,22 @@ impl Reconciler {
         {
             return;
         }
-        let (sp, ws, acting, dirty) = (
+        let (sp, ws, acting, dirty, leadership) = (
             self.parts.spawner.clone(),
             ws.clone(),
             self.acting.clone(),
             self.parts.dirty.clone(),
+            self.parts.leadership.clone(),
         );
         tokio::spawn(async move {
             let id = ws.id.clone();
-            if let Err(e) = f(sp, ws).await {
-                tracing::warn!(workspace = %id, error = %e, "reconcile action failed");
+            tokio::select! {
+                r = f(sp, ws) => if let Err(e) = r {
+                    tracing::warn!(workspace = %id, error = %e, "reconcile action failed");
+                },
+                _ = leadership.until_lost() => {
+                    tracing::warn!(workspace = %id, "not leading any more: reconcile action stopped");
+                }
             }
             acting.lock().expect("acting lock").remove(&id);
             dirty.mark(&id);
@@ -340,13 +359,35 @@ impl Reconciler {
         self.parts.metrics.orphans.set(count);
     }
 
-    /// Runs passes: on every marked change (debounced), and a full pass every [`RESYNC`].
+    /// Marks the workspaces changed after `since` (ms, the database's times), returning the
+    /// newest change time seen.
+    async fn poll_changes(&self, since: i64) -> i64 {
+        match self.parts.db.workspaces_changed_since(since).await {
+            Ok(changed) => {
+                let mut newest = since;
+                for (id, at) in changed {
+                    self.parts.dirty.mark(&id);
+                    newest = newest.max(at);
+                }
+                newest
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot poll for changed workspaces");
+                since
+            }
+        }
+    }
+
+    /// Runs passes: on every marked change (debounced), a full pass every [`RESYNC`] and on
+    /// becoming leader, and (leading) a poll for changes every [`POLL`].
     pub async fn run(self: Arc<Self>) {
         // Judge nothing before the first complete list: a store still filling would read as
         // "every pod is missing" and put a false reason on running workspaces after a restart.
         self.stores.wait_ready().await;
         let dirty = self.parts.dirty.clone();
+        let leadership = self.parts.leadership.clone();
         let mut last_full = Instant::now() - RESYNC;
+        let mut polled_until = now_ms();
         loop {
             let only = if last_full.elapsed() >= RESYNC {
                 last_full = Instant::now();
@@ -361,11 +402,20 @@ impl Reconciler {
                 tracing::warn!(error = %e, "reconcile pass failed");
             }
             let wait = RESYNC.saturating_sub(last_full.elapsed());
+            let leading = leadership.is_leader();
             tokio::select! {
                 _ = dirty.wait() => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(POLL), if leading => {
+                    polled_until = self.poll_changes(polled_until).await;
+                }
+                _ = leadership.changed() => {
+                    // A new term starts from a full pass.
+                    last_full = Instant::now() - RESYNC;
+                    polled_until = now_ms();
+                }
             }
         }
     }

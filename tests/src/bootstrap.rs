@@ -18,6 +18,9 @@ use lumie_contract::workspace;
 const MANAGER: &str = "lumie-harness";
 /// The Role the control plane's ServiceAccount holds in `lumie-dev`, as the chart grants it.
 pub const CONTROL_PLANE_ROLE: &str = "lumie-coder-server";
+/// The Role (and binding) the control plane holds in `coder` for its leader Lease, as the chart
+/// grants it.
+pub const CONTROL_PLANE_LEASES_ROLE: &str = "lumie-coder-server-leases";
 /// The ClusterRole (and binding) letting the control plane review agents' tokens, as the
 /// chart grants it.
 pub const CONTROL_PLANE_TOKEN_REVIEWS: &str = "lumie-coder-server-tokenreviews";
@@ -65,6 +68,28 @@ pub async fn install(client: &Client) -> Result<(), HarnessError> {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": CONTROL_PLANE_ROLE, "namespace": workspace::NAMESPACE},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROL_PLANE_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": "coder", "namespace": workspace::CONTROL_PLANE_NAMESPACE}]
+        }),
+    )
+    .await?;
+    apply(
+        &Api::<Role>::namespaced(client.clone(), workspace::CONTROL_PLANE_NAMESPACE),
+        CONTROL_PLANE_LEASES_ROLE,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": CONTROL_PLANE_LEASES_ROLE, "namespace": workspace::CONTROL_PLANE_NAMESPACE},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                       "verbs": ["get", "list", "watch", "create", "update", "patch"]}]
+        }),
+    )
+    .await?;
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), workspace::CONTROL_PLANE_NAMESPACE),
+        CONTROL_PLANE_LEASES_ROLE,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": CONTROL_PLANE_LEASES_ROLE, "namespace": workspace::CONTROL_PLANE_NAMESPACE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROL_PLANE_LEASES_ROLE},
             "subjects": [{"kind": "ServiceAccount", "name": "coder", "namespace": workspace::CONTROL_PLANE_NAMESPACE}]
         }),
     )

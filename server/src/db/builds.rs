@@ -222,25 +222,30 @@ impl Db {
         expires_at: i64,
         limit: i64,
     ) -> Result<Vec<BuildRecord>> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
+        let rule = "status IN ('pending', 'running') AND (claimed_by IS NULL OR claimed_by = $1 \
+                    OR claim_expires_at IS NULL OR claim_expires_at <= $3)";
+        let sql = match self.backend {
+            // Materialized: an inlined subquery with LIMIT may be evaluated more than once in
+            // one UPDATE and so claim more rows than asked for.
+            Backend::Postgres => format!(
+                "WITH picked AS MATERIALIZED (SELECT id FROM builds WHERE {rule} \
+                 ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 UPDATE builds SET claimed_by = $1, claim_expires_at = $2 \
+                 WHERE id IN (SELECT id FROM picked) AND {rule} RETURNING {BUILD_COLS}"
+            ),
+            Backend::Sqlite => format!(
+                "UPDATE builds SET claimed_by = $1, claim_expires_at = $2 WHERE id IN (\
+                 SELECT id FROM builds WHERE {rule} ORDER BY created_at LIMIT $4) \
+                 RETURNING {BUILD_COLS}"
+            ),
         };
-        let rows = sqlx::query(&format!(
-            "UPDATE builds SET claimed_by = $1, claim_expires_at = $2 WHERE id IN (\
-             SELECT id FROM builds WHERE status IN ('pending', 'running') \
-             AND (claimed_by IS NULL OR claimed_by = $1 OR claim_expires_at IS NULL OR claim_expires_at <= $3) \
-             ORDER BY created_at LIMIT $4{lock}) \
-             AND status IN ('pending', 'running') \
-             AND (claimed_by IS NULL OR claimed_by = $1 OR claim_expires_at IS NULL OR claim_expires_at <= $3) \
-             RETURNING {BUILD_COLS}"
-        ))
-        .bind(me)
-        .bind(expires_at)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&sql)
+            .bind(me)
+            .bind(expires_at)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         let mut builds = rows.iter().map(build_from).collect::<Result<Vec<_>>>()?;
         builds.sort_by_key(|b| b.created_at);
         Ok(builds)

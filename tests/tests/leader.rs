@@ -1,0 +1,563 @@
+//! One leader among three real `lumie-server` processes on one real PostgreSQL (issue 15), on
+//! the harness: the real kube-apiserver with the real lumie-webhook (in-process, over TLS), the
+//! real kube-scheduler and the node simulator as kubelet, in namespace `lumie-dev`, the Lease in
+//! `coder`.
+//!
+//! Ten times: three workspaces are created through the leader, the leader is SIGKILLed while their
+//! builds are in flight, and the test measures how long until another replica holds the Lease
+//! and until the interrupted builds are claimed again; the killed replica is then started again
+//! on its address (its workspaces' agents call back there), so there are always at least two.
+//! In the end every build ended once, `succeeded`, and every workspace has exactly one pod
+//! (Running) and one home PVC: nothing duplicated, nothing orphaned.
+//!
+//! The lease is shortened by flag (`LUMIE_LEASE_DURATION_SECS=3`, `LUMIE_LEASE_RENEW_SECS=1`;
+//! the build claims last as long) so ten hand-overs fit well within two minutes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use lumie_contract::{labels, workspace};
+use lumie_server::config::DatabaseConfig;
+use lumie_server::db::Db;
+use lumie_server::model::BuildStatus;
+use lumie_tests::workspace_pods::StandInAgent;
+use lumie_tests::{Cluster, Identity, admission, control_plane};
+use lumie_webhook::certs::write_private;
+use serde_json::{Value, json};
+
+const LEASE: &str = "leader-e2e";
+const REPLICAS: usize = 3;
+const ROUNDS: usize = 10;
+const PER_ROUND: usize = 3;
+
+/// The webhook (guarding `lumie-dev`) and the stand-in agent, once per process.
+fn start_webhook() {
+    static STARTED: OnceLock<SocketAddr> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let cluster = Cluster::shared();
+        cluster.set_pod_action(Arc::new(StandInAgent {
+            apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
+            first_after_secs: 0,
+        }));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = cluster.client().await;
+                let dir = tempfile::tempdir().unwrap().keep();
+                let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+                let pair = cluster
+                    .ca()
+                    .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1)
+                    .unwrap();
+                std::fs::write(&cert, &pair.cert_pem).unwrap();
+                write_private(&key, &pair.key_pem).unwrap();
+                let policy = dir.join("policy.yaml");
+                std::fs::write(
+                    &policy,
+                    serde_json::to_string(&json!({ "namespaces": [workspace::NAMESPACE] }))
+                        .unwrap(),
+                )
+                .unwrap();
+                let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+                let mut config = lumie_webhook::server::ServeConfig::new(any, any, cert, key);
+                config.policy = lumie_webhook::server::PolicySource::File(policy);
+                config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
+                let server = lumie_webhook::server::start(config).await.unwrap();
+                admission::register_webhooks(
+                    &client,
+                    &format!("https://{}", server.addr),
+                    cluster.ca().cert_pem(),
+                    &[workspace::NAMESPACE],
+                )
+                .await
+                .unwrap();
+                tx.send(server.addr).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("webhook started")
+    });
+}
+
+/// The `dev-workspace` Service as the lumie-dev overlay makes it (the server checks it).
+async fn stable_service(admin: &Client) {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": workspace::STABLE_SERVICE, "namespace": workspace::NAMESPACE},
+        "spec": {
+            "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE},
+            "ports": [
+                {"name": "tilt", "port": 10350, "targetPort": 10350, "protocol": "TCP"},
+                {"name": "code-server", "port": 13337, "targetPort": 13337, "protocol": "TCP"},
+                {"name": "agents", "port": 3000, "targetPort": 3000, "protocol": "TCP"}
+            ]
+        }
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), workspace::NAMESPACE)
+        .patch(
+            workspace::STABLE_SERVICE,
+            &PatchParams::apply("lumie-dev-overlay").force(),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .unwrap();
+}
+
+/// The `lumie-server` binary of this build, brought up to date by `cargo build` (same profile).
+fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let mut profile_dir = exe.parent().unwrap().to_path_buf();
+        if profile_dir.ends_with("deps") {
+            profile_dir.pop();
+        }
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().to_string();
+            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str());
+            if (k.starts_with("CARGO_") && !keep) || k == "LD_LIBRARY_PATH" || k == "OUT_DIR" {
+                cargo.env_remove(&k);
+            }
+        }
+        cargo
+            .args(["build", "-p", "lumie-server", "--bin", "lumie-server"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .stdout(std::process::Stdio::null());
+        if profile_dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build -p lumie-server");
+        let bin = profile_dir.join("lumie-server");
+        assert!(status.success() && bin.exists(), "cargo build: {status}");
+        bin
+    })
+    .clone()
+}
+
+/// A throwaway PostgreSQL server for this process: its `lumie` database's URL.
+fn postgres_url() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-postgres.sh");
+    let out = Command::new(script)
+        .args(["--watch-pid", &std::process::id().to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run scripts/start-postgres.sh");
+    assert!(out.status.success(), "start-postgres.sh failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .expect("a url line")
+        .trim()
+        .to_string()
+}
+
+/// One replica slot: its address stays, its process is replaced on every restart.
+struct Replica {
+    addr: SocketAddr,
+    /// `POD_NAME` of the current process (its Lease identity starts with it).
+    pod_name: String,
+    child: Option<std::process::Child>,
+}
+
+impl Replica {
+    fn spawn(slot: usize, generation: usize, addr: SocketAddr, env: &[(&str, String)]) -> Self {
+        let pod_name = format!("replica{slot}-gen{generation}");
+        let base = format!("http://{addr}");
+        let mut child = Command::new(server_binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("LUMIE_LISTEN_ADDR", addr.to_string())
+            .env("CODER_ACCESS_URL", &base)
+            .env("LUMIE_AGENT_URL", &base)
+            .env("POD_NAME", &pod_name)
+            .env(
+                "KUBECONFIG",
+                Cluster::shared().kubeconfig(Identity::ControlPlane),
+            )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run lumie-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = pod_name.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                // What concerns leadership and builds; the rest would drown it.
+                if line.contains("lead")
+                    || line.contains("build")
+                    || line.contains("lease")
+                    || line.contains("ERROR")
+                {
+                    eprintln!("{name}: {line}");
+                }
+                if line.contains("lumie-server listening")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "{pod_name} did not start listening on {addr}: {:?}",
+                child.wait()
+            );
+        }
+        Replica {
+            addr,
+            pod_name,
+            child: Some(child),
+        }
+    }
+
+    /// SIGKILL: no shutdown hook runs, the Lease is not handed back.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn is(&self, identity: &str) -> bool {
+        self.child.is_some()
+            && identity
+                .strip_prefix(&self.pod_name)
+                .is_some_and(|rest| rest.starts_with('-'))
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn call(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http
+        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
+        .header("Coder-Session-Token", token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// The Lease holder, when there is one.
+async fn holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt(LEASE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// Polls `f` every 20 ms until it gives a value (there is no event to wait on for a Lease
+/// write or a row change seen from outside), failing after `within`.
+async fn poll<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn by_workspace<K: ResourceExt>(objects: &[K]) -> BTreeMap<Option<String>, usize> {
+    let mut counts = BTreeMap::new();
+    for o in objects {
+        let id = o.labels().get(labels::WORKSPACE_ID).cloned();
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+fn stats(name: &str, v: &[Duration]) -> String {
+    let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64()).collect();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mean = s.iter().sum::<f64>() / s.len() as f64;
+    format!(
+        "{name}: min {:.2}s, median {:.2}s, mean {mean:.2}s, max {:.2}s",
+        s[0],
+        s[s.len() / 2],
+        s[s.len() - 1]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_once() {
+    let started = Instant::now();
+    start_webhook();
+    let admin = Cluster::shared().client().await;
+    stable_service(&admin).await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), workspace::CONTROL_PLANE_NAMESPACE);
+    let pg = postgres_url();
+    let database = DatabaseConfig::Postgres(pg.clone());
+    let db = Db::connect(&database).await.unwrap();
+    let (_, token) = db.bootstrap_admin("admin").await.unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("CODER_PG_CONNECTION_URL", pg.clone()),
+        ("LUMIE_DATA_DIR", dir.path().display().to_string()),
+        ("LUMIE_LEASE_NAME", LEASE.to_string()),
+        ("LUMIE_LEASE_DURATION_SECS", "3".to_string()),
+        ("LUMIE_LEASE_RENEW_SECS", "1".to_string()),
+    ];
+    let mut replicas: Vec<Replica> = (0..REPLICAS)
+        .map(|slot| {
+            let addr = control_plane::free_loopback_addr().unwrap();
+            Replica::spawn(slot, 0, addr, &env)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let (s, v) = call(
+        &http,
+        replicas[0].addr,
+        &token,
+        "POST",
+        "/api/v2/users",
+        Some(json!({ "username": "erin" })),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    let (mut to_lease, mut to_resume) = (vec![], vec![]);
+    let mut ids = vec![];
+    let mut generation = vec![0; REPLICAS];
+    let mut mid_build = 0;
+    for round in 0..ROUNDS {
+        let leader = poll(
+            "a leader among the live replicas",
+            Duration::from_secs(20),
+            || async {
+                let h = holder(&leases).await?;
+                replicas.iter().position(|r| r.is(&h)).map(|slot| (slot, h))
+            },
+        )
+        .await;
+        let (slot, leader_id) = leader;
+        // Three workspaces through the leader (it is woken at once), killed while their builds run.
+        let mut round_ids = vec![];
+        for i in 0..PER_ROUND {
+            let (s, v) = call(
+                &http,
+                replicas[slot].addr,
+                &token,
+                "POST",
+                "/api/v2/users/erin/workspaces",
+                Some(json!({ "name": format!("r{round}w{i}") })),
+            )
+            .await;
+            assert_eq!(s, 201, "{v}");
+            round_ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        let builds: Vec<String> = {
+            let mut b = vec![];
+            for id in &round_ids {
+                b.push(db.latest_build(id).await.unwrap().unwrap().id);
+            }
+            b
+        };
+        poll(
+            "a build of the round running",
+            Duration::from_secs(10),
+            || async {
+                for b in &builds {
+                    if db.build(b).await.unwrap()?.status != BuildStatus::Pending {
+                        return Some(());
+                    }
+                }
+                None
+            },
+        )
+        .await;
+        replicas[slot].kill();
+        let killed = Instant::now();
+        let mut interrupted = vec![];
+        for b in &builds {
+            if db.build(b).await.unwrap().unwrap().status.is_active() {
+                interrupted.push(b.clone());
+            }
+        }
+        if !interrupted.is_empty() {
+            mid_build += 1;
+        }
+        let new_leader = poll(
+            "another replica holding the Lease",
+            Duration::from_secs(15),
+            || async {
+                holder(&leases)
+                    .await
+                    .filter(|h| *h != leader_id && replicas.iter().any(|r| r.is(h)))
+            },
+        )
+        .await;
+        to_lease.push(killed.elapsed());
+        if !interrupted.is_empty() {
+            poll(
+                "the interrupted builds claimed by the new leader or ended",
+                Duration::from_secs(15),
+                || async {
+                    for b in &interrupted {
+                        let build = db.build(b).await.unwrap().unwrap();
+                        let claim = db.build_claim(b).await.unwrap();
+                        let resumed = !build.status.is_active()
+                            || claim.is_some_and(|(holder, _)| holder == new_leader);
+                        if !resumed {
+                            return None;
+                        }
+                    }
+                    Some(())
+                },
+            )
+            .await;
+            to_resume.push(killed.elapsed());
+        }
+        eprintln!(
+            "round {round}: killed {leader_id} with {} of {PER_ROUND} builds in flight; {new_leader} took the Lease after {:?}",
+            interrupted.len(),
+            to_lease.last().unwrap()
+        );
+        // Back to three before the next round, on the same address.
+        generation[slot] += 1;
+        let addr = replicas[slot].addr;
+        replicas[slot] = Replica::spawn(slot, generation[slot], addr, &env);
+        poll(
+            "the round's builds ended",
+            Duration::from_secs(30),
+            || async {
+                for b in &builds {
+                    if db.build(b).await.unwrap()?.status.is_active() {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        ids.extend(round_ids);
+    }
+
+    // Every build ended once and well; one pod (Running) and one PVC per workspace, nothing else.
+    for id in &ids {
+        let builds = db.list_builds(id).await.unwrap();
+        assert_eq!(builds.len(), 1, "workspace {id}: one build");
+        assert_eq!(
+            (builds[0].status, builds[0].error.clone()),
+            (BuildStatus::Succeeded, None),
+            "workspace {id}"
+        );
+        assert!(builds[0].completed_at.is_some());
+    }
+    assert!(
+        db.active_builds().await.unwrap().is_empty(),
+        "no build stuck"
+    );
+    let want: BTreeMap<Option<String>, usize> =
+        ids.iter().map(|id| (Some(id.clone()), 1)).collect();
+    let lp = ListParams::default().labels(&labels::managed_selector());
+    let pods_api = Api::<Pod>::namespaced(admin.clone(), workspace::NAMESPACE);
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(admin.clone(), workspace::NAMESPACE)
+        .list(&lp)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        by_workspace(&pvcs),
+        want,
+        "one home PVC per workspace, nothing else"
+    );
+    let pods = poll(
+        "every workspace pod Running",
+        Duration::from_secs(30),
+        || async {
+            let pods = pods_api.list(&lp).await.unwrap().items;
+            pods.iter()
+                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .then_some(pods)
+        },
+    )
+    .await;
+    assert_eq!(
+        by_workspace(&pods),
+        want,
+        "one pod per workspace, nothing else"
+    );
+    assert!(
+        pods.iter().all(|p| p.metadata.deletion_timestamp.is_none()),
+        "no pod being deleted"
+    );
+
+    eprintln!(
+        "hand-over over {ROUNDS} kills ({mid_build} with builds in flight), lease {}s / renew {}s:",
+        3, 1
+    );
+    eprintln!(
+        "  {}",
+        stats("kill -> another replica holds the Lease", &to_lease)
+    );
+    if !to_resume.is_empty() {
+        eprintln!(
+            "  {}",
+            stats("kill -> interrupted builds resumed", &to_resume)
+        );
+    }
+    eprintln!("  whole test: {:?}", started.elapsed());
+    assert_eq!(mid_build, ROUNDS, "every kill hit builds in flight");
+    assert!(
+        to_lease.iter().all(|d| *d < Duration::from_secs(3 + 3)),
+        "hand-over within the lease duration plus a few seconds: {to_lease:?}"
+    );
+    db.close().await;
+}

@@ -200,7 +200,7 @@ fn both_charts_lint_for_every_value_set() {
 fn value_typos_and_impossible_values_fail_the_install() {
     // (what, values, the word the error must name, whether the schema catches it: helm lint
     // reports template `fail` calls only as info, schema violations as errors).
-    let cases: [(&str, &[&str], &str, bool); 7] = [
+    let cases: [(&str, &[&str], &str, bool); 9] = [
         (
             "a misspelt server key",
             &["server.acessUrl=https://x"],
@@ -241,6 +241,18 @@ fn value_typos_and_impossible_values_fail_the_install() {
             "existingSecret without a CA bundle",
             &["webhook.tls.mode=existingSecret"],
             "caBundle",
+            false,
+        ),
+        (
+            "a misspelt leader key",
+            &["server.leader.leaseDuration=15"],
+            "leaseDuration",
+            true,
+        ),
+        (
+            "a lease renewed less than twice per duration",
+            &["server.leader.renewSeconds=10"],
+            "renewSeconds",
             false,
         ),
     ];
@@ -727,6 +739,97 @@ fn existing_secret_mode_uses_the_named_secret_and_bundle() {
 }
 
 #[test]
+fn server_on_postgres_runs_two_replicas_spread_with_a_pdb_and_a_lease_role() {
+    let docs = render("lumie-coder", &[]);
+    let deploy = find(&docs, "Deployment", "coder");
+    assert_eq!(
+        deploy["spec"]["replicas"], 2,
+        "PostgreSQL: two replicas by default"
+    );
+    assert_ne!(deploy["spec"]["strategy"]["type"], "Recreate");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let spread = &pod["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in spread["labelSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "the spread counts the server pods");
+    }
+    let pdb = find(&docs, "PodDisruptionBudget", "coder");
+    assert_eq!(pdb["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    for (k, v) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "PDB selects the server pods");
+    }
+    let c = container(deploy, "lumie-server");
+    assert_eq!(
+        env(c, "POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(env_value(c, "LUMIE_LEASE_NAMESPACE"), NAMESPACE);
+    assert_eq!(env_value(c, "LUMIE_LEASE_NAME"), "lumie-server-leader");
+    assert_eq!(env_value(c, "LUMIE_LEASE_DURATION_SECS"), "15");
+    assert_eq!(env_value(c, "LUMIE_LEASE_RENEW_SECS"), "5");
+    // Leases in the release namespace only, never deleted.
+    let role = find(&docs, "Role", "lumie-coder-leader");
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch"]}])
+    );
+    let binding = find(&docs, "RoleBinding", "lumie-coder-leader");
+    assert_eq!(binding["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(binding["roleRef"]["name"], "lumie-coder-leader");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "coder", "namespace": NAMESPACE}])
+    );
+    let leases_anywhere: Vec<&Value> = all(&docs, "Role")
+        .into_iter()
+        .chain(all(&docs, "ClusterRole"))
+        .filter(|r| r["rules"].to_string().contains("leases"))
+        .collect();
+    assert_eq!(
+        leases_anywhere.len(),
+        1,
+        "one grant of leases: {leases_anywhere:?}"
+    );
+
+    // One replica asked for: no PDB (it would block every drain), no spread.
+    let one = render("lumie-coder", &["server.replicas=1"]);
+    assert_eq!(find(&one, "Deployment", "coder")["spec"]["replicas"], 1);
+    assert!(
+        all(&one, "PodDisruptionBudget")
+            .iter()
+            .all(|p| name_of(p) != "coder")
+    );
+    assert!(
+        find(&one, "Deployment", "coder")["spec"]["template"]["spec"]
+            .get("topologySpreadConstraints")
+            .is_none()
+    );
+    // Three by choice.
+    let three = render("lumie-coder", &["server.replicas=3"]);
+    assert_eq!(find(&three, "Deployment", "coder")["spec"]["replicas"], 3);
+
+    // SQLite: one replica, no Lease, no grant, no PDB.
+    let sqlite = render("lumie-coder", &["server.database.existingSecret="]);
+    let deploy = find(&sqlite, "Deployment", "coder");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert!(env(container(deploy, "lumie-server"), "LUMIE_LEASE_NAME").is_none());
+    assert!(
+        all(&sqlite, "Role")
+            .iter()
+            .all(|r| name_of(r) != "lumie-coder-leader")
+    );
+    assert!(
+        all(&sqlite, "PodDisruptionBudget")
+            .iter()
+            .all(|p| name_of(p) != "coder")
+    );
+}
+
+#[test]
 fn webhook_runs_replicated_spread_and_protected_by_a_pdb() {
     let docs = render("lumie-coder", &[]);
     let deploy = find(&docs, "Deployment", "lumie-webhook");
@@ -774,10 +877,14 @@ fn rbac_reaches_only_workspace_namespaces_and_policies() {
         "lumie-coder",
         &["serviceAccount.workspaceNamespaces={lumie-dev,team-b}"],
     );
-    // The first admin's create-only Role in the release namespace has its own test.
+    // The first admin's create-only Role and the leader's Lease Role in the release namespace
+    // have their own tests.
     let roles: Vec<&Value> = all(&docs, "Role")
         .into_iter()
-        .filter(|r| r["metadata"]["name"] != "lumie-coder-first-admin")
+        .filter(|r| {
+            r["metadata"]["name"] != "lumie-coder-first-admin"
+                && r["metadata"]["name"] != "lumie-coder-leader"
+        })
         .collect();
     let namespaces: BTreeSet<&str> = roles
         .iter()
@@ -1564,6 +1671,16 @@ async fn server_service_account_can_do_exactly_its_job() {
         ),
     ];
     let denials: &[(&str, &str, &str, &str, Option<&str>)] = &[
+        // The leader Lease: in the release namespace only, and never deleted.
+        ("get", "coordination.k8s.io", "leases", dev, None),
+        (
+            "create",
+            "coordination.k8s.io",
+            "leases",
+            "kube-system",
+            None,
+        ),
+        ("delete", "coordination.k8s.io", "leases", NAMESPACE, None),
         ("create", "", "pods", "kube-system", None),
         ("create", "", "secrets", "kube-system", None),
         ("get", "", "secrets", "kube-system", None),

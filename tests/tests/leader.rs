@@ -374,7 +374,7 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
 
     let (mut to_lease, mut to_resume) = (vec![], vec![]);
     let mut ids = vec![];
-    let mut generation = vec![0; REPLICAS];
+    let mut generation = [0; REPLICAS];
     let mut mid_build = 0;
     for round in 0..ROUNDS {
         let leader = poll(
@@ -409,19 +409,28 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
             }
             b
         };
-        poll(
-            "a build of the round running",
-            Duration::from_secs(10),
-            || async {
-                for b in &builds {
-                    if db.build(b).await.unwrap()?.status != BuildStatus::Pending {
-                        return Some(());
-                    }
+        // Killed the moment one is seen running (polled tightly: a build takes a few hundred
+        // ms); when all ended before one was seen, the kill finds none in flight and the final
+        // count says so.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        'running: loop {
+            let mut ended = 0;
+            for b in &builds {
+                let status = db.build(b).await.unwrap().unwrap().status;
+                if status == BuildStatus::Running {
+                    break 'running;
                 }
-                None
-            },
-        )
-        .await;
+                ended += usize::from(!status.is_active());
+            }
+            if ended == builds.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no build of round {round} started"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         replicas[slot].kill();
         let killed = Instant::now();
         let mut interrupted = vec![];

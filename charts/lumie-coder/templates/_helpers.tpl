@@ -76,13 +76,26 @@ http://{{ .Values.server.name }}.{{ .Release.Namespace }}.svc.cluster.local
 {{- toJson (list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns)) -}}
 {{- end -}}
 
+{{/* The server's replica count: server.replicas, or when blank 2 with PostgreSQL and 1 with
+     the embedded SQLite database. */}}
+{{- define "lumie-coder.server.replicas" -}}
+{{- if kindIs "invalid" .Values.server.replicas -}}
+{{- if .Values.server.database.existingSecret }}2{{ else }}1{{ end -}}
+{{- else -}}
+{{- int .Values.server.replicas -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Fails the render when a value combination cannot work. */}}
 {{- define "lumie-coder.validate" -}}
 {{- if and .Values.webhook.enabled (eq .Values.webhook.tls.mode "existingSecret") (not .Values.webhook.tls.caBundle) -}}
 {{- fail "webhook.tls.mode=existingSecret needs webhook.tls.caBundle (base64 PEM of the CA, ca-bundle.b64 from lumie-webhook certs generate)" -}}
 {{- end -}}
-{{- if and (not .Values.server.database.existingSecret) (gt (int .Values.server.replicas) 1) -}}
+{{- if and (not .Values.server.database.existingSecret) (gt (int (include "lumie-coder.server.replicas" .)) 1) -}}
 {{- fail "server.replicas > 1 needs PostgreSQL (server.database.existingSecret): the embedded SQLite database is per pod" -}}
+{{- end -}}
+{{- if and .Values.server.database.existingSecret (lt (int .Values.server.leader.leaseDurationSeconds) (mul 2 (int .Values.server.leader.renewSeconds))) -}}
+{{- fail "server.leader.leaseDurationSeconds must be at least twice server.leader.renewSeconds" -}}
 {{- end -}}
 {{- if not .Values.serviceAccount.workspaceNamespaces -}}
 {{- fail "serviceAccount.workspaceNamespaces must name at least one namespace" -}}

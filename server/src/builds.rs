@@ -265,7 +265,9 @@ mod tests {
     fn claim_rule_table() {
         use BuildStatus::*;
         let now = 1_000;
-        let cases: &[(&str, BuildStatus, Option<&str>, Option<i64>, bool)] = &[
+        /// (what, status, holder, claim expiry, claimable by "me").
+        type Case<'a> = (&'a str, BuildStatus, Option<&'a str>, Option<i64>, bool);
+        let cases: &[Case] = &[
             ("pending, unclaimed", Pending, None, None, true),
             (
                 "running, unclaimed (left by an older version)",

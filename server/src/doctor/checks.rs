@@ -37,6 +37,8 @@ pub mod id {
     pub const WORKER_CAPACITY: &str = "worker-capacity";
     /// The privileged `dind` exception.
     pub const DIND_EXCEPTION: &str = "dind-exception";
+    /// The leader Lease and the replicas (PostgreSQL installs).
+    pub const LEADER: &str = "leader";
 }
 
 /// The server container's environment variable names the doctor reads.

@@ -104,6 +104,12 @@ pub struct Facts {
     pub nodes: Read<Vec<Node>>,
     /// The pods of all namespaces that hold resources (not Succeeded or Failed).
     pub running_pods: Read<Vec<Pod>>,
+    /// The leader Lease (name, as read), when the server uses PostgreSQL; `None`: not read
+    /// (SQLite: one replica, no election).
+    pub leader_lease: Option<(
+        String,
+        Read<Option<k8s_openapi::api::coordination::v1::Lease>>,
+    )>,
 }
 
 /// Control plane Secrets by name, as read.
@@ -251,7 +257,15 @@ pub async fn gather(client: &Client, options: &DoctorOptions) -> Result<Facts, S
         labels::APP_NAME,
         labels::APP_NAME_WORKSPACE
     ));
+    let leader_lease = if settings.database_url == ValueSource::Unset {
+        None
+    } else {
+        let name = super::leader::lease_name(server.as_ref().ok().and_then(Option::as_ref));
+        let read = get(Api::namespaced(client.clone(), ns), &name).await;
+        Some((name, read))
+    };
     Ok(Facts {
+        leader_lease,
         server,
         server_pods,
         secrets,

@@ -213,6 +213,17 @@ pub fn judge(options: &DoctorOptions, facts: &Facts) -> Report {
         (Err(e), _) => read_failed(id::SERVER, &format!("Deployment {ns}/{deploy_name}"), e),
     });
 
+    // The replicas and the leader, where there is an election.
+    if let (Some((lease_name, lease)), Ok(pods)) = (&facts.leader_lease, &facts.server_pods) {
+        out.push(super::leader::leadership(
+            ns,
+            lease_name,
+            pods,
+            lease,
+            facts.now_unix * 1000,
+        ));
+    }
+
     // The Secrets, and the services they unlock.
     out.push(secret_check(
         DB_SECRET,
@@ -446,6 +457,7 @@ mod tests {
             scheduling_events: Ok(vec![]),
             nodes: Ok(workers(false)),
             running_pods: Ok(vec![]),
+            leader_lease: None,
         }
     }
 

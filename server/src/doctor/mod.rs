@@ -9,7 +9,8 @@
 //! - the verdicts by topic: [`control_plane`] (server Deployment, settings, Secrets),
 //!   [`reach`] (database, OIDC issuer), [`webhook`] (configurations, caBundle, the dry-run
 //!   probe), [`overlay`] (the lumie-dev ServiceAccount, RoleBinding and Service),
-//!   [`capacity`] (pending pods, room on the workers), [`policy`] (the dind exception);
+//!   [`capacity`] (pending pods, room on the workers), [`policy`] (the dind exception),
+//!   [`leader`] (the replicas and the leader Lease, with PostgreSQL);
 //!   [`checks`]: the check ids they share; [`certs`]: caBundle against the serving certificate;
 //! - [`report`]: the [`Report`], its text and JSON, and the exit code.
 //!
@@ -23,6 +24,7 @@ pub mod facts;
 #[cfg(test)]
 mod fixtures;
 pub mod judge;
+pub mod leader;
 pub mod overlay;
 pub mod policy;
 pub mod probe;

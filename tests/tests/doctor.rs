@@ -230,6 +230,9 @@ async fn install(
                 &issuer_set,
                 "--set",
                 "defaultPolicy.enabled=false",
+                // One stand-in server pod (the harness runs no Deployment controller).
+                "--set",
+                "server.replicas=1",
             ],
         ] {
             let mut args = args;
@@ -284,6 +287,17 @@ async fn install(
     .await;
 
     start_server_standin(&client).await;
+    // The stand-in pod's leader election, as the server it stands in for would run it (on
+    // this runtime, for the whole process).
+    let (leadership, _elector, _task) = lumie_server::leader::Elector::start(
+        client.clone(),
+        lumie_server::leader::LeaderConfig::default(),
+        format!("{STANDIN_POD}-x1y2z3"),
+        std::sync::Arc::new(lumie_server::metrics::Metrics::new()),
+    );
+    tokio::time::timeout(Duration::from_secs(30), leadership.until_leader())
+        .await
+        .expect("the stand-in server leads");
     (server.addr, ca_b64, server)
 }
 
@@ -500,10 +514,13 @@ async fn healthy_install_is_all_ok_in_text_and_json() {
     let report = doctor().await;
     println!("{}", report.render_text());
     assert_only(&report, "healthy", &[]);
-    assert_eq!(report.checks.len(), 14, "{}", report.render_text());
+    // Fourteen, and the leader line of a PostgreSQL install.
+    assert_eq!(report.checks.len(), 15, "{}", report.render_text());
     // The lines say what was actually seen.
     let summary = |id: &str| report.check(id).unwrap().summary.clone();
     assert!(summary(id::SERVER).contains("1/1 pods ready"));
+    assert!(summary(id::LEADER).contains("leader coder-standin-0-x1y2z3"));
+    assert!(summary(id::LEADER).contains("coder-standin-0 (ready)"));
     assert!(summary(id::DATABASE).contains("connected to PostgreSQL"));
     assert!(
         !report.render_text().contains(&env.pg_url),
@@ -518,16 +535,16 @@ async fn healthy_install_is_all_ok_in_text_and_json() {
 
     let json: serde_json::Value = serde_json::from_str(&report.render_json()).unwrap();
     assert_eq!(json["status"], "ok");
-    assert_eq!(json["counts"]["ok"], 14);
+    assert_eq!(json["counts"]["ok"], 15);
     assert_eq!(json["checks"][0]["id"], id::SERVER);
     let text = report.render_text();
     assert_eq!(
         text.lines().count(),
-        15,
+        16,
         "one line per check and a count:\n{text}"
     );
     assert!(
-        text.ends_with("14 checks: 14 ok, 0 warning(s), 0 failure(s)\n"),
+        text.ends_with("15 checks: 15 ok, 0 warning(s), 0 failure(s)\n"),
         "{text}"
     );
 }
@@ -625,11 +642,19 @@ async fn control_plane_secrets_and_pods_broken_then_restored() {
     assert_only(
         &doctor().await,
         "no server pod",
-        &[(
-            id::SERVER,
-            Status::Failure,
-            &["Deployment coder/coder: 0/1 pods ready"],
-        )],
+        &[
+            (
+                id::SERVER,
+                Status::Failure,
+                &["Deployment coder/coder: 0/1 pods ready"],
+            ),
+            // The stand-in's election still renews the Lease, with no pod behind it.
+            (
+                id::LEADER,
+                Status::Warning,
+                &["none of the server Deployment's pods", "no server pods"],
+            ),
+        ],
     );
     start_server_standin(&client).await;
     assert_healthy("control plane restored").await;

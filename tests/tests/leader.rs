@@ -548,6 +548,35 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         "no pod being deleted"
     );
 
+    // Metrics: exactly one live replica says it leads (the Lease holder), and hand-overs were
+    // counted by those that took over.
+    let holder_now = holder(&leases).await.expect("a leader at the end");
+    let (mut leading, mut handovers) = (vec![], 0);
+    for r in &replicas {
+        let text = http
+            .get(format!("http://{}/metrics", r.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines() {
+            if line.starts_with("lumie_leader{") && line.ends_with(" 1") {
+                leading.push(line.to_string());
+            }
+            if let Some(n) = line.strip_prefix("lumie_leader_handovers_total ") {
+                handovers += n.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    assert_eq!(leading.len(), 1, "one replica leads: {leading:?}");
+    assert!(
+        leading[0].contains(&holder_now),
+        "{leading:?} vs {holder_now}"
+    );
+    assert!(handovers >= 1, "the live replicas counted their take-overs");
+
     eprintln!(
         "hand-over over {ROUNDS} kills ({mid_build} with builds in flight), lease {}s / renew {}s:",
         3, 1

@@ -34,19 +34,20 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// How many builds one poll claims at most.
 const CLAIM_BATCH: i64 = 32;
 
-/// Whether `me` may claim a build at `now`: it is active, and its claim is free, already
-/// `me`'s, or expired. [`crate::db::Db::claim_builds`] carries out the same rule in SQL.
+/// Whether `me` may claim a build at `now`: it is active, and its claim is free or expired. A
+/// live claim of `me`'s own is not claimable again (that build is in flight here, and counting
+/// it would let in-flight builds fill every batch); a new executor run first releases its own
+/// claims ([`crate::db::Db::release_build_claims`]), so a restarted single replica resumes at
+/// once. [`crate::db::Db::claim_builds`] carries out the same rule in SQL.
 pub fn claimable(
     status: BuildStatus,
     claimed_by: Option<&str>,
     claim_expires_at: Option<i64>,
-    me: &str,
     now_ms: i64,
 ) -> bool {
     status.is_active()
         && match (claimed_by, claim_expires_at) {
             (None, _) => true,
-            (Some(holder), _) if holder == me => true,
             (Some(_), None) => true,
             (Some(_), Some(expires)) => expires <= now_ms,
         }
@@ -215,6 +216,11 @@ impl Executor {
     pub async fn run(self) {
         let mut tasks: JoinSet<String> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
+        // Nothing runs here yet: claims under this identity are a previous run's (an earlier
+        // term of this process, or a restarted single replica), to take up again now.
+        if let Err(e) = self.db.release_build_claims(&self.identity).await {
+            tracing::warn!(error = %e, "cannot release this replica's earlier build claims");
+        }
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Ok(ws) = done {
@@ -265,7 +271,7 @@ mod tests {
     fn claim_rule_table() {
         use BuildStatus::*;
         let now = 1_000;
-        /// (what, status, holder, claim expiry, claimable by "me").
+        /// (what, status, holder, claim expiry, claimable).
         type Case<'a> = (&'a str, BuildStatus, Option<&'a str>, Option<i64>, bool);
         let cases: &[Case] = &[
             ("pending, unclaimed", Pending, None, None, true),
@@ -276,7 +282,13 @@ mod tests {
                 None,
                 true,
             ),
-            ("pending, ours", Pending, Some("me"), Some(5_000), true),
+            (
+                "pending, held live (in flight on its holder, this replica too)",
+                Pending,
+                Some("me"),
+                Some(5_000),
+                false,
+            ),
             (
                 "running, ours, expired",
                 Running,
@@ -317,11 +329,7 @@ mod tests {
             ("canceled, expired", Canceled, Some("b"), Some(0), false),
         ];
         for (what, status, holder, expires, want) in cases {
-            assert_eq!(
-                claimable(*status, *holder, *expires, "me", now),
-                *want,
-                "{what}"
-            );
+            assert_eq!(claimable(*status, *holder, *expires, now), *want, "{what}");
         }
     }
 

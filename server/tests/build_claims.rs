@@ -39,7 +39,7 @@ async fn claims_follow_the_rule(db: Db) {
     let a = db.claim_builds("a", t0, t0 + ttl, 10).await.unwrap();
     assert_eq!(ids(&a), all, "free builds go to the first claimant");
     for b in &a {
-        assert!(claimable(b.status, None, None, "a", t0));
+        assert!(claimable(b.status, None, None, t0));
         assert_eq!(
             db.build_claim(&b.id).await.unwrap(),
             Some(("a".into(), t0 + ttl))
@@ -56,22 +56,24 @@ async fn claims_follow_the_rule(db: Db) {
         BuildStatus::Pending,
         Some("a"),
         Some(t0 + ttl),
-        "b",
         t0 + 1
     ));
-    // A re-claiming its own gets them again (a restarted single replica resumes at once).
-    assert_eq!(
-        ids(&db.claim_builds("a", t0 + 1, t0 + ttl, 10).await.unwrap()),
-        all
-    );
-    // Limits are honoured, oldest first.
-    assert_eq!(
-        db.claim_builds("a", t0 + 2, t0 + ttl, 2)
+    // Nor does A get its own live claims again (they are in flight there)...
+    assert!(
+        db.claim_builds("a", t0 + 1, t0 + ttl, 10)
             .await
             .unwrap()
-            .len(),
-        2
+            .is_empty()
     );
+    // ... until it releases them (a restarted single replica, a new term), then it does.
+    assert_eq!(db.release_build_claims("a").await.unwrap(), 3);
+    assert_eq!(db.release_build_claims("b").await.unwrap(), 0);
+    // Limits are honoured, oldest first.
+    let two = db.claim_builds("a", t0 + 2, t0 + ttl, 2).await.unwrap();
+    assert_eq!(two.len(), 2);
+    let rest = db.claim_builds("a", t0 + 2, t0 + ttl, 10).await.unwrap();
+    assert_eq!(rest.len(), 1, "the rest");
+    assert!(two.iter().all(|b| b.created_at <= rest[0].created_at));
     // A starts one and renews it.
     let first = a[0].id.clone();
     assert!(db.start_claimed_build(&first, "a").await.unwrap());
@@ -85,7 +87,6 @@ async fn claims_follow_the_rule(db: Db) {
         BuildStatus::Running,
         Some("a"),
         Some(t0 + ttl),
-        "b",
         t0 + ttl
     ));
     let b = db
@@ -125,7 +126,7 @@ async fn claims_follow_the_rule(db: Db) {
         .unwrap();
     assert!(!ids(&later).contains(&first));
     assert_eq!(later.len(), 2);
-    assert!(!claimable(BuildStatus::Succeeded, None, None, "c", t0));
+    assert!(!claimable(BuildStatus::Succeeded, None, None, t0));
 }
 
 #[tokio::test]

@@ -210,7 +210,7 @@ impl Db {
     }
 
     /// Claims up to `limit` active builds for `me` until `expires_at`, oldest first: those with
-    /// no holder, held by `me` already, or whose claim expired by `now` (the rule
+    /// no holder or whose claim expired by `now` (the rule
     /// [`crate::builds::claimable`] states). On PostgreSQL rows another transaction is claiming
     /// right now are skipped (`FOR UPDATE SKIP LOCKED`), and a row claimed and committed since
     /// this statement's snapshot is re-checked under its lock, so two replicas never both get
@@ -222,7 +222,7 @@ impl Db {
         expires_at: i64,
         limit: i64,
     ) -> Result<Vec<BuildRecord>> {
-        let rule = "status IN ('pending', 'running') AND (claimed_by IS NULL OR claimed_by = $1 \
+        let rule = "status IN ('pending', 'running') AND (claimed_by IS NULL \
                     OR claim_expires_at IS NULL OR claim_expires_at <= $3)";
         let sql = match self.backend {
             // Materialized: an inlined subquery with LIMIT may be evaluated more than once in
@@ -249,6 +249,18 @@ impl Db {
         let mut builds = rows.iter().map(build_from).collect::<Result<Vec<_>>>()?;
         builds.sort_by_key(|b| b.created_at);
         Ok(builds)
+    }
+
+    /// Releases `me`'s claims on active builds (an executor starting, with nothing in flight).
+    pub async fn release_build_claims(&self, me: &str) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE builds SET claimed_by = NULL, claim_expires_at = NULL \
+             WHERE claimed_by = $1 AND status IN ('pending', 'running')",
+        )
+        .bind(me)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
     }
 
     /// Extends `me`'s claim on an active build to `expires_at`; `false` when the claim is no

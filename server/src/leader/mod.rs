@@ -120,13 +120,12 @@ impl Leadership {
         let _ = rx.wait_for(|l| !*l).await;
     }
 
-    /// Returns on the next change.
-    pub async fn changed(&self) {
+    /// A receiver of changes from now on (a loop keeps one, so a change while it is busy is
+    /// not missed).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
         let mut rx = self.rx.clone();
         rx.borrow_and_update();
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        rx
     }
 
     /// Runs `make()`'s task while this replica leads: started on every term, aborted the moment

@@ -386,6 +386,7 @@ impl Reconciler {
         self.stores.wait_ready().await;
         let dirty = self.parts.dirty.clone();
         let leadership = self.parts.leadership.clone();
+        let mut lead_changes = leadership.subscribe();
         let mut last_full = Instant::now() - RESYNC;
         let mut polled_until = now_ms();
         loop {
@@ -411,7 +412,7 @@ impl Reconciler {
                 _ = tokio::time::sleep(POLL), if leading => {
                     polled_until = self.poll_changes(polled_until).await;
                 }
-                _ = leadership.changed() => {
+                Ok(()) = lead_changes.changed() => {
                     // A new term starts from a full pass.
                     last_full = Instant::now() - RESYNC;
                     polled_until = now_ms();

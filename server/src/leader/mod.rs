@@ -128,24 +128,23 @@ impl Leadership {
         rx
     }
 
-    /// Runs `make()`'s task while this replica leads: started on every term, aborted the moment
-    /// leadership is lost. Runs until the process ends.
+    /// Runs `make()`'s future while this replica leads: started on every term, dropped (with
+    /// every task it owns) the moment leadership is lost, or when this future is. Runs until
+    /// the process ends.
     pub async fn while_leading<F, Fut>(self, what: &'static str, make: F)
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
     {
         loop {
             self.until_leader().await;
             tracing::info!(identity = %self.identity, "leading: starting the {what}");
-            let mut task = tokio::spawn(make());
             tokio::select! {
                 _ = self.until_lost() => {
-                    task.abort();
                     tracing::warn!(identity = %self.identity, "not leading any more: stopped the {what}");
                 }
-                r = &mut task => {
-                    tracing::error!(identity = %self.identity, result = ?r, "the {what} ended on its own; starting it again");
+                () = make() => {
+                    tracing::error!(identity = %self.identity, "the {what} ended on its own; starting it again");
                 }
             }
         }
@@ -369,5 +368,81 @@ impl Elector {
                 tracing::warn!(identity = %self.identity, error = %e, "cannot release the lease")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts the drops of what a term's future owns.
+    struct Owned(Arc<AtomicUsize>);
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !f() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    }
+
+    #[tokio::test]
+    async fn gated_work_starts_on_every_term_and_is_dropped_the_moment_leadership_is_lost() {
+        let (tx, rx) = watch::channel(false);
+        let leadership = Leadership {
+            identity: "me".into(),
+            rx,
+            _keep: None,
+        };
+        assert!(!leadership.is_leader());
+        let (started, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (s, d) = (started.clone(), dropped.clone());
+        let gate = tokio::spawn(leadership.clone().while_leading("test work", move || {
+            let owned = Owned(d.clone());
+            s.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _owned = owned;
+                std::future::pending::<()>().await;
+            }
+        }));
+        tokio::task::yield_now().await;
+        assert_eq!(started.load(Ordering::SeqCst), 0, "not before leading");
+        tx.send_replace(true);
+        until("started on the first term", || {
+            started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(dropped.load(Ordering::SeqCst), 0);
+        tx.send_replace(false);
+        until("dropped when lost", || dropped.load(Ordering::SeqCst) == 1).await;
+        tx.send_replace(true);
+        until("started again on the next term", || {
+            started.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        // Aborting the gate (the server stopping) drops the term's work with it.
+        gate.abort();
+        until("dropped with the gate", || {
+            dropped.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn always_leads() {
+        let l = Leadership::always("single");
+        assert!(l.is_leader());
+        assert_eq!(l.identity(), "single");
+        tokio::time::timeout(Duration::from_secs(1), l.until_leader())
+            .await
+            .expect("at once");
     }
 }

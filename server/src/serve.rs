@@ -91,6 +91,9 @@ pub async fn start_with(
     client: kube::Client,
 ) -> StartupResult<Running> {
     crate::preflight::check_kube(&client, &config.namespace).await?;
+    if db.is_shared() {
+        crate::leader::check_access(&client, &config.leader).await?;
+    }
     let first_admin_token = bootstrap_first_admin(&db, &client, &config).await?;
     let first_admin_secret = match (&first_admin_token, &config.first_admin_secret) {
         (Some(token), Some(secret)) => {

@@ -610,3 +610,27 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
     );
     db.close().await;
 }
+
+/// A PostgreSQL server whose ServiceAccount may not use Leases where the election is asked to
+/// run stops at start-up with one line naming the grant, rather than never leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_lease_grant_stops_the_start_naming_it() {
+    let pg = postgres_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = control_plane::server_config(dir.path()).unwrap();
+    config.database = DatabaseConfig::Postgres(pg);
+    // The harness grants Leases in `coder` only.
+    config.leader.namespace = workspace::NAMESPACE.into();
+    let err = match control_plane::start_server(Cluster::shared(), config).await {
+        Ok(_) => panic!("started without the Lease grant"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        "leases",
+        "lumie-dev",
+        "get, create, update",
+        "lumie-coder-leader",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in: {err}");
+    }
+}

@@ -33,6 +33,58 @@ use crate::metrics::{LeaderLabels, Metrics};
 use crate::model::now_ms;
 use decide::{Decision, Observed, acting_window, decide};
 
+/// What the election does with Leases in its namespace (checked at start-up).
+pub const REQUIRED_ACCESS: &[&str] = &["get", "create", "update"];
+
+/// Checks (SelfSubjectAccessReviews) that this server may read, create and update Leases in the
+/// election's namespace, so a missing grant stops the start with one line instead of a replica
+/// that never leads.
+pub async fn check_access(
+    client: &kube::Client,
+    config: &LeaderConfig,
+) -> crate::error::StartupResult<()> {
+    use crate::error::StartupError;
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut denied = vec![];
+    for verb in REQUIRED_ACCESS {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(config.namespace.clone()),
+                    verb: Some(verb.to_string()),
+                    group: Some("coordination.k8s.io".into()),
+                    resource: Some("leases".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                StartupError::Kube(format!(
+                    "SelfSubjectAccessReview failed: {e} — check that the kube API is reachable and authentication works"
+                ))
+            })?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            denied.push(*verb);
+        }
+    }
+    if denied.is_empty() {
+        return Ok(());
+    }
+    Err(StartupError::Kube(format!(
+        "the control plane may not {} leases (coordination.k8s.io) in namespace {}, which the leader election over PostgreSQL needs — grant them (chart: rbac.create, Role lumie-coder-leader) or fix LUMIE_LEASE_NAMESPACE",
+        denied.join(", "),
+        config.namespace
+    )))
+}
+
 /// Default name of the Lease.
 pub const DEFAULT_LEASE_NAME: &str = "lumie-server-leader";
 

@@ -62,8 +62,8 @@ impl Running {
         }
     }
 
-    /// Flushes pending heartbeats, then stops; a leader hands its Lease back so another
-    /// replica takes over without waiting for it to expire.
+    /// Flushes pending heartbeats, then stops; a leader hands its Lease and build claims back so
+    /// another replica takes over without waiting for them to expire.
     pub async fn shutdown(self) {
         if let Err(e) = self.state.agents.flush().await {
             tracing::warn!(error = %e, "final heartbeat flush failed");
@@ -71,6 +71,17 @@ impl Running {
         self.abort();
         if let Some(elector) = &self.elector {
             elector.release().await;
+            // Nothing of this replica runs any more: its builds are the next leader's at once.
+            match self
+                .state
+                .db
+                .release_build_claims(self.leadership.identity())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(builds = n, "released the build claims"),
+                Err(e) => tracing::warn!(error = %e, "cannot release the build claims"),
+            }
         }
     }
 }

@@ -285,8 +285,13 @@ async fn call(
 
 /// The Lease holder, when there is one.
 async fn holder(leases: &Api<Lease>) -> Option<String> {
+    holder_of(leases, LEASE).await
+}
+
+/// The holder of Lease `name`, when there is one.
+async fn holder_of(leases: &Api<Lease>, name: &str) -> Option<String> {
     leases
-        .get_opt(LEASE)
+        .get_opt(name)
         .await
         .ok()
         .flatten()
@@ -609,6 +614,67 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         "hand-over within the lease duration plus a few seconds: {to_lease:?}"
     );
     db.close().await;
+}
+
+/// SIGTERM (a rolling restart, a drain): the leader hands the Lease back on its way out, so the
+/// other replica takes over at its next retry instead of when the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_gracefully_hands_over_within_a_renew_interval() {
+    const TERM_LEASE: &str = "leader-e2e-term";
+    let admin = Cluster::shared().client().await;
+    let leases: Api<Lease> = Api::namespaced(admin, workspace::CONTROL_PLANE_NAMESPACE);
+    let pg = postgres_url();
+    let db = Db::connect(&DatabaseConfig::Postgres(pg.clone()))
+        .await
+        .unwrap();
+    db.bootstrap_admin("admin").await.unwrap();
+    db.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A long lease: a hand-over within it can only come from the release.
+    let env = [
+        ("CODER_PG_CONNECTION_URL", pg),
+        ("LUMIE_DATA_DIR", dir.path().display().to_string()),
+        ("LUMIE_LEASE_NAME", TERM_LEASE.to_string()),
+        ("LUMIE_LEASE_DURATION_SECS", "30".to_string()),
+        ("LUMIE_LEASE_RENEW_SECS", "1".to_string()),
+    ];
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|slot| {
+            Replica::spawn(
+                slot + 10,
+                0,
+                control_plane::free_loopback_addr().unwrap(),
+                &env,
+            )
+        })
+        .collect();
+    let (slot, old) = poll("a leader", Duration::from_secs(20), || async {
+        let h = holder_of(&leases, TERM_LEASE).await?;
+        replicas.iter().position(|r| r.is(&h)).map(|slot| (slot, h))
+    })
+    .await;
+    let mut child = replicas[slot].child.take().unwrap();
+    let stopped = Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let other = &replicas[1 - slot];
+    let new = poll(
+        "the other replica holding the Lease",
+        Duration::from_secs(10),
+        || async { holder_of(&leases, TERM_LEASE).await.filter(|h| other.is(h)) },
+    )
+    .await;
+    let took = stopped.elapsed();
+    let status = child.wait().unwrap();
+    eprintln!("graceful hand-over {old} -> {new}: {took:?} (lease 30s, renew 1s); exit {status}");
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+    assert!(
+        took < Duration::from_secs(5),
+        "handed over within a few renew intervals, not the 30s lease: {took:?}"
+    );
 }
 
 /// A PostgreSQL server whose ServiceAccount may not use Leases where the election is asked to

@@ -133,6 +133,7 @@ pub async fn start_with(
     };
     drift.check_and_record().await;
     let mut tasks = vec![tokio::spawn(drift.run())];
+    tasks.extend(crate::bus::start_for(&state));
     tasks.push(tokio::spawn(state.agents.clone().run()));
     tasks.push(tokio::spawn(
         state.sessions.keys.clone().run_refresh(state.db.clone()),
@@ -164,7 +165,7 @@ pub async fn start_with(
         spawner,
         dirty: state.dirty.clone(),
         metrics: state.metrics.clone(),
-        wake: state.build_wake.clone(),
+        wake: state.build_wake.notifier(),
     };
     tasks.push(tokio::spawn(executor.run()));
     crate::edge::discover_at_start(&state.edge).await;

@@ -28,6 +28,7 @@ mod dashboard;
 mod logs;
 mod samples;
 mod session_keys;
+mod signals;
 mod tokens;
 mod users;
 mod workspaces;

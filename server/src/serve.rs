@@ -138,6 +138,9 @@ pub async fn start_with(
     tasks.push(tokio::spawn(
         state.sessions.keys.clone().run_refresh(state.db.clone()),
     ));
+    tasks.push(tokio::spawn(
+        state.sessions.clone().run_sync(state.db.clone()),
+    ));
     let control_plane = lumie_contract::policy::CONTROL_PLANE_USER;
     let stores = start_watchers(&client, &namespace, control_plane, &state.dirty);
     state.agent_auth.install(

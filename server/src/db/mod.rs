@@ -26,9 +26,9 @@ mod audit;
 mod builds;
 mod dashboard;
 mod logs;
+mod replicas;
 mod samples;
 mod session_keys;
-mod signals;
 mod tokens;
 mod users;
 mod workspaces;
@@ -141,6 +141,12 @@ fn bad_value(column: &str, value: &str) -> Error {
 }
 
 impl Db {
+    /// Whether this is PostgreSQL, where several replicas may share the database (on SQLite
+    /// there is only ever one).
+    pub fn is_shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
     /// Opens the database (creating the SQLite file when needed) and runs the migrations.
     /// Errors are one line naming the setting and Secret to check.
     pub async fn connect(cfg: &DatabaseConfig) -> StartupResult<Db> {

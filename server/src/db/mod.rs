@@ -37,6 +37,7 @@ pub use agents::{HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 pub use audit::{AuditEvent, AuditFilter};
 pub use dashboard::contains_pattern;
 pub use logs::{KEEP_STARTS, LogStart, StoredLine, drop_cutoff};
+pub use replicas::StoredLogin;
 pub use samples::{Admission, ResourceSample, SAMPLE_BUCKET_MS, SAMPLE_RETENTION_MS, SampleGate};
 pub use session_keys::SessionKeyRow;
 pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};

@@ -268,6 +268,8 @@ pub struct Bus {
     pub replica: String,
     /// Where this replica's signals are queued.
     pub remote: Remote,
+    /// Whether the listener is listening now.
+    listening: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for Bus {
@@ -277,11 +279,17 @@ impl Default for Bus {
         Bus {
             replica: format!("{host}-{}", &id[..12]),
             remote: Remote::default(),
+            listening: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }
 
 impl Bus {
+    /// Waits until the listener listens (signals other replicas send from then on arrive).
+    pub async fn listening(&self) {
+        let _ = self.listening.subscribe().wait_for(|l| *l).await;
+    }
+
     /// Starts the publisher and the listener on PostgreSQL at `url`; the signals queued on
     /// [`Bus::remote`] are sent from now on. Call once.
     pub fn start(&self, url: String, db: Db, sinks: Sinks) -> Vec<JoinHandle<()>> {
@@ -296,7 +304,13 @@ impl Bus {
                 self.remote.clone(),
                 db.clone(),
             )),
-            tokio::spawn(listen(url, self.replica.clone(), db, sinks)),
+            tokio::spawn(listen(
+                url,
+                self.replica.clone(),
+                db,
+                sinks,
+                self.listening.clone(),
+            )),
         ]
     }
 }
@@ -350,7 +364,13 @@ async fn publish(mut rx: mpsc::Receiver<Signal>, replica: String, remote: Remote
     }
 }
 
-async fn listen(url: String, replica: String, db: Db, sinks: Sinks) {
+async fn listen(
+    url: String,
+    replica: String,
+    db: Db,
+    sinks: Sinks,
+    listening: Arc<tokio::sync::watch::Sender<bool>>,
+) {
     let mut backoff = BACKOFF.0;
     let mut lost_at: Option<Instant> = None;
     let mut attempts = 0u32;
@@ -372,6 +392,7 @@ async fn listen(url: String, replica: String, db: Db, sinks: Sinks) {
             }
         };
         backoff = BACKOFF.0;
+        listening.send_replace(true);
         if let Some(t) = lost_at.take() {
             tracing::info!(down_for = ?t.elapsed(), attempts, "cross-replica signals: LISTEN on PostgreSQL re-established; resyncing");
             sinks
@@ -405,6 +426,7 @@ async fn listen(url: String, replica: String, db: Db, sinks: Sinks) {
                 }
             }
         }
+        listening.send_replace(false);
         lost_at = Some(Instant::now());
     }
 }

@@ -44,14 +44,55 @@ pub struct Running {
     /// The Secret this start wrote the first admin's token to.
     pub first_admin_secret: Option<SecretRef>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stops the listener accepting (see [`Running::drain`]).
+    stop_accepting: Option<tokio::sync::oneshot::Sender<()>>,
+    listener: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops every task at once (like a killed process: nothing is flushed).
     pub fn abort(&self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.listener) {
             t.abort();
         }
+    }
+
+    /// A graceful stop for a replica behind a load balancer: `/healthz` answers 503 for
+    /// `shutdown_drain` while requests are still served (the balancer's health check takes the
+    /// replica out of rotation), then no new connection is accepted and in-flight requests get
+    /// `shutdown_grace` to finish (open streams and WebSockets are cut then: clients reconnect,
+    /// to another replica), then pending heartbeats are flushed and everything stops.
+    pub async fn drain(mut self) {
+        let (drain, grace) = (
+            self.state.config.shutdown_drain,
+            self.state.config.shutdown_grace,
+        );
+        self.state
+            .readiness
+            .write()
+            .expect("readiness lock")
+            .draining = true;
+        tracing::info!(
+            ?drain,
+            "draining: /healthz answers 503; still serving until load balancers notice"
+        );
+        tokio::time::sleep(drain).await;
+        if let Some(stop) = self.stop_accepting.take() {
+            let _ = stop.send(());
+        }
+        if let Some(listener) = self.listener.take() {
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(grace, listener).await {
+                Ok(_) => {
+                    tracing::info!(took = ?started.elapsed(), "draining: every request finished")
+                }
+                Err(_) => tracing::info!(
+                    ?grace,
+                    "draining: open streams and WebSockets cut after the grace period"
+                ),
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Flushes pending heartbeats, then stops.
@@ -173,11 +214,18 @@ pub async fn start_with(
     tasks.push(tokio::spawn(executor.run()));
     crate::edge::discover_at_start(&state.edge).await;
     let app_state = state.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = crate::edge::serve(listener, app_state).await {
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::spawn(async move {
+        // A dropped `Running` (no drain asked for) keeps serving, as before.
+        let stopped = async move {
+            if stopped.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        if let Err(e) = crate::edge::serve_until(listener, app_state, stopped).await {
             tracing::error!(error = %e, "listener failed");
         }
-    }));
+    });
     tracing::info!(%addr, namespace = %namespace, "lumie-server listening");
     Ok(Running {
         addr,
@@ -185,6 +233,8 @@ pub async fn start_with(
         first_admin_token,
         first_admin_secret,
         tasks,
+        stop_accepting: Some(stop_accepting),
+        listener: Some(listener),
     })
 }
 
@@ -310,7 +360,7 @@ pub async fn run(config: Config) -> StartupResult<()> {
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
-    running.shutdown().await;
+    running.drain().await;
     Ok(())
 }
 

@@ -276,8 +276,12 @@ impl Default for Bus {
     fn default() -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_default();
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let replica = match host.as_str() {
+            "" => id[..12].to_string(),
+            host => format!("{host}-{}", &id[..12]),
+        };
         Bus {
-            replica: format!("{host}-{}", &id[..12]),
+            replica,
             remote: Remote::default(),
             listening: Arc::new(tokio::sync::watch::channel(false).0),
         }

@@ -1,0 +1,606 @@
+//! Three real `lumie-server` processes on one real PostgreSQL behind a real TCP load balancer
+//! (haproxy, round-robin, [`lumie_tests::balancer`]), on the harness (real kube-apiserver,
+//! scheduler, node simulator, the real webhook): any replica answers any request.
+//!
+//! One test, in phases sharing the stack (the whole file stays well under two minutes):
+//! - a workspace created through one replica and watched (SSE) on all three: every status
+//!   change reaches every watcher within 1 s of the first (whichever replica made it);
+//! - the workspace's stand-in agent heartbeats through the balancer: `connected` on every
+//!   replica, asked directly;
+//! - a rolling restart (SIGTERM, drain, start again) of every replica under continuous API reads
+//!   and heartbeats through the balancer: no failed request (a refused connection is retried,
+//!   as a client would), the agent never `disconnected`;
+//! - PostgreSQL restarted under that load: the replicas recover on their own, say what happened
+//!   (naming PostgreSQL), and watchers opened before the restart see the next change.
+//!
+//! Until leader election lands every replica runs the reconciler and the build executor; nothing
+//! here depends on which one acts. The cross-replica OIDC login is tested in
+//! `server/tests/identity_oidc.rs` (two replicas' login routes on one PostgreSQL).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lumie_server::api::WorkspaceJson;
+use lumie_server::config::DatabaseConfig;
+use lumie_server::model::WorkspaceStatus;
+use lumie_tests::balancer::{Balancer, CHECK_INTERVAL};
+use lumie_tests::workspace_pods::{self, StandInAgent};
+use lumie_tests::{Cluster, Identity, admission, control_plane};
+use serde_json::json;
+
+const REPLICAS: usize = 3;
+
+/// The `lumie-server` binary of this build, next to the test executable (built first).
+fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let mut profile_dir = exe.parent().unwrap().to_path_buf();
+        if profile_dir.ends_with("deps") {
+            profile_dir.pop();
+        }
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().to_string();
+            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str());
+            if (k.starts_with("CARGO_") && !keep) || k == "LD_LIBRARY_PATH" || k == "OUT_DIR" {
+                cargo.env_remove(&k);
+            }
+        }
+        cargo
+            .args(["build", "-p", "lumie-server", "--bin", "lumie-server"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .stdout(Stdio::null());
+        if profile_dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build -p lumie-server");
+        let bin = profile_dir.join("lumie-server");
+        assert!(status.success() && bin.exists(), "cargo build: {status}");
+        bin
+    })
+    .clone()
+}
+
+/// The test process's own PostgreSQL (`scripts/start-postgres.sh`, stopped at exit): its URL
+/// and data directory (from the script's `stop: pg_ctl stop -D <dir>` line).
+fn postgres() -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-postgres.sh");
+    let out = Command::new(script)
+        .args(["--watch-pid", &std::process::id().to_string()])
+        .output()
+        .expect("run scripts/start-postgres.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprint!("{stderr}");
+    assert!(out.status.success(), "start-postgres.sh failed");
+    let data = stderr
+        .split("pg_ctl stop -D ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the data directory in start-postgres.sh's output")
+        .trim()
+        .to_string();
+    let url = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    (url, data)
+}
+
+/// Restarts that PostgreSQL (`pg_ctl restart -m fast`): every connection of every replica drops.
+fn restart_postgres(data: &str) {
+    let pg_ctl = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path().join("bin/pg_ctl");
+            p.exists().then_some(p)
+        })
+        .max()
+        .expect("pg_ctl");
+    let mut cmd = if nix_is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+        c
+    } else {
+        Command::new(&pg_ctl)
+    };
+    let status = cmd
+        .args(["restart", "-m", "fast", "-w", "-t", "30", "-D", data])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl restart: {status}");
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// One replica: a `lumie-server` process on a fixed address (restarted on the same one).
+struct Replica {
+    addr: SocketAddr,
+    env: Vec<(&'static str, String)>,
+    child: Option<Child>,
+    /// Every line every start of this replica logged.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Replica {
+    fn start(&mut self) {
+        let mut child = Command::new(server_binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("LUMIE_LISTEN_ADDR", self.addr.to_string())
+            .env(
+                "KUBECONFIG",
+                Cluster::shared().kubeconfig(Identity::ControlPlane),
+            )
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run lumie-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (addr, log) = (self.addr, self.log.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("lumie-server[{addr}]: {line}");
+                if line.contains("lumie-server listening")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "lumie-server did not start on {}: {:?}",
+                self.addr,
+                child.wait()
+            );
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, then waits for the process to end (it drains first).
+    fn stop(&mut self) -> Duration {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "a drained replica exits cleanly: {status}"
+                );
+                return started.elapsed();
+            }
+            assert!(Instant::now() < deadline, "exits within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn logged(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// HTTP as a client of the balancer, or of one replica directly (same Host header: the Host
+/// guard accepts only the access URL's).
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    host: String,
+    token: String,
+}
+
+impl Api {
+    fn req(&self, method: reqwest::Method, to: SocketAddr, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("http://{to}{path}"))
+            .header(reqwest::header::HOST, &self.host)
+            .header("Coder-Session-Token", &self.token)
+    }
+
+    async fn workspace(&self, to: SocketAddr, id: &str) -> reqwest::Result<WorkspaceJson> {
+        self.req(
+            reqwest::Method::GET,
+            to,
+            &format!("/api/v2/workspaces/{id}"),
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+    }
+}
+
+/// Statuses a watcher saw, with when: spawned on `to`'s `GET …/watch`.
+fn watch(api: &Api, to: SocketAddr, id: &str) -> Arc<Mutex<Vec<(WorkspaceStatus, Instant)>>> {
+    let seen: Arc<Mutex<Vec<(WorkspaceStatus, Instant)>>> = Arc::default();
+    let (api, id, out) = (api.clone(), id.to_string(), seen.clone());
+    tokio::spawn(async move {
+        let r = api
+            .req(
+                reqwest::Method::GET,
+                to,
+                &format!("/api/v2/workspaces/{id}/watch"),
+            )
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut body = r.bytes_stream();
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+                    && let Ok(ws) = serde_json::from_str::<WorkspaceJson>(data)
+                {
+                    out.lock().unwrap().push((ws.status, Instant::now()));
+                }
+            }
+        }
+    });
+    seen
+}
+
+async fn until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads through the balancer until told to stop: (ok, failed, refused-then-retried, agent
+/// seen disconnected, failures).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    retried: Arc<AtomicU64>,
+    disconnected: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn load(api: &Api, to: SocketAddr, id: &str) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let [ok, failed, retried, disconnected] = std::array::from_fn(|_| Arc::new(AtomicU64::new(0)));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (api, id) = (api.clone(), id.to_string());
+    let (s, o, f, r, d, e) = (
+        stop.clone(),
+        ok.clone(),
+        failed.clone(),
+        retried.clone(),
+        disconnected.clone(),
+        errors.clone(),
+    );
+    let task = tokio::spawn(async move {
+        while !s.load(Ordering::Relaxed) {
+            // A real client retries a refused connection (nothing was sent) and nothing else.
+            let mut attempt = 0;
+            let got = loop {
+                match api.workspace(to, &id).await {
+                    Err(err) if err.is_connect() && attempt < 20 => {
+                        attempt += 1;
+                        r.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => break other,
+                }
+            };
+            match got {
+                Ok(ws) => {
+                    o.fetch_add(1, Ordering::Relaxed);
+                    if ws.agent.is_some_and(|a| a.status == "disconnected") {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(err) => {
+                    f.fetch_add(1, Ordering::Relaxed);
+                    e.lock().unwrap().push(format!("{err:?}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    Load {
+        stop,
+        ok,
+        failed,
+        retried,
+        disconnected,
+        errors,
+        task,
+    }
+}
+
+impl Load {
+    async fn finish(self) -> (u64, u64, u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed),
+            self.disconnected.load(Ordering::Relaxed),
+            self.errors.lock().unwrap().clone(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgresql() {
+    let started = Instant::now();
+    let cluster = Cluster::shared();
+    let admin = cluster.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let _webhook = admission::start_registered_webhook(cluster, work.path())
+        .await
+        .unwrap();
+    workspace_pods::install_stable_service(&admin)
+        .await
+        .unwrap();
+    cluster.set_pod_action(Arc::new(StandInAgent {
+        apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
+        first_after_secs: 1,
+    }));
+    let (pg, pg_data) = postgres();
+    let db = lumie_server::db::Db::connect(&DatabaseConfig::Postgres(pg.clone()))
+        .await
+        .unwrap();
+    let (_, token) = db.bootstrap_admin("admin").await.unwrap().unwrap();
+    db.close().await;
+
+    let addrs: Vec<SocketAddr> = (0..REPLICAS)
+        .map(|_| control_plane::free_loopback_addr().unwrap())
+        .collect();
+    let lb = Balancer::start(&addrs).unwrap();
+    let mut replicas: Vec<Replica> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let dir = work.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            Replica {
+                addr: *addr,
+                env: vec![
+                    ("CODER_PG_CONNECTION_URL", pg.clone()),
+                    ("LUMIE_DATA_DIR", dir.display().to_string()),
+                    // Every replica is reached as the balancer, agents included.
+                    ("CODER_ACCESS_URL", lb.url()),
+                    ("LUMIE_AGENT_URL", lb.url()),
+                    ("LUMIE_AGENT_REPORT_INTERVAL_SECS", "2".into()),
+                    (
+                        "LUMIE_SHUTDOWN_DRAIN_MS",
+                        (4 * CHECK_INTERVAL.as_millis()).to_string(),
+                    ),
+                    ("LUMIE_SHUTDOWN_GRACE_MS", "2000".into()),
+                ],
+                child: None,
+                log: Arc::default(),
+            }
+        })
+        .collect();
+    for r in &mut replicas {
+        r.start();
+    }
+    let api = Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        host: lb.addr.to_string(),
+        token,
+    };
+    eprintln!("stack up after {:?}", started.elapsed());
+
+    // --- create through one replica, watch on every one ---
+    let r = api
+        .req(
+            reqwest::Method::POST,
+            addrs[0],
+            "/api/v2/users/me/workspaces",
+        )
+        .json(&json!({"name": "multi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ws: WorkspaceJson = r.json().await.unwrap();
+    let watchers: Vec<_> = addrs.iter().map(|a| watch(&api, *a, &ws.id)).collect();
+    until(
+        "running, seen by every watcher",
+        Duration::from_secs(60),
+        async || {
+            watchers.iter().all(|w| {
+                w.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(s, _)| *s == WorkspaceStatus::Running)
+            })
+        },
+    )
+    .await;
+    let mut worst = Duration::ZERO;
+    for status in [WorkspaceStatus::Starting, WorkspaceStatus::Running] {
+        // When each watcher first saw it, after its own first event (the state at subscribe).
+        let times: Vec<Instant> = watchers
+            .iter()
+            .filter_map(|w| {
+                let g = w.lock().unwrap();
+                g.iter()
+                    .skip(1)
+                    .find(|(s, _)| *s == status)
+                    .map(|(_, t)| *t)
+            })
+            .collect();
+        if times.len() < REPLICAS {
+            continue; // Already so when a watcher subscribed.
+        }
+        let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+        eprintln!("{status:?} reached all {REPLICAS} watchers within {spread:?}");
+        worst = worst.max(spread);
+    }
+    assert!(worst < Duration::from_secs(1), "spread {worst:?}");
+
+    // --- heartbeats through the balancer: connected on every replica ---
+    for a in &addrs {
+        until(
+            "agent connected on every replica",
+            Duration::from_secs(10),
+            async || {
+                api.workspace(*a, &ws.id)
+                    .await
+                    .is_ok_and(|w| w.agent.is_some_and(|g| g.status == "connected"))
+            },
+        )
+        .await;
+    }
+
+    // --- rolling restart under load ---
+    let traffic = load(&api, lb.addr, &ws.id);
+    for r in replicas.iter_mut() {
+        let took = r.stop();
+        r.start();
+        eprintln!(
+            "replica {} drained and stopped in {took:?}, started again",
+            r.addr
+        );
+        // Back in rotation once haproxy's next check passes.
+        let a = r.addr;
+        until("back in rotation", Duration::from_secs(10), async || {
+            api.req(reqwest::Method::GET, a, "/healthz")
+                .send()
+                .await
+                .is_ok_and(|x| x.status() == 200)
+        })
+        .await;
+        tokio::time::sleep(3 * CHECK_INTERVAL).await;
+    }
+    let (ok, failed, retried, disconnected, errors) = traffic.finish().await;
+    eprintln!(
+        "rolling restart: {ok} reads ok, {failed} failed, {retried} refused connections retried, agent seen disconnected {disconnected} times"
+    );
+    assert_eq!(failed, 0, "no failed request: {errors:?}");
+    assert_eq!(disconnected, 0, "the agent stayed connected");
+    assert!(ok > 50, "traffic flowed");
+    for a in &addrs {
+        let w = api.workspace(*a, &ws.id).await.unwrap();
+        assert_eq!(
+            w.agent.unwrap().status,
+            "connected",
+            "on {a} after the restarts"
+        );
+    }
+
+    // --- PostgreSQL restarted under load ---
+    let watchers: Vec<_> = addrs.iter().map(|a| watch(&api, *a, &ws.id)).collect();
+    until("watchers open", Duration::from_secs(5), async || {
+        watchers.iter().all(|w| !w.lock().unwrap().is_empty())
+    })
+    .await;
+    let traffic = load(&api, lb.addr, &ws.id);
+    let pg_started = Instant::now();
+    tokio::task::spawn_blocking(move || restart_postgres(&pg_data))
+        .await
+        .unwrap();
+    eprintln!("PostgreSQL restarted in {:?}", pg_started.elapsed());
+    for a in &addrs {
+        until(
+            "answering again after the PostgreSQL restart",
+            Duration::from_secs(20),
+            async || api.workspace(*a, &ws.id).await.is_ok(),
+        )
+        .await;
+    }
+    eprintln!(
+        "every replica answers again {:?} after the restart began",
+        pg_started.elapsed()
+    );
+    let (ok, failed, retried, _, _) = traffic.finish().await;
+    eprintln!(
+        "during the PostgreSQL restart: {ok} reads ok, {failed} failed (503 while it was down), {retried} retried"
+    );
+    for r in &replicas {
+        until(
+            "the replica says what happened",
+            Duration::from_secs(20),
+            async || {
+                let log = r.logged();
+                log.contains("PostgreSQL LISTEN connection was lost")
+                    && log.contains("LISTEN on PostgreSQL re-established; resyncing")
+            },
+        )
+        .await;
+    }
+    // Watchers opened before the restart still see the next change.
+    let r = api
+        .req(
+            reqwest::Method::POST,
+            lb.addr,
+            &format!("/api/v2/workspaces/{}/builds", ws.id),
+        )
+        .json(&json!({"transition": "stop"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    until(
+        "stopped, seen by watchers opened before the restart",
+        Duration::from_secs(60),
+        async || {
+            watchers.iter().all(|w| {
+                w.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(s, _)| *s == WorkspaceStatus::Stopped)
+            })
+        },
+    )
+    .await;
+    eprintln!("whole test: {:?}", started.elapsed());
+}

@@ -7,9 +7,10 @@
 //!   change reaches every watcher within 1 s of the first (whichever replica made it);
 //! - the workspace's stand-in agent heartbeats through the balancer: `connected` on every
 //!   replica, asked directly;
-//! - a rolling restart (SIGTERM, drain, start again) of every replica under continuous API reads
-//!   and heartbeats through the balancer: no failed request (a refused connection is retried,
-//!   as a client would), the agent never `disconnected`;
+//! - a rolling restart (SIGTERM, drain, start again) of every replica under continuous API reads,
+//!   heartbeats (the real agent's) and an open terminal session WebSocket, all through the
+//!   balancer: no failed request (a refused connection is retried, as a client would), the
+//!   agent never `disconnected`, the WebSocket cut at most for a reconnect;
 //! - PostgreSQL restarted under that load: the replicas recover on their own, say what happened
 //!   (naming PostgreSQL), and watchers opened before the restart see the next change.
 //!
@@ -24,14 +25,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use lumie_server::api::WorkspaceJson;
 use lumie_server::config::DatabaseConfig;
 use lumie_server::model::WorkspaceStatus;
 use lumie_tests::balancer::{Balancer, CHECK_INTERVAL};
-use lumie_tests::workspace_pods::{self, StandInAgent};
-use lumie_tests::{Cluster, Identity, admission, control_plane};
+use lumie_tests::workspace_pods::{self, DevContainerRunner};
+use lumie_tests::{Cluster, Identity, admission, control_plane, ws};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 const REPLICAS: usize = 3;
 
@@ -372,6 +374,107 @@ impl Load {
     }
 }
 
+/// A terminal session through the balancer, used continuously (a command every 100 ms) and
+/// reopened whenever it is cut: how many commands came back, how often it was reopened, and
+/// the longest time without an answer.
+struct Terminal {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+    reopened: Arc<AtomicU64>,
+    longest_gap: Arc<Mutex<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn terminal(url: String, token: String) -> Terminal {
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let reopened = Arc::new(AtomicU64::new(0));
+    let longest_gap: Arc<Mutex<Duration>> = Arc::default();
+    let (s, r, o, g) = (
+        stop.clone(),
+        rounds.clone(),
+        reopened.clone(),
+        longest_gap.clone(),
+    );
+    let task = tokio::spawn(async move {
+        let mut last_answer = Instant::now();
+        let mut n = 0u64;
+        let mut first = true;
+        while !s.load(Ordering::Relaxed) {
+            let Ok(mut socket) = ws::connect(&url, &token).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if !first {
+                o.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            let mut seen = String::new();
+            while !s.load(Ordering::Relaxed) {
+                n += 1;
+                let want = format!("{}\r\n", 1_000_000 + n);
+                let cmd = format!("echo $(({n}+1000000))\r");
+                if socket
+                    .send(Message::Binary(cmd.into_bytes().into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let answered = tokio::time::timeout(Duration::from_secs(5), async {
+                    while !seen.contains(&want) {
+                        match socket.next().await {
+                            Some(Ok(Message::Binary(b))) => {
+                                seen.push_str(&String::from_utf8_lossy(&b))
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return false,
+                        }
+                    }
+                    true
+                })
+                .await;
+                if answered != Ok(true) {
+                    break;
+                }
+                seen.clear();
+                // From the previous answer (the first one's wait is the session's start).
+                let gap = if r.load(Ordering::Relaxed) == 0 {
+                    Duration::ZERO
+                } else {
+                    last_answer.elapsed()
+                };
+                {
+                    let mut longest = g.lock().unwrap();
+                    *longest = (*longest).max(gap);
+                }
+                last_answer = Instant::now();
+                r.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    Terminal {
+        stop,
+        rounds,
+        reopened,
+        longest_gap,
+        task,
+    }
+}
+
+impl Terminal {
+    async fn finish(self) -> (u64, u64, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        (
+            self.rounds.load(Ordering::Relaxed),
+            self.reopened.load(Ordering::Relaxed),
+            *self.longest_gap.lock().unwrap(),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgresql() {
     let started = Instant::now();
@@ -384,10 +487,16 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
     workspace_pods::install_stable_service(&admin)
         .await
         .unwrap();
-    cluster.set_pod_action(Arc::new(StandInAgent {
-        apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
-        first_after_secs: 1,
-    }));
+    // The real agent (downloaded from the control plane through the balancer, as the init
+    // script does), its apps not checked: the session is what needs it.
+    let agent_dir = workspace_pods::agent_binary_dir(work.path()).unwrap();
+    let mut runner = DevContainerRunner::new(work.path().join("pods"));
+    std::fs::create_dir_all(&runner.work_dir).unwrap();
+    runner.extra_env.insert(
+        "LUMIE_AGENT_APP_HEALTH".into(),
+        "tilt=disabled,code-server=disabled,agents=disabled".into(),
+    );
+    cluster.set_pod_action(Arc::new(runner));
     let (pg, pg_data) = postgres();
     let db = lumie_server::db::Db::connect(&DatabaseConfig::Postgres(pg.clone()))
         .await
@@ -414,6 +523,7 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
                     ("CODER_ACCESS_URL", lb.url()),
                     ("LUMIE_AGENT_URL", lb.url()),
                     ("LUMIE_AGENT_REPORT_INTERVAL_SECS", "2".into()),
+                    ("LUMIE_AGENT_BINARY_DIR", agent_dir.display().to_string()),
                     (
                         "LUMIE_SHUTDOWN_DRAIN_MS",
                         (4 * CHECK_INTERVAL.as_millis()).to_string(),
@@ -503,6 +613,16 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
 
     // --- rolling restart under load ---
     let traffic = load(&api, lb.addr, &ws.id);
+    let term = terminal(
+        format!("{}/api/v2/workspaces/{}/sessions/terminal", lb.url(), ws.id),
+        api.token.clone(),
+    );
+    until(
+        "the terminal answers",
+        Duration::from_secs(20),
+        async || term.rounds.load(Ordering::Relaxed) > 0,
+    )
+    .await;
     for r in replicas.iter_mut() {
         let took = r.stop();
         r.start();
@@ -522,8 +642,17 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
         tokio::time::sleep(3 * CHECK_INTERVAL).await;
     }
     let (ok, failed, retried, disconnected, errors) = traffic.finish().await;
+    let (rounds, reopened, gap) = term.finish().await;
     eprintln!(
-        "rolling restart: {ok} reads ok, {failed} failed, {retried} refused connections retried, agent seen disconnected {disconnected} times"
+        "rolling restart: {ok} reads ok, {failed} failed, {retried} refused connections retried, agent seen disconnected {disconnected} times; terminal: {rounds} commands answered, reopened {reopened} times, longest gap {gap:?}"
+    );
+    assert!(
+        reopened >= 1,
+        "the terminal's replica drained at some point: it was cut and reopened"
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "the terminal was away only for a reconnect: {gap:?}"
     );
     assert_eq!(failed, 0, "no failed request: {errors:?}");
     assert_eq!(disconnected, 0, "the agent stayed connected");

@@ -425,7 +425,7 @@ async fn listen(
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cross-replica signals: the PostgreSQL LISTEN connection failed; reconnecting (a resync follows)");
+                    tracing::warn!(error = %e, "cross-replica signals: the PostgreSQL LISTEN connection was lost (an error); reconnecting (signals sent meanwhile are missed, a resync follows)");
                     break;
                 }
             }

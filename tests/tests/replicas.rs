@@ -5,10 +5,10 @@
 //! One test, in phases sharing the stack (the whole file stays well under two minutes):
 //! - a workspace created through one replica and watched (SSE) on all three: every status
 //!   change reaches every watcher within 1 s of the first (whichever replica made it);
-//! - the workspace's stand-in agent heartbeats through the balancer: `connected` on every
-//!   replica, asked directly;
+//! - the workspace's agent (the real one) heartbeats through the balancer: `connected` on every
+//!   replica, asked directly; its apps answer through the app proxy on every replica;
 //! - a rolling restart (SIGTERM, drain, start again) of every replica under continuous API reads,
-//!   heartbeats (the real agent's) and an open terminal session WebSocket, all through the
+//!   app proxy requests, heartbeats and an open terminal session WebSocket, all through the
 //!   balancer: no failed request (a refused connection is retried, as a client would), the
 //!   agent never `disconnected`, the WebSocket cut at most for a reconnect;
 //! - PostgreSQL restarted under that load: the replicas recover on their own, say what happened
@@ -30,7 +30,7 @@ use lumie_server::api::WorkspaceJson;
 use lumie_server::config::DatabaseConfig;
 use lumie_server::model::WorkspaceStatus;
 use lumie_tests::balancer::{Balancer, CHECK_INTERVAL};
-use lumie_tests::workspace_pods::{self, DevContainerRunner};
+use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
 use lumie_tests::{Cluster, Identity, admission, control_plane, ws};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -240,6 +240,20 @@ impl Api {
             .header("Coder-Session-Token", &self.token)
     }
 
+    /// `GET /@admin/multi/apps/tilt/{path}` through the app proxy: the stand-in's answer.
+    async fn app(&self, to: SocketAddr, path: &str) -> reqwest::Result<String> {
+        self.req(
+            reqwest::Method::GET,
+            to,
+            &format!("/@admin/multi/apps/tilt/{path}"),
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await
+    }
+
     async fn workspace(&self, to: SocketAddr, id: &str) -> reqwest::Result<WorkspaceJson> {
         self.req(
             reqwest::Method::GET,
@@ -321,11 +335,25 @@ fn load(api: &Api, to: SocketAddr, id: &str) -> Load {
         errors.clone(),
     );
     let task = tokio::spawn(async move {
+        let mut n = 0u64;
         while !s.load(Ordering::Relaxed) {
-            // A real client retries a refused connection (nothing was sent) and nothing else.
+            n += 1;
+            // API reads and app proxy requests in turn. A real client retries a refused
+            // connection (nothing was sent) and nothing else.
             let mut attempt = 0;
             let got = loop {
-                match api.workspace(to, &id).await {
+                let one = if n.is_multiple_of(2) {
+                    api.workspace(to, &id)
+                        .await
+                        .map(|ws| ws.agent.is_some_and(|a| a.status == "disconnected"))
+                } else {
+                    api.app(to, &format!("load/{n}")).await.map(|body| {
+                        // A wrong answer ends the test (through `Load::finish`).
+                        assert_eq!(body, format!("tilt stand-in: /load/{n}"));
+                        false
+                    })
+                };
+                match one {
                     Err(err) if err.is_connect() && attempt < 20 => {
                         attempt += 1;
                         r.fetch_add(1, Ordering::Relaxed);
@@ -335,9 +363,9 @@ fn load(api: &Api, to: SocketAddr, id: &str) -> Load {
                 }
             };
             match got {
-                Ok(ws) => {
+                Ok(disconnected) => {
                     o.fetch_add(1, Ordering::Relaxed);
-                    if ws.agent.is_some_and(|a| a.status == "disconnected") {
+                    if disconnected {
                         d.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -488,14 +516,15 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
         .await
         .unwrap();
     // The real agent (downloaded from the control plane through the balancer, as the init
-    // script does), its apps not checked: the session is what needs it.
+    // script does), with stand-in apps on a loopback address of this process's own.
     let agent_dir = workspace_pods::agent_binary_dir(work.path()).unwrap();
+    let app_host = workspace_pods::private_app_host();
+    let _apps = StandInApps::start(app_host).await.unwrap();
     let mut runner = DevContainerRunner::new(work.path().join("pods"));
     std::fs::create_dir_all(&runner.work_dir).unwrap();
-    runner.extra_env.insert(
-        "LUMIE_AGENT_APP_HEALTH".into(),
-        "tilt=disabled,code-server=disabled,agents=disabled".into(),
-    );
+    runner
+        .extra_env
+        .insert("LUMIE_AGENT_APP_HOST".into(), app_host.to_string());
     cluster.set_pod_action(Arc::new(runner));
     let (pg, pg_data) = postgres();
     let db = lumie_server::db::Db::connect(&DatabaseConfig::Postgres(pg.clone()))
@@ -609,6 +638,18 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
             },
         )
         .await;
+    }
+
+    // The app proxy through the balancer (every replica in turn) and on each replica directly.
+    for i in 0..2 * REPLICAS {
+        let body = api.app(lb.addr, &format!("rr/{i}")).await.unwrap();
+        assert_eq!(body, format!("tilt stand-in: /rr/{i}"));
+    }
+    for a in &addrs {
+        assert_eq!(
+            api.app(*a, "direct").await.unwrap(),
+            "tilt stand-in: /direct"
+        );
     }
 
     // --- rolling restart under load ---

@@ -14,9 +14,11 @@
 //! - PostgreSQL restarted under that load: the replicas recover on their own, say what happened
 //!   (naming PostgreSQL), and watchers opened before the restart see the next change.
 //!
+//! - an OIDC login (the test OpenID provider, `tests/oidc`) begun on one replica completes on
+//!   another, and the session works on the third;
+//!
 //! Until leader election lands every replica runs the reconciler and the build executor; nothing
-//! here depends on which one acts. The cross-replica OIDC login is tested in
-//! `server/tests/identity_oidc.rs` (two replicas' login routes on one PostgreSQL).
+//! here depends on which one acts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +37,76 @@ use lumie_tests::{Cluster, Identity, admission, control_plane, ws};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "../../server/tests/common/oidc_provider.rs"]
+mod oidc_provider;
+
 const REPLICAS: usize = 3;
+
+fn location(base: &reqwest::Url, r: &reqwest::Response) -> reqwest::Url {
+    let loc = r
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .unwrap_or_else(|| panic!("no Location from {base}"))
+        .to_str()
+        .unwrap();
+    base.join(loc).unwrap()
+}
+
+/// A browser (cookies kept, redirects followed by hand) signs in: the login starts on `begin`,
+/// the provider's callback is sent to `finish` (both reached as the balancer's host), and the
+/// session cookie it sets is then used on `then`. Returns who `then` says the browser is.
+async fn login_across(
+    lb: &str,
+    (begin, finish, then): (SocketAddr, SocketAddr, SocketAddr),
+) -> serde_json::Value {
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = async |url: &reqwest::Url| {
+        browser
+            .get(url.clone())
+            .header(reqwest::header::HOST, lb)
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+    };
+    let start: reqwest::Url = format!("http://{begin}/api/v2/users/oidc/login")
+        .parse()
+        .unwrap();
+    let r = get(&start).await;
+    assert_eq!(r.status(), 303, "login start");
+    let authorize = location(&start, &r);
+    let provider_get = async |url: &reqwest::Url| browser.get(url.clone()).send().await.unwrap();
+    let r = provider_get(&authorize).await;
+    assert_eq!(r.status(), 303, "authorize");
+    let form_page = location(&authorize, &r);
+    let html = provider_get(&form_page).await.text().await.unwrap();
+    let (action, r) =
+        oidc_provider::submit_login_form(&browser, &form_page, &html, "alice", "alice-password")
+            .await;
+    assert_eq!(r.status(), 303, "login form");
+    let resume = location(&action, &r);
+    let r = provider_get(&resume).await;
+    assert_eq!(r.status(), 303, "resume");
+    let callback = location(&resume, &r);
+    assert_eq!(callback.host_str(), Some("127.0.0.1"), "{callback}");
+    let mut on_finish = callback.clone();
+    on_finish.set_port(Some(finish.port())).unwrap();
+    let r = get(&on_finish).await;
+    assert_eq!(
+        r.status(),
+        303,
+        "callback on another replica: {}",
+        r.text().await.unwrap()
+    );
+    let me: reqwest::Url = format!("http://{then}/api/v2/users/me").parse().unwrap();
+    let r = get(&me).await;
+    assert_eq!(r.status(), 200, "the session on a third replica");
+    r.json().await.unwrap()
+}
 
 /// The `lumie-server` binary of this build, next to the test executable (built first).
 fn server_binary() -> PathBuf {
@@ -537,6 +608,9 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
         .map(|_| control_plane::free_loopback_addr().unwrap())
         .collect();
     let lb = Balancer::start(&addrs).unwrap();
+    let provider =
+        oidc_provider::Provider::start(&format!("{}/api/v2/users/oidc/callback", lb.url()), &[])
+            .await;
     let mut replicas: Vec<Replica> = addrs
         .iter()
         .enumerate()
@@ -553,6 +627,9 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
                     ("LUMIE_AGENT_URL", lb.url()),
                     ("LUMIE_AGENT_REPORT_INTERVAL_SECS", "2".into()),
                     ("LUMIE_AGENT_BINARY_DIR", agent_dir.display().to_string()),
+                    ("CODER_OIDC_ISSUER_URL", provider.issuer.clone()),
+                    ("CODER_OIDC_CLIENT_ID", "coder".into()),
+                    ("CODER_OIDC_CLIENT_SECRET", oidc_provider::SECRET.into()),
                     (
                         "LUMIE_SHUTDOWN_DRAIN_MS",
                         (4 * CHECK_INTERVAL.as_millis()).to_string(),
@@ -576,6 +653,10 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
         token,
     };
     eprintln!("stack up after {:?}", started.elapsed());
+
+    // --- a login begun on one replica completes on another ---
+    let me = login_across(&lb.addr.to_string(), (addrs[0], addrs[1], addrs[2])).await;
+    assert_eq!(me["username"], "alice", "{me}");
 
     // --- create through one replica, watch on every one ---
     let r = api

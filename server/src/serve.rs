@@ -216,10 +216,15 @@ pub async fn start_with(
     let app_state = state.clone();
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::spawn(async move {
+        // Dropped with this task: an aborted server's open connections close, as an aborted
+        // `axum::serve` closes them (the shutdown signal runs in a task of its own).
+        let (aborted_tx, aborted) = tokio::sync::oneshot::channel::<()>();
+        let _aborted_tx = aborted_tx;
         // A dropped `Running` (no drain asked for) keeps serving, as before.
         let stopped = async move {
-            if stopped.await.is_err() {
-                std::future::pending::<()>().await;
+            tokio::select! {
+                Ok(()) = stopped => {}
+                _ = aborted => {}
             }
         };
         if let Err(e) = crate::edge::serve_until(listener, app_state, stopped).await {

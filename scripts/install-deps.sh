@@ -24,6 +24,8 @@ apt_install() {
 
 # Tools the tests call: curl/wget/busybox for the agent init script, unzip for helm, psql for PostgreSQL.
 apt_install curl wget busybox unzip ca-certificates postgresql postgresql-client
+# The replica tests' load balancer (tests/src/balancer.rs).
+apt_install haproxy
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
 
 log "cluster binaries: $(bash "$here/tests/cluster/install-binaries.sh")"

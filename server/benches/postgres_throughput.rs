@@ -1,6 +1,9 @@
 //! API and heartbeat throughput with a real PostgreSQL (`scripts/start-postgres.sh`):
 //! - list/get over HTTP with 1,000 workspaces (10 owners × 100);
-//! - heartbeat ingestion: simulated agents posting heartbeats over HTTP, sustained rate and p99.
+//! - heartbeat ingestion: simulated agents posting heartbeats over HTTP, sustained rate and p99;
+//!   then, in the same run, the same load on one replica and on two replicas of the same
+//!   database (each agent's heartbeats alternating between them, each replica flushing its
+//!   own batches and refreshing the other's rows as in production), and the ratio.
 //!
 //! `cargo bench -p lumie-server --bench postgres_throughput` prints the figures.
 
@@ -93,7 +96,7 @@ where
 
 #[tokio::main]
 async fn main() {
-    let db = common::pg_db().await;
+    let (db, db_url) = common::pg_db_with_url().await;
     let dir = tempfile::tempdir().unwrap();
 
     // 1,000 workspaces, each with an agent token.
@@ -148,7 +151,7 @@ async fn main() {
     for (tok, id) in &agent_tokens {
         fixed.add(tok, id);
     }
-    state.agent_auth.install(fixed.clone(), fixed);
+    state.agent_auth.install(fixed.clone(), fixed.clone());
     let agent_tokens: Vec<String> = agent_tokens.into_iter().map(|(t, _)| t).collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -249,6 +252,7 @@ async fn main() {
     .unwrap();
     let tokens = Arc::new(agent_tokens);
     let url = format!("{base}{}", lumie_contract::agent_api::HEARTBEAT_PATH);
+    let (http2, body2, tokens2) = (http.clone(), body.clone(), tokens.clone());
     let r = load(64, Duration::from_secs(10), move |i| {
         let token = tokens[i as usize % tokens.len()].clone();
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
@@ -281,4 +285,100 @@ async fn main() {
         "agents with a persisted heartbeat: {written}/{}",
         sample.len()
     );
+
+    // One replica against two on the same database, back to back. Each replica refreshes the
+    // rows the others wrote every flush interval, as `AgentHub::run` does on PostgreSQL (the
+    // flusher above keeps flushing the first replica).
+    let second = replica(&db_url, dir.path(), &fixed).await;
+    for hub in [state.agents.clone(), second.1.agents.clone()] {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lumie_server::agents::FLUSH_INTERVAL).await;
+                hub.refresh().await.unwrap();
+            }
+        });
+    }
+    {
+        let (hub, rows, n) = (
+            second.1.agents.clone(),
+            flushed_rows.clone(),
+            flushes.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lumie_server::agents::FLUSH_INTERVAL).await;
+                let k = hub.flush().await.unwrap() as u64;
+                if k > 0 {
+                    rows.fetch_add(k, Ordering::Relaxed);
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let path = lumie_contract::agent_api::HEARTBEAT_PATH;
+    let one = vec![format!("{base}{path}")];
+    let two = vec![format!("{base}{path}"), format!("{}{path}", second.0)];
+    // Interleaved, so load from elsewhere on the machine weighs on both alike.
+    let mut rates = [vec![], vec![]];
+    for round in 0..4 {
+        let n = round % 2;
+        let bases = Arc::new(if n == 0 { one.clone() } else { two.clone() });
+        let (http, body, tokens) = (http2.clone(), body2.clone(), tokens2.clone());
+        let r = load(64, Duration::from_secs(5), move |i| {
+            let token = tokens[i as usize % tokens.len()].clone();
+            // Request i of an agent goes to replica i / agents: its heartbeats alternate.
+            let url = bases[(i as usize / tokens.len()) % bases.len()].clone();
+            let (http, body) = (http.clone(), body.clone());
+            async move {
+                matches!(
+                    http.post(&url)
+                        .header("Coder-Session-Token", token)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await,
+                    Ok(r) if r.status().is_success()
+                )
+            }
+        })
+        .await;
+        r.print(&format!(
+            "heartbeats, {} replica(s) (1,000 agents, 64 connections)",
+            n + 1
+        ));
+        rates[n].push(r.requests as f64 / r.elapsed.as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (r1, r2) = (mean(&rates[0]), mean(&rates[1]));
+    println!(
+        "heartbeat ingestion (mean of 2 interleaved runs each): 1 replica {r1:.0}/s, 2 replicas {r2:.0}/s, ratio {:.2}",
+        r2 / r1
+    );
+}
+
+/// Another replica on the database at `url`: its own pool, state and listener, the same agents.
+async fn replica(
+    url: &str,
+    dir: &std::path::Path,
+    fixed: &Arc<lumie_server::agent_api::FixedAgents>,
+) -> (String, AppState) {
+    let db = lumie_server::db::Db::connect(&lumie_server::config::DatabaseConfig::Postgres(
+        url.to_string(),
+    ))
+    .await
+    .unwrap();
+    let state = AppState::new(
+        Config::for_tests(dir.join("second")),
+        db,
+        Template::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    state.agent_auth.install(fixed.clone(), fixed.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, lumie_server::router(state.clone())).into_future());
+    (base, state)
 }

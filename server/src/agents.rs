@@ -6,6 +6,12 @@
 //! memory, and a flusher writes every pending heartbeat in one batched statement per interval —
 //! never more than one database write per heartbeat, no database read at all. A restarted
 //! server answers every reconnecting agent from memory.
+//!
+//! With several replicas on one PostgreSQL, an agent's heartbeats land on any of them, so each
+//! replica's memory is a cache: every flush interval it reads what the others wrote since the
+//! last look (one indexed query, [`Db::agents_changed_since`]) and merges it newest-wins
+//! ([`merge`]); the heartbeat write itself never lets an older contact overwrite a newer one.
+//! No replica's view lags the database by more than about a second.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,8 +28,41 @@ use crate::events::Dirty;
 use crate::metrics::{AgentLabels, AppHealthLabels, Metrics};
 use crate::model::{AgentRecord, AgentView, now_ms};
 
-/// How often pending heartbeats are written.
+/// How often pending heartbeats are written (and, on PostgreSQL, other replicas' read).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// How far before the previous refresh the next one looks: a row carries the time its
+/// heartbeat arrived, is written up to a flush later, by a replica whose clock may differ a
+/// little. Rows read twice merge to the same result.
+pub const REFRESH_OVERLAP: Duration = Duration::from_secs(2);
+
+/// What a refresh does with a row another replica may have written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// Memory is as new or newer.
+    Keep,
+    /// The row is newer (a later contact, or a reset for a new pod): replace memory.
+    Take,
+    /// The workspace was deleted: forget the agent.
+    Remove,
+}
+
+/// Newest wins: a row of a later (re)start replaces memory, and within one start the later
+/// contact wins; a deleted workspace's agent goes.
+pub fn merge(mem: Option<&AgentRecord>, row: &AgentRecord, deleted: bool) -> Merge {
+    match mem {
+        _ if deleted => Merge::Remove,
+        None => Merge::Take,
+        Some(m) if row.created_at != m.created_at => {
+            if row.created_at > m.created_at {
+                Merge::Take
+            } else {
+                Merge::Keep
+            }
+        }
+        Some(m) if row.last_contact_at > m.last_contact_at => Merge::Take,
+        Some(_) => Merge::Keep,
+    }
+}
 /// Most app entries a heartbeat may carry (the template has a handful; each known slug becomes
 /// a metric label, so the map is bounded before anything else looks at it).
 pub const MAX_HEARTBEAT_APPS: usize = 16;
@@ -89,6 +128,8 @@ pub struct AgentHub {
     timeout: Duration,
     inner: Mutex<Inner>,
     flush: Notify,
+    /// When the last refresh read (ms); the next reads from a little before.
+    refreshed_at: Mutex<i64>,
 }
 
 impl AgentHub {
@@ -101,6 +142,7 @@ impl AgentHub {
         timeout: Duration,
     ) -> Result<Self> {
         let mut inner = Inner::default();
+        let loaded_at = now_ms();
         for a in db.live_agents().await? {
             inner
                 .by_workspace
@@ -115,6 +157,7 @@ impl AgentHub {
             timeout,
             inner: Mutex::new(inner),
             flush: Notify::new(),
+            refreshed_at: Mutex::new(loaded_at),
         })
     }
 
@@ -293,6 +336,59 @@ impl AgentHub {
         n
     }
 
+    /// Merges what other replicas wrote since the last refresh (see [`merge`]); marks the
+    /// workspaces whose agent changed. Returns how many were marked.
+    pub async fn refresh(&self) -> Result<usize> {
+        let started = now_ms();
+        let since =
+            *self.refreshed_at.lock().expect("refresh lock") - REFRESH_OVERLAP.as_millis() as i64;
+        let rows = self.db.agents_changed_since(since).await?;
+        *self.refreshed_at.lock().expect("refresh lock") = started;
+        let mut changed = vec![];
+        {
+            let mut g = self.lock();
+            for (row, deleted) in rows {
+                match merge(g.agents.get(&row.id), &row, deleted) {
+                    Merge::Keep => {}
+                    Merge::Remove => {
+                        g.by_workspace.remove(&row.workspace_id);
+                        g.agents.remove(&row.id);
+                        g.pending.remove(&row.id);
+                        changed.push(row.workspace_id);
+                    }
+                    Merge::Take => {
+                        let old = g.agents.get(&row.id);
+                        let differs = old.is_none_or(|o| {
+                            o.lifecycle != row.lifecycle
+                                || o.apps != row.apps
+                                || o.lifecycle_reason != row.lifecycle_reason
+                                || o.created_at != row.created_at
+                        });
+                        if old.is_some_and(|o| o.created_at != row.created_at) {
+                            // A reset elsewhere: our queued heartbeat is of the old pod.
+                            g.pending.remove(&row.id);
+                        }
+                        let mut row = row;
+                        if let Some(o) = g.agents.get(&row.id) {
+                            // The connection is this replica's to compute (the sweep does).
+                            row.connection = o.connection;
+                        }
+                        g.by_workspace
+                            .insert(row.workspace_id.clone(), row.id.clone());
+                        if differs {
+                            changed.push(row.workspace_id.clone());
+                        }
+                        g.agents.insert(row.id.clone(), row);
+                    }
+                }
+            }
+        }
+        for ws in &changed {
+            self.dirty.mark_local(ws);
+        }
+        Ok(changed.len())
+    }
+
     /// Recomputes connection statuses at `now`, records changes (memory, database, dirty
     /// workspaces) and refreshes the agent metrics.
     pub async fn sweep(&self, now: i64) -> Result<()> {
@@ -350,6 +446,7 @@ impl AgentHub {
     /// Runs the flusher and the sweeper until the process ends.
     pub async fn run(self: Arc<Self>) {
         let mut last_sweep = Instant::now();
+        let mut last_refresh = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(FLUSH_INTERVAL) => {}
@@ -357,6 +454,12 @@ impl AgentHub {
             }
             if let Err(e) = self.flush().await {
                 tracing::warn!(error = %e, "writing agent heartbeats failed; will retry");
+            }
+            if self.db.is_shared() && last_refresh.elapsed() >= FLUSH_INTERVAL {
+                last_refresh = Instant::now();
+                if let Err(e) = self.refresh().await {
+                    tracing::warn!(error = %e, "reading other replicas' agent heartbeats from PostgreSQL failed; will retry");
+                }
             }
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
@@ -446,6 +549,89 @@ mod tests {
                 }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn merge_table() {
+        fn rec(created: i64, contact: Option<i64>) -> AgentRecord {
+            AgentRecord {
+                id: "a".into(),
+                workspace_id: "w".into(),
+                token_hash: String::new(),
+                lifecycle: LifecycleState::Ready,
+                lifecycle_reason: String::new(),
+                connection: ConnectionStatus::Connected,
+                first_connected_at: contact,
+                last_contact_at: contact,
+                apps: BTreeMap::new(),
+                stats: None,
+                version: String::new(),
+                created_at: created,
+                updated_at: contact.unwrap_or(created),
+            }
+        }
+        let cases = [
+            ("unknown here", None, rec(1, Some(5)), false, Merge::Take),
+            (
+                "unknown and deleted",
+                None,
+                rec(1, Some(5)),
+                true,
+                Merge::Remove,
+            ),
+            (
+                "deleted",
+                Some(rec(1, Some(9))),
+                rec(1, Some(5)),
+                true,
+                Merge::Remove,
+            ),
+            (
+                "newer contact elsewhere",
+                Some(rec(1, Some(5))),
+                rec(1, Some(6)),
+                false,
+                Merge::Take,
+            ),
+            (
+                "same contact",
+                Some(rec(1, Some(5))),
+                rec(1, Some(5)),
+                false,
+                Merge::Keep,
+            ),
+            (
+                "older row",
+                Some(rec(1, Some(6))),
+                rec(1, Some(5)),
+                false,
+                Merge::Keep,
+            ),
+            (
+                "first contact elsewhere",
+                Some(rec(1, None)),
+                rec(1, Some(5)),
+                false,
+                Merge::Take,
+            ),
+            (
+                "reset elsewhere (new pod)",
+                Some(rec(1, Some(9))),
+                rec(8, None),
+                false,
+                Merge::Take,
+            ),
+            (
+                "row of the pod before our reset",
+                Some(rec(8, None)),
+                rec(1, Some(9)),
+                false,
+                Merge::Keep,
+            ),
+        ];
+        for (name, mem, row, deleted, want) in cases {
+            assert_eq!(merge(mem.as_ref(), &row, deleted), want, "{name}");
         }
     }
 

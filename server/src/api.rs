@@ -341,8 +341,13 @@ pub async fn visible_workspace(
 
 // ----- handlers -----
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `ok`, or 503 `draining` once a shutdown began (see `serve::run`): what load balancers check.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.readiness.read().expect("readiness lock").draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    }
 }
 
 /// `/readyz` body.
@@ -365,7 +370,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadyJson>) 
     let database = state.db.is_migrated().await.unwrap_or(false);
     let r = state.readiness.read().expect("readiness lock").clone();
     let kube = state.kube.is_some() && r.kube_reachable;
-    let ready = database && kube;
+    let ready = database && kube && !r.draining;
     // Not a readiness failure: the API and running workspaces work; new pods cannot start.
     let dir = &state.config.agent_binary_dir;
     let agent_binaries = crate::distribution::available(dir);

@@ -127,6 +127,13 @@ pub struct ServeArgs {
     /// Seconds an object with workspace labels but no workspace may live before it is removed.
     #[arg(long, env = "LUMIE_ORPHAN_GRACE_SECS", default_value_t = 600)]
     pub orphan_grace_secs: u64,
+    /// On SIGTERM, milliseconds `/healthz` answers 503 while still serving, so load balancers
+    /// take the replica out of rotation before it stops accepting connections.
+    #[arg(long, env = "LUMIE_SHUTDOWN_DRAIN_MS", default_value_t = 5000)]
+    pub shutdown_drain_ms: u64,
+    /// Then, milliseconds in-flight requests get to finish (streams and WebSockets are cut after).
+    #[arg(long, env = "LUMIE_SHUTDOWN_GRACE_MS", default_value_t = 10000)]
+    pub shutdown_grace_ms: u64,
     /// Seconds between checks of the `dev-workspace` ServiceAccount and Service.
     #[arg(long, env = "LUMIE_DRIFT_CHECK_INTERVAL_SECS", default_value_t = 60)]
     pub drift_check_interval_secs: u64,
@@ -269,6 +276,10 @@ pub struct Config {
     pub agent_connection_timeout: Duration,
     /// Grace period before orphaned objects are removed.
     pub orphan_grace: Duration,
+    /// On SIGTERM: how long `/healthz` says 503 before the listener stops accepting.
+    pub shutdown_drain: Duration,
+    /// Then: how long in-flight requests get to finish.
+    pub shutdown_grace: Duration,
     /// Interval of the contract drift check.
     pub drift_check_interval: Duration,
     /// Where the first admin's token goes on the first start; `None`: a terminal only.
@@ -342,6 +353,8 @@ impl Config {
             agent_url: workspace::IN_CLUSTER_URL.into(),
             agent_report_interval: Duration::from_secs(agent_api::DEFAULT_REPORT_INTERVAL_SECS),
             agent_connection_timeout: Duration::from_secs(120),
+            shutdown_drain: Duration::from_millis(5000),
+            shutdown_grace: Duration::from_millis(10000),
             orphan_grace: Duration::from_secs(600),
             drift_check_interval: Duration::from_secs(60),
             first_admin_secret: None,
@@ -475,6 +488,8 @@ impl TryFrom<ServeArgs> for Config {
             agent_url: a.agent_url.trim_end_matches('/').to_string(),
             agent_report_interval: Duration::from_secs(a.agent_report_interval_secs),
             agent_connection_timeout: Duration::from_secs(a.agent_connection_timeout_secs),
+            shutdown_drain: Duration::from_millis(a.shutdown_drain_ms),
+            shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
             orphan_grace: Duration::from_secs(a.orphan_grace_secs),
             drift_check_interval: Duration::from_secs(a.drift_check_interval_secs.max(1)),
             first_admin_secret: non_blank(a.first_admin_secret).map(|name| SecretRef {

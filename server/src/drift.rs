@@ -115,6 +115,8 @@ pub struct ReadinessState {
     pub kube_reachable: bool,
     /// Contract drift and other non-fatal warnings.
     pub warnings: Vec<String>,
+    /// Shutting down: `/healthz` and `/readyz` answer 503 so balancers stop sending requests.
+    pub draining: bool,
 }
 
 /// The periodic contract check and what it writes: readiness, the drift metric, log lines.

@@ -214,6 +214,16 @@ pub fn app(state: AppState) -> Router {
 /// Serves [`app`] on a bound listener until the task is dropped. Connections get TCP_NODELAY:
 /// a terminal's keystroke echo or an SSH packet must not wait for the previous one's ACK.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    serve_until(listener, state, std::future::pending()).await
+}
+
+/// [`serve`] until `shutdown` completes: then no new connection is accepted and the call returns
+/// once every open connection finished its requests.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -222,6 +232,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
+    .with_graceful_shutdown(shutdown)
     .await
 }
 

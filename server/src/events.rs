@@ -1,12 +1,14 @@
 //! The signals background tasks and handlers exchange: workspace status changes for watchers,
 //! and the "re-derive this workspace" marks that wake the reconciler. Owned by nobody; the
-//! composition root (`state`) hands the same instances to every task.
+//! composition root (`state`) hands the same instances to every task. With PostgreSQL, each
+//! is also carried to the other replicas ([`crate::bus`]); callers see no difference.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use tokio::sync::{Notify, broadcast};
 
+use crate::bus::{MAX_REASON, Remote, Signal};
 use crate::model::WorkspaceStatus;
 
 /// A workspace status change, as streamed by `GET /api/v2/workspaces/{id}/watch`.
@@ -22,17 +24,40 @@ pub struct WorkspaceEvent {
 
 /// Status changes, for watchers. Cheap to clone (one channel).
 #[derive(Clone)]
-pub struct Events(broadcast::Sender<WorkspaceEvent>);
+pub struct Events(broadcast::Sender<WorkspaceEvent>, Remote);
 
 impl Default for Events {
     fn default() -> Self {
-        Events(broadcast::channel(1024).0)
+        Events::with_remote(Remote::default())
     }
 }
 
 impl Events {
-    /// Publishes a status change; no watcher is fine.
+    /// Status changes also sent to the other replicas through `remote`.
+    pub fn with_remote(remote: Remote) -> Self {
+        Events(broadcast::channel(1024).0, remote)
+    }
+
+    /// Publishes a status change here and to the other replicas; no watcher is fine.
     pub fn publish(&self, event: WorkspaceEvent) {
+        let mut reason = event.reason.clone();
+        if reason.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        self.1.send(Signal::Status {
+            w: event.workspace_id.clone(),
+            s: event.status,
+            r: reason,
+        });
+        self.publish_local(event);
+    }
+
+    /// Publishes a status change here only (one another replica sent).
+    pub fn publish_local(&self, event: WorkspaceEvent) {
         let _ = self.0.send(event);
     }
 
@@ -48,11 +73,28 @@ impl Events {
 pub struct Dirty {
     set: Mutex<HashSet<String>>,
     notify: Notify,
+    remote: Remote,
 }
 
 impl Dirty {
-    /// Marks a workspace.
+    /// Marks also sent to the other replicas through `remote`.
+    pub fn with_remote(remote: Remote) -> Self {
+        Dirty {
+            remote,
+            ..Dirty::default()
+        }
+    }
+
+    /// Marks a workspace, here and on the other replicas.
     pub fn mark(&self, workspace_id: &str) {
+        self.remote.send(Signal::Dirty {
+            w: workspace_id.to_string(),
+        });
+        self.mark_local(workspace_id);
+    }
+
+    /// Marks a workspace here only (a mark another replica sent).
+    pub fn mark_local(&self, workspace_id: &str) {
         self.set
             .lock()
             .expect("dirty set lock")

@@ -10,7 +10,8 @@
 //! - [`template`]: the workspace Secret, PVC and Pod; [`status`]: status derivation;
 //! - [`spawner`]: kube actions (server-side apply, deletes); [`builds`]: the build executor;
 //! - [`reconcile`]: watchers, status writes, and the pure plan (desired vs actual, orphans) it
-//!   carries out; [`events`]: status changes and dirty marks; [`drift`]: the
+//!   carries out; [`events`]: status changes and dirty marks ([`bus`]: carried to the other
+//!   replicas over PostgreSQL `LISTEN/NOTIFY`); [`drift`]: the
 //!   `dev-workspace` ServiceAccount/Service contract check;
 //! - [`identity`]: OIDC login, roles, sessions, trusted proxy and Host/Origin checks;
 //!   [`edge`]: identity wired in front of every route ([`edge::app`]: the router with the login
@@ -25,6 +26,7 @@ pub mod agents;
 pub mod api;
 pub mod app_proxy;
 pub mod builds;
+pub mod bus;
 pub mod caller;
 pub mod config;
 pub mod dashboard;

@@ -52,14 +52,55 @@ pub struct Running {
     pub leadership: Leadership,
     elector: Option<Arc<Elector>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stops the listener accepting (see [`Running::drain`]).
+    stop_accepting: Option<tokio::sync::oneshot::Sender<()>>,
+    listener: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops every task at once (like a killed process: nothing is flushed).
     pub fn abort(&self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.listener) {
             t.abort();
         }
+    }
+
+    /// A graceful stop for a replica behind a load balancer: `/healthz` answers 503 for
+    /// `shutdown_drain` while requests are still served (the balancer's health check takes the
+    /// replica out of rotation), then no new connection is accepted and in-flight requests get
+    /// `shutdown_grace` to finish (open streams and WebSockets are cut then: clients reconnect,
+    /// to another replica), then pending heartbeats are flushed and everything stops.
+    pub async fn drain(mut self) {
+        let (drain, grace) = (
+            self.state.config.shutdown_drain,
+            self.state.config.shutdown_grace,
+        );
+        self.state
+            .readiness
+            .write()
+            .expect("readiness lock")
+            .draining = true;
+        tracing::info!(
+            ?drain,
+            "draining: /healthz answers 503; still serving until load balancers notice"
+        );
+        tokio::time::sleep(drain).await;
+        if let Some(stop) = self.stop_accepting.take() {
+            let _ = stop.send(());
+        }
+        if let Some(listener) = self.listener.take() {
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(grace, listener).await {
+                Ok(_) => {
+                    tracing::info!(took = ?started.elapsed(), "draining: every request finished")
+                }
+                Err(_) => tracing::info!(
+                    ?grace,
+                    "draining: open streams and WebSockets cut after the grace period"
+                ),
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Flushes pending heartbeats, then stops; a leader hands its Lease and build claims back so
@@ -159,9 +200,13 @@ pub async fn start_with(
     };
     drift.check_and_record().await;
     let mut tasks = vec![tokio::spawn(drift.run())];
+    tasks.extend(crate::bus::start_for(&state));
     tasks.push(tokio::spawn(state.agents.clone().run()));
     tasks.push(tokio::spawn(
         state.sessions.keys.clone().run_refresh(state.db.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        state.sessions.clone().run_sync(state.db.clone()),
     ));
     // One leader over a shared database (a Lease); SQLite is one replica's file, which leads.
     let (leadership, elector) = if state.db.is_shared() {
@@ -204,7 +249,7 @@ pub async fn start_with(
         spawner,
         dirty: state.dirty.clone(),
         metrics: state.metrics.clone(),
-        wake: state.build_wake.clone(),
+        wake: state.build_wake.notifier(),
         identity: leadership.identity().to_string(),
         claim_ttl: state.config.leader.duration,
     };
@@ -215,11 +260,23 @@ pub async fn start_with(
     ));
     crate::edge::discover_at_start(&state.edge).await;
     let app_state = state.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = crate::edge::serve(listener, app_state).await {
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::spawn(async move {
+        // Dropped with this task: an aborted server's open connections close, as an aborted
+        // `axum::serve` closes them (the shutdown signal runs in a task of its own).
+        let (aborted_tx, aborted) = tokio::sync::oneshot::channel::<()>();
+        let _aborted_tx = aborted_tx;
+        // A dropped `Running` (no drain asked for) keeps serving, as before.
+        let stopped = async move {
+            tokio::select! {
+                Ok(()) = stopped => {}
+                _ = aborted => {}
+            }
+        };
+        if let Err(e) = crate::edge::serve_until(listener, app_state, stopped).await {
             tracing::error!(error = %e, "listener failed");
         }
-    }));
+    });
     tracing::info!(%addr, namespace = %namespace, "lumie-server listening");
     Ok(Running {
         addr,
@@ -229,6 +286,8 @@ pub async fn start_with(
         leadership,
         elector,
         tasks,
+        stop_accepting: Some(stop_accepting),
+        listener: Some(listener),
     })
 }
 
@@ -354,7 +413,7 @@ pub async fn run(config: Config) -> StartupResult<()> {
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
-    running.shutdown().await;
+    running.drain().await;
     Ok(())
 }
 

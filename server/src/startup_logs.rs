@@ -36,17 +36,30 @@ pub const REDACTED: &str = "[agent token redacted]";
 
 /// "New lines for this workspace", for followers. Cheap to clone.
 #[derive(Clone)]
-pub struct LogEvents(broadcast::Sender<String>);
+pub struct LogEvents(broadcast::Sender<String>, crate::bus::Remote);
 
 impl Default for LogEvents {
     fn default() -> Self {
-        LogEvents(broadcast::channel(256).0)
+        LogEvents::with_remote(crate::bus::Remote::default())
     }
 }
 
 impl LogEvents {
-    /// Lines were stored for `workspace_id`.
+    /// Followers on the other replicas woken through `remote` too.
+    pub fn with_remote(remote: crate::bus::Remote) -> Self {
+        LogEvents(broadcast::channel(256).0, remote)
+    }
+
+    /// Lines were stored for `workspace_id` (followers here and on the other replicas).
     pub fn publish(&self, workspace_id: &str) {
+        self.1.send(crate::bus::Signal::Logs {
+            w: workspace_id.to_string(),
+        });
+        self.publish_local(workspace_id);
+    }
+
+    /// Lines were stored for `workspace_id` by another replica.
+    pub fn publish_local(&self, workspace_id: &str) {
         let _ = self.0.send(workspace_id.to_string());
     }
 

@@ -3,8 +3,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::Notify;
-
 use crate::agent_api::AgentAuth;
 use crate::agents::AgentHub;
 use crate::caller::AuthChain;
@@ -33,8 +31,10 @@ pub struct AppState {
     pub events: Events,
     /// Workspaces to re-derive.
     pub dirty: Arc<Dirty>,
-    /// Wakes the build executor.
-    pub build_wake: Arc<Notify>,
+    /// Wakes the build executor (here and, through the bus, on every replica).
+    pub build_wake: Arc<crate::bus::Wake>,
+    /// This replica on the cross-replica signal carrier (started by `serve` on PostgreSQL).
+    pub bus: crate::bus::Bus,
     /// Readiness details.
     pub readiness: Arc<RwLock<ReadinessState>>,
     /// Agents, in memory.
@@ -67,7 +67,8 @@ impl AppState {
     ) -> crate::Result<Self> {
         let edge = Edge::new(&config, &db)?;
         let metrics = Arc::new(Metrics::new_with(|r| edge.register_metrics(r)));
-        let dirty = Arc::new(Dirty::default());
+        let bus = crate::bus::Bus::default();
+        let dirty = Arc::new(Dirty::with_remote(bus.remote.clone()));
         let agents = Arc::new(
             AgentHub::load(
                 db.clone(),
@@ -90,16 +91,17 @@ impl AppState {
             config: Arc::new(config),
             db,
             metrics,
-            events: Events::default(),
+            events: Events::with_remote(bus.remote.clone()),
             dirty,
-            build_wake: Arc::new(Notify::new()),
+            build_wake: Arc::new(crate::bus::Wake::new(bus.remote.clone())),
             readiness: Arc::new(RwLock::new(ReadinessState::default())),
             agents,
             template: Arc::new(template),
             kube,
             cluster: ClusterViews::default(),
             edge,
-            log_events: Default::default(),
+            log_events: crate::startup_logs::LogEvents::with_remote(bus.remote.clone()),
+            bus,
             samples: Arc::default(),
         })
     }

@@ -45,6 +45,8 @@ struct Setup {
     host_guard: bool,
     /// Bound on logins in progress, instead of the default.
     max_pending_logins: Option<usize>,
+    /// A PostgreSQL database (which replicas can share) instead of SQLite.
+    postgres: bool,
 }
 
 impl Default for Setup {
@@ -57,12 +59,16 @@ impl Default for Setup {
             proxy: TrustedProxy::default(),
             host_guard: false,
             max_pending_logins: None,
+            postgres: false,
         }
     }
 }
 
 struct Server {
     base: String,
+    /// What a replica needs to serve the same login routes (see [`Server::replica`]).
+    oidc: Arc<OidcClient>,
+    access: AccessUrl,
     state: IdentityState,
     db: Db,
     db_url: String,
@@ -106,14 +112,21 @@ impl Server {
             settings.allowed_clock_skew = skew;
         }
         let oidc = Arc::new(OidcClient::new(settings).unwrap());
-        let (db, dir) = common::sqlite_db().await;
+        let (db, dir, db_url) = if setup.postgres {
+            let (db, url) = common::pg_db_with_url().await;
+            (db, tempfile::tempdir().unwrap(), url)
+        } else {
+            let (db, dir) = common::sqlite_db().await;
+            let url = common::sqlite_url(&dir);
+            (db, dir, url)
+        };
         let mut options = IdentityOptions::new(access.clone());
         options.proxy = setup.proxy.clone();
         if let Some(max) = setup.max_pending_logins {
             options.max_pending_logins = max;
         }
-        let state = IdentityState::new(oidc, db.clone(), options);
-        let guard = HostGuard::new(access);
+        let state = IdentityState::new(oidc.clone(), db.clone(), options);
+        let guard = HostGuard::new(access.clone());
 
         let auth = AuthChain::api_tokens(db.clone());
         let mut app = Router::new()
@@ -156,14 +169,46 @@ impl Server {
         });
         Server {
             base,
+            oidc,
+            access,
             state,
-            db_url: common::sqlite_url(&dir),
+            db_url,
             db,
             guard,
             provider,
             _task: task,
             _dir: dir,
         }
+    }
+
+    /// Another replica of this server: the same access URL, provider client and database, its
+    /// own process state (login store), serving the login routes on its own port.
+    async fn replica(&self) -> (String, IdentityState, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let db = Db::connect(&lumie_server::config::DatabaseConfig::Postgres(
+            self.db_url.clone(),
+        ))
+        .await
+        .unwrap();
+        let state = IdentityState::new(
+            self.oidc.clone(),
+            db,
+            IdentityOptions::new(self.access.clone()),
+        );
+        let app = routes(state.clone()).layer(axum::middleware::from_fn_with_state(
+            Arc::new(TrustedProxy::default()),
+            client_ip_middleware,
+        ));
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        (base, state, task)
     }
 
     /// The browser sessions stored, oldest first.
@@ -624,6 +669,61 @@ async fn replayed_code_is_refused() {
     )
     .await;
     assert_eq!(server.sessions().await.len(), 2);
+}
+
+/// Two replicas on one PostgreSQL: a login begun on one completes on the other (the callback
+/// reaching the replica that did not start it), once: the same callback again, on either
+/// replica, is a replayed callback.
+#[tokio::test]
+async fn a_login_begun_on_one_replica_completes_on_another_once() {
+    let a = Server::start(Setup {
+        postgres: true,
+        ..Setup::default()
+    })
+    .await;
+    let (b_base, b_state, _b) = a.replica().await;
+    let browser = Browser::new();
+    let callback = browser
+        .login_until_callback(&a, "alice", "alice-password")
+        .await;
+    let on_b = Url::parse(&format!(
+        "{b_base}{}?{}",
+        callback.path(),
+        callback.query().unwrap()
+    ))
+    .unwrap();
+    let r = browser.get(&on_b).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "callback on the other replica: {}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(location(&on_b, &r).path(), "/");
+    assert_eq!(b_state.pending_logins(), 0, "B never held the login itself");
+    let me = a.me(&browser).await;
+    assert_eq!(me.login, "alice");
+    assert_eq!(b_state.login_results("ok"), 1);
+    for (replica, url) in [("B", &on_b), ("A", &callback)] {
+        let again = Browser::new();
+        // The browser's login cookie came back with the first try; a replay carries it too.
+        let state = query_param(url, "state");
+        let cookie = format!("lumie_oidc_state={state}");
+        let r = again
+            .http
+            .get(url.clone())
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "replay on {replica}");
+        let page = r.text().await.unwrap();
+        assert!(
+            page.contains("<code id=\"kind\">replayed_callback</code>"),
+            "replay on {replica}: {page}"
+        );
+    }
+    assert_eq!(a.sessions().await.len(), 1, "one session from one login");
 }
 
 #[tokio::test]

@@ -112,6 +112,9 @@ pub enum HarnessError {
     /// The real webhook could not be started for a stack.
     #[error("lumie-webhook: {0}")]
     Webhook(String),
+    /// The load balancer (haproxy) in front of several servers did not start.
+    #[error("haproxy: {0}")]
+    Balancer(String),
 }
 
 /// Wraps an I/O error with what was being done.

@@ -9,6 +9,7 @@
 //!
 //! - [`cluster`]: starting, stopping and reaching the control plane ([`Cluster`], [`Identity`]);
 //! - [`admission`]: registering lumie-webhook with the apiserver;
+//! - [`balancer`]: haproxy in front of several lumie-server processes;
 //! - [`control_plane`]: running lumie-server against the harness;
 //! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod balancer;
 pub mod bootstrap;
 pub mod cluster;
 pub mod control_plane;

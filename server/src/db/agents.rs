@@ -83,6 +83,30 @@ impl Db {
         rows.iter().map(agent_from).collect()
     }
 
+    /// Agents of live workspaces written since `since` (ms, by `updated_at`), and the agents
+    /// of workspaces deleted since then (flagged `true`): what another replica changed. One
+    /// query on two indexes (`agents_updated_at`, `workspaces_deleted_at`).
+    pub async fn agents_changed_since(&self, since: i64) -> Result<Vec<(AgentRecord, bool)>> {
+        let cols = "a.id, a.workspace_id, a.token_hash, a.lifecycle, a.lifecycle_reason, a.connection, \
+             a.first_connected_at, a.last_contact_at, a.apps, a.stats, a.version, a.created_at, a.updated_at";
+        let rows = sqlx::query(&format!(
+            "SELECT {cols}, CAST(0 AS BIGINT) AS deleted FROM agents a JOIN workspaces w ON w.id = a.workspace_id \
+             WHERE a.updated_at > $1 AND w.deleted_at IS NULL \
+             UNION ALL \
+             SELECT {cols}, CAST(1 AS BIGINT) AS deleted FROM agents a JOIN workspaces w ON w.id = a.workspace_id \
+             WHERE w.deleted_at > $1"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let deleted: i64 = r.try_get("deleted")?;
+                Ok((agent_from(r)?, deleted != 0))
+            })
+            .collect()
+    }
+
     /// Sets a new token hash and resets the agent for a new pod (lifecycle `created`,
     /// `connecting`, connection timeout counted from now).
     pub async fn reset_agent(&self, agent_id: &str, token_hash: Option<&str>) -> Result<()> {
@@ -101,7 +125,8 @@ impl Db {
     }
 
     /// Writes many heartbeats in as few statements as possible (one per
-    /// [`HEARTBEAT_BATCH_ROWS`]). Rows of agents that no longer exist are skipped, never created.
+    /// [`HEARTBEAT_BATCH_ROWS`]). Rows of agents that no longer exist are skipped, never created;
+    /// a heartbeat older than the row's last contact (another replica wrote a newer one) too.
     pub async fn write_heartbeats(&self, writes: &[HeartbeatWrite]) -> Result<()> {
         for chunk in writes.chunks(HEARTBEAT_BATCH_ROWS) {
             let mut values = String::with_capacity(chunk.len() * 48);
@@ -129,7 +154,8 @@ impl Db {
                  apps, stats, version, updated_at) = \
                  (SELECT v.lifecycle, v.lifecycle_reason, 'connected', v.first_connected_at, v.last_contact_at, \
                  v.apps, v.stats, v.version, v.last_contact_at FROM v WHERE v.id = agents.id) \
-                 WHERE agents.id IN (SELECT id FROM v)"
+                 WHERE agents.id IN (SELECT id FROM v WHERE agents.last_contact_at IS NULL \
+                 OR v.last_contact_at >= agents.last_contact_at)"
             );
             let mut q = sqlx::query(&sql);
             for w in chunk {

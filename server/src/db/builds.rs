@@ -203,12 +203,6 @@ impl Db {
         Ok(())
     }
 
-    /// Whether this database can be shared by several replicas (PostgreSQL) and so needs a
-    /// leader election; SQLite is one process's file.
-    pub fn is_shared(&self) -> bool {
-        self.backend == Backend::Postgres
-    }
-
     /// Claims up to `limit` active builds for `me` until `expires_at`, oldest first: those with
     /// no holder or whose claim expired by `now` (the rule
     /// [`crate::builds::claimable`] states). On PostgreSQL rows another transaction is claiming

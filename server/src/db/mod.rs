@@ -26,6 +26,7 @@ mod audit;
 mod builds;
 mod dashboard;
 mod logs;
+mod replicas;
 mod samples;
 mod session_keys;
 mod tokens;
@@ -36,6 +37,7 @@ pub use agents::{HEARTBEAT_BATCH_ROWS, HeartbeatWrite};
 pub use audit::{AuditEvent, AuditFilter};
 pub use dashboard::contains_pattern;
 pub use logs::{KEEP_STARTS, LogStart, StoredLine, drop_cutoff};
+pub use replicas::StoredLogin;
 pub use samples::{Admission, ResourceSample, SAMPLE_BUCKET_MS, SAMPLE_RETENTION_MS, SampleGate};
 pub use session_keys::SessionKeyRow;
 pub use tokens::{ApiTokenInfo, OIDC_SESSION_TOKEN_NAME};
@@ -140,6 +142,12 @@ fn bad_value(column: &str, value: &str) -> Error {
 }
 
 impl Db {
+    /// Whether this is PostgreSQL, where several replicas may share the database (on SQLite
+    /// there is only ever one).
+    pub fn is_shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
     /// Opens the database (creating the SQLite file when needed) and runs the migrations.
     /// Errors are one line naming the setting and Secret to check.
     pub async fn connect(cfg: &DatabaseConfig) -> StartupResult<Db> {

@@ -173,8 +173,9 @@ impl OidcSettings {
     }
 }
 
-/// What the server keeps between sending the browser to the provider and its return.
-#[derive(Clone, PartialEq, Eq)]
+/// What the server keeps between sending the browser to the provider and its return (as JSON
+/// in the database when replicas share it: see `routes`).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingLogin {
     /// `state` sent (and expected back).
     pub state: String,

@@ -2,7 +2,9 @@
 //!
 //! - `GET /api/v2/users/oidc/login[?redirect=/path]`: starts a login. The PKCE verifier, `state`
 //!   and `nonce` stay on the server (an in-memory store, 5 minutes, bounded per client address
-//!   and overall by evicting the oldest, so a flood never locks real users out); the browser gets the
+//!   and overall by evicting the oldest, so a flood never locks real users out; on PostgreSQL
+//!   also in the database, under the hash of `state` and with the same bounds, so the callback
+//!   may reach any replica and still completes once); the browser gets the
 //!   `state` in a short-lived cookie scoped to the callback path, which binds the login to the
 //!   browser that started it (no login CSRF), and is sent to the provider.
 //! - `GET /api/v2/users/oidc/callback`: checks `state` against that cookie and the store (each
@@ -124,6 +126,10 @@ struct Inner {
     db: Db,
     options: IdentityOptions,
     logins: LoginStore,
+    /// The database, when replicas share it: logins are also kept there (see the module doc).
+    /// A database rather than a signed cookie, because a login must complete once on any
+    /// replica (a replayed callback is refused and named), which a cookie cannot enforce.
+    shared: Option<Db>,
     results: Family<ResultLabel, Counter>,
 }
 
@@ -137,6 +143,7 @@ impl IdentityState {
         );
         IdentityState(Arc::new(Inner {
             oidc,
+            shared: db.is_shared().then(|| db.clone()),
             db,
             options,
             logins,
@@ -205,6 +212,9 @@ async fn login(
             state.0.options.login_ttl,
             state.0.options.cookie.secure,
         );
+        if let Some(db) = &state.0.shared {
+            share_login(db, &state.0.options, &pending, client_ip).await?;
+        }
         state.0.logins.insert(pending, client_ip);
         Ok::<_, IdentityError>((url, cookie))
     }
@@ -268,9 +278,20 @@ async fn finish_login(
         });
     }
     let login_state = q.state.ok_or(IdentityError::MissingParameter("state"))?;
-    let pending = inner
-        .logins
-        .take(&login_state, cookie_value(headers, LOGIN_COOKIE))?;
+    let cookie = cookie_value(headers, LOGIN_COOKIE);
+    let ttl = inner.options.login_ttl;
+    let pending = match &inner.shared {
+        // Begun on another replica (or evicted here): the database decides.
+        Some(db) if !inner.logins.knows(&login_state) => {
+            take_shared(db, ttl, &login_state, cookie).await?
+        }
+        Some(db) => {
+            let pending = inner.logins.take(&login_state, cookie)?;
+            mark_shared_used(db, ttl, &login_state).await?;
+            pending
+        }
+        None => inner.logins.take(&login_state, cookie)?,
+    };
     *return_path = Some(pending.return_to.clone());
     let code = q.code.ok_or(IdentityError::MissingParameter("code"))?;
     inner.oidc.check_issuer_parameter(q.iss.as_deref())?;
@@ -389,6 +410,93 @@ impl ClientKey {
             },
         }
     }
+}
+
+impl ClientKey {
+    /// How the database names the client (for the per-client bound there).
+    fn as_text(&self) -> String {
+        match self {
+            ClientKey::Unknown => "-".into(),
+            ClientKey::V4(v4) => v4.to_string(),
+            ClientKey::V6(prefix) => format!("{prefix:016x}::/64"),
+        }
+    }
+}
+
+/// What a callback's `state` and login cookie mean for a login known to be pending
+/// (`Some(true)`), used (`Some(false)`) or unknown (`None`): `Ok` only for a pending login whose
+/// cookie matches. The same decision whether the login is in memory or in the database.
+fn decide(live: Option<bool>, state: &str, cookie: Option<&str>) -> Result<(), IdentityError> {
+    match (live, cookie) {
+        (Some(false), _) => Err(IdentityError::ReplayedCallback),
+        (Some(true), Some(c)) if c == state => Ok(()),
+        (Some(true), _) => Err(IdentityError::StateMismatch),
+        (None, Some(c)) if c != state => Err(IdentityError::StateMismatch),
+        (None, None) => Err(IdentityError::NoLoginInProgress),
+        (None, Some(_)) => Err(IdentityError::UnknownState),
+    }
+}
+
+fn expired_before(ttl: Duration) -> i64 {
+    crate::model::now_ms() - ttl.as_millis() as i64
+}
+
+/// Keeps a started login in the database too (bounded like [`LoginStore`]).
+async fn share_login(
+    db: &Db,
+    options: &IdentityOptions,
+    login: &PendingLogin,
+    client_ip: Option<IpAddr>,
+) -> Result<(), IdentityError> {
+    let json = serde_json::to_string(login)
+        .map_err(|e| crate::error::Error::Internal(format!("encoding a login: {e}")))?;
+    db.insert_oidc_login(
+        &crate::db::hash_token(&login.state),
+        &json,
+        &ClientKey::of(client_ip).as_text(),
+        crate::model::now_ms(),
+        expired_before(options.login_ttl),
+        (
+            options.max_pending_logins,
+            options.max_pending_logins_per_client,
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The pending login for `state` from the database, once across every replica.
+async fn take_shared(
+    db: &Db,
+    ttl: Duration,
+    state: &str,
+    cookie: Option<&str>,
+) -> Result<PendingLogin, IdentityError> {
+    let hash = crate::db::hash_token(state);
+    let stored = db.oidc_login(&hash, expired_before(ttl)).await?;
+    decide(stored.as_ref().map(|s| !s.used), state, cookie)?;
+    let stored = stored.ok_or(IdentityError::UnknownState)?;
+    if !db.use_oidc_login(&hash, crate::model::now_ms()).await? {
+        return Err(IdentityError::ReplayedCallback);
+    }
+    serde_json::from_str(&stored.login).map_err(|e| {
+        crate::error::Error::Internal(format!("a stored login does not decode: {e}")).into()
+    })
+}
+
+/// A login taken from memory is used in the database too, unless another replica completed it
+/// first (a replay sent there); one the database no longer holds (evicted) is fine.
+async fn mark_shared_used(db: &Db, ttl: Duration, state: &str) -> Result<(), IdentityError> {
+    let hash = crate::db::hash_token(state);
+    if !db.use_oidc_login(&hash, crate::model::now_ms()).await?
+        && db
+            .oidc_login(&hash, expired_before(ttl))
+            .await?
+            .is_some_and(|s| s.used)
+    {
+        return Err(IdentityError::ReplayedCallback);
+    }
+    Ok(())
 }
 
 struct Slot {
@@ -538,6 +646,14 @@ impl LoginStore {
         self.lock().by_state.len()
     }
 
+    /// Whether `state` names a login kept here (pending or used, not expired).
+    fn knows(&self, state: &str) -> bool {
+        self.lock()
+            .by_state
+            .get(state)
+            .is_some_and(|slot| slot.at.elapsed() < self.ttl)
+    }
+
     /// The pending login for `state`, once; `cookie` is the browser's login cookie.
     fn take(&self, state: &str, cookie: Option<&str>) -> Result<PendingLogin, IdentityError> {
         let mut g = self.lock();
@@ -548,19 +664,11 @@ impl LoginStore {
         let live = slot
             .as_ref()
             .map(|s| matches!(s.entry, LoginEntry::Pending(_)));
-        match (live, cookie) {
-            (Some(false), _) => Err(IdentityError::ReplayedCallback),
-            (Some(true), Some(c)) if c == state => {
-                let slot = slot.expect("checked above");
-                match std::mem::replace(&mut slot.entry, LoginEntry::Used) {
-                    LoginEntry::Pending(p) => Ok(p),
-                    LoginEntry::Used => Err(IdentityError::ReplayedCallback),
-                }
-            }
-            (Some(true), _) => Err(IdentityError::StateMismatch),
-            (None, Some(c)) if c != state => Err(IdentityError::StateMismatch),
-            (None, None) => Err(IdentityError::NoLoginInProgress),
-            (None, Some(_)) => Err(IdentityError::UnknownState),
+        decide(live, state, cookie)?;
+        let slot = slot.ok_or(IdentityError::UnknownState)?;
+        match std::mem::replace(&mut slot.entry, LoginEntry::Used) {
+            LoginEntry::Pending(p) => Ok(p),
+            LoginEntry::Used => Err(IdentityError::ReplayedCallback),
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct SessionHub {
     /// Signing keys (refreshed from the database).
     pub keys: Arc<SessionKeys>,
     last_used: Mutex<HashMap<String, i64>>,
+    /// Uses not written yet (batched by [`SessionHub::run_sync`]).
+    unwritten: Mutex<HashMap<String, i64>>,
     /// The agent's session port (the contract's; tests may point elsewhere).
     pub agent_port: u16,
 }
@@ -82,19 +84,71 @@ impl SessionHub {
         Ok(SessionHub {
             keys: Arc::new(SessionKeys::load(db).await?),
             last_used: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(HashMap::new()),
             agent_port: workspace::SESSION_PORT,
         })
     }
 
-    /// Marks a workspace used now.
+    /// Marks a workspace used now (written to the database by the next sync).
     pub fn touch(&self, workspace_id: &str) {
+        let now = now_ms();
         self.last_used
             .lock()
             .expect("last used lock")
-            .insert(workspace_id.to_string(), now_ms());
+            .insert(workspace_id.to_string(), now);
+        self.unwritten
+            .lock()
+            .expect("last used lock")
+            .insert(workspace_id.to_string(), now);
     }
 
-    /// When a session last carried anything into the workspace (ms), on this replica.
+    /// Writes the uses since the last sync (one statement) and, on a database several replicas
+    /// share, takes in the later uses the others wrote since `since` (ms; `None`: all, on
+    /// either database, as at start). A failed write is retried next time.
+    pub async fn sync(&self, db: &crate::db::Db, since: Option<i64>) -> Result<()> {
+        let uses: Vec<(String, i64)> =
+            std::mem::take(&mut *self.unwritten.lock().expect("last used lock"))
+                .into_iter()
+                .collect();
+        if !uses.is_empty()
+            && let Err(e) = db.write_last_used(&uses).await
+        {
+            let mut g = self.unwritten.lock().expect("last used lock");
+            for (id, t) in uses {
+                let e = g.entry(id).or_insert(t);
+                *e = (*e).max(t);
+            }
+            return Err(e);
+        }
+        if db.is_shared() || since.is_none() {
+            let theirs = db.last_used_since(since.unwrap_or(i64::MIN)).await?;
+            let mut g = self.last_used.lock().expect("last used lock");
+            for (id, t) in theirs {
+                let e = g.entry(id).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs [`SessionHub::sync`] every second until the process ends.
+    pub async fn run_sync(self: Arc<Self>, db: crate::db::Db) {
+        let mut since: Option<i64> = None;
+        loop {
+            let started = now_ms();
+            // Overlap: a use is written up to a sync after it happened, by any replica.
+            match self.sync(&db, since.map(|s| s - 2_000)).await {
+                Ok(()) => since = Some(started),
+                Err(e) => {
+                    tracing::warn!(error = %e, "writing or reading workspace session use failed; will retry")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// When a session last carried anything into the workspace (ms), on any replica (as of
+    /// the last sync).
     pub fn last_used(&self, workspace_id: &str) -> Option<i64> {
         self.last_used
             .lock()

@@ -3,6 +3,8 @@
 //! databases on it and on SQLite.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::sync::OnceLock;
 
 use lumie_server::config::DatabaseConfig;

@@ -80,6 +80,8 @@ impl Running {
             .write()
             .expect("readiness lock")
             .draining = true;
+        // The leader's work moves on now, not after the drain: serving needs no leadership.
+        self.step_down().await;
         tracing::info!(
             ?drain,
             "draining: /healthz answers 503; still serving until load balancers notice"
@@ -103,27 +105,34 @@ impl Running {
         self.shutdown().await;
     }
 
-    /// Flushes pending heartbeats, then stops; a leader hands its Lease and build claims back so
-    /// another replica takes over without waiting for them to expire.
+    /// A leader stops acting for good and hands its Lease and build claims back, so another
+    /// replica takes over without waiting for them to expire. Idempotent.
+    async fn step_down(&self) {
+        let Some(elector) = &self.elector else {
+            return;
+        };
+        elector.release().await;
+        // Nothing of this replica acts any more: its builds are the next leader's at once.
+        match self
+            .state
+            .db
+            .release_build_claims(self.leadership.identity())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(builds = n, "released the build claims"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the build claims"),
+        }
+    }
+
+    /// Flushes pending heartbeats, then stops; a leader hands its Lease and build claims back
+    /// ([`Running::step_down`]).
     pub async fn shutdown(self) {
         if let Err(e) = self.state.agents.flush().await {
             tracing::warn!(error = %e, "final heartbeat flush failed");
         }
         self.abort();
-        if let Some(elector) = &self.elector {
-            elector.release().await;
-            // Nothing of this replica runs any more: its builds are the next leader's at once.
-            match self
-                .state
-                .db
-                .release_build_claims(self.leadership.identity())
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(builds = n, "released the build claims"),
-                Err(e) => tracing::warn!(error = %e, "cannot release the build claims"),
-            }
-        }
+        self.step_down().await;
     }
 }
 

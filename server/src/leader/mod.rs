@@ -210,6 +210,8 @@ pub struct Elector {
     identity: String,
     tx: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Set by [`Elector::release`]: a replica on its way out never takes the lease again.
+    resigned: std::sync::atomic::AtomicBool,
 }
 
 /// The Lease as read, reduced for [`decide`].
@@ -247,6 +249,7 @@ impl Elector {
             identity: identity.clone(),
             tx,
             metrics,
+            resigned: Default::default(),
         });
         elector.set_gauge(false);
         let task = tokio::spawn(elector.clone().run());
@@ -286,6 +289,9 @@ impl Elector {
         let window = acting_window(self.config.duration, self.config.renew);
         let mut leading_until: Option<Instant> = None;
         loop {
+            if self.is_resigned() {
+                return;
+            }
             let sent = Instant::now();
             let attempt = tokio::time::timeout(self.config.renew, self.attempt(now_ms()));
             tokio::pin!(attempt);
@@ -300,6 +306,9 @@ impl Elector {
                 }
             };
             match result {
+                // A renewal that landed after `release` began: the release that follows it
+                // hands the lease back, and this replica must not act on it.
+                Ok(Ok(true)) if self.is_resigned() => return,
                 Ok(Ok(true)) => {
                     leading_until = Some(sent + window);
                     self.set(true);
@@ -397,29 +406,46 @@ impl Elector {
         }
     }
 
-    /// Stops acting, then hands the lease back (holder cleared) so another replica takes over
-    /// at its next retry instead of after the lease expires. For a graceful shutdown.
+    fn is_resigned(&self) -> bool {
+        self.resigned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops acting for good, then hands the lease back (holder cleared) so another replica
+    /// takes over at its next retry instead of after the lease expires. For a graceful
+    /// shutdown: called when draining starts, so the hand-over does not wait for the drain.
+    /// Idempotent. A renewal still in flight may bump the lease's resourceVersion under the
+    /// release, so a conflict is retried.
     pub async fn release(&self) {
+        self.resigned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.set(false);
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
-            return;
-        };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            return;
-        }
-        spec.holder_identity = None;
-        spec.renew_time = micro(now_ms());
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => tracing::info!(identity = %self.identity, "released the lease"),
-            Err(e) => {
-                tracing::warn!(identity = %self.identity, error = %e, "cannot release the lease")
+        for _ in 0..3 {
+            let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
+                return;
+            };
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return;
+            }
+            spec.holder_identity = None;
+            spec.renew_time = micro(now_ms());
+            match self
+                .api
+                .replace(&self.config.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(identity = %self.identity, "released the lease");
+                    return;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => {
+                    tracing::warn!(identity = %self.identity, error = %e, "cannot release the lease");
+                    return;
+                }
             }
         }
+        tracing::warn!(identity = %self.identity, "cannot release the lease: it kept changing");
     }
 }
 

@@ -202,7 +202,7 @@ async fn refuses_everything_wrong_then_execs_the_agent(downloader: &str) {
         "attempt 5: --version did not answer as lumie-agent (got: hello from a proxy)",
         &format!(
             "attempt 6: lumie-agent {} verified",
-            env!("CARGO_PKG_VERSION")
+            lumie_build_info::VERSION
         ),
     ];
     for (i, want) in expect.iter().enumerate() {

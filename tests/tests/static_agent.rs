@@ -111,8 +111,10 @@ impl Runner {
         env
     }
 
-    /// `host=inside` for each filled volume the `dev` container mounts.
-    fn binds(ctx: &PodContext) -> Vec<String> {
+    /// `host=inside` for each filled volume the `dev` container mounts, `inside` with the
+    /// root's symlinks resolved (Debian's `/var/run` is a link to `/run`: a mount through it
+    /// would land on the host's).
+    fn binds(root: &Path, ctx: &PodContext) -> Vec<String> {
         let dev = ctx
             .pod
             .spec
@@ -123,7 +125,8 @@ impl Runner {
             .flat_map(|c| c.volume_mounts.iter().flatten())
             .filter_map(|m| {
                 let host = ctx.volumes.get(&m.name)?;
-                Some(format!("{}={}", host.display(), m.mount_path))
+                let inside = resolve_in_root(root, Path::new(&m.mount_path));
+                Some(format!("{}={}", host.display(), inside.display()))
             })
             .collect()
     }
@@ -133,7 +136,7 @@ impl Runner {
         cmd.args(["-m", "--propagation", "private", "/bin/sh"])
             .arg(&self.chroot_run)
             .arg(root)
-            .args(Self::binds(ctx))
+            .args(Self::binds(root, ctx))
             .arg("--")
             .args(argv)
             .env_clear()
@@ -184,6 +187,67 @@ impl PodAction for Runner {
         };
         cmd.stdout(log.try_clone().ok()?).stderr(log);
         Some(cmd)
+    }
+}
+
+/// `path` as seen inside `root` with every symlink on the way resolved inside the root (an
+/// absolute link target is relative to the root, not the host).
+fn resolve_in_root(root: &Path, path: &Path) -> PathBuf {
+    let mut todo: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let mut at = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&name);
+        let on_host = root.join(next.strip_prefix("/").unwrap());
+        match std::fs::read_link(&on_host) {
+            Ok(target) if links < 40 => {
+                links += 1;
+                if target.is_absolute() {
+                    at = PathBuf::from("/");
+                }
+                todo.extend(target.components().rev().filter_map(|c| match c {
+                    std::path::Component::Normal(n) => Some(n.to_os_string()),
+                    std::path::Component::ParentDir => Some("..".into()),
+                    _ => None,
+                }));
+            }
+            _ => at = next,
+        }
+    }
+    at
+}
+
+#[test]
+fn symlinks_resolve_inside_the_root() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("run")).unwrap();
+    std::fs::create_dir_all(root.path().join("var/lib")).unwrap();
+    std::os::unix::fs::symlink("/run", root.path().join("var/run")).unwrap();
+    std::os::unix::fs::symlink("../run", root.path().join("var/rel")).unwrap();
+    #[rustfmt::skip]
+    let cases = [
+        ("/var/run/secrets/token", "/run/secrets/token"),
+        ("/var/rel/secrets", "/run/secrets"),
+        ("/var/lib/x", "/var/lib/x"),
+        ("/not/there/yet", "/not/there/yet"),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            resolve_in_root(root.path(), Path::new(path)),
+            Path::new(want),
+            "{path}"
+        );
     }
 }
 

@@ -69,6 +69,7 @@ pkg_of() {
 }
 
 IFS=, read -r -a want <<<"$only"
+for w in "${want[@]}"; do pkg_of "$w" >/dev/null || exit 1; done
 IFS=, read -r -a arch_list <<<"$archs"
 for a in "${arch_list[@]}"; do
   case "$a" in

@@ -56,7 +56,7 @@ exec chroot "$root" "$@"
 
 fn static_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| static_bins::build("agent,cli").unwrap())
+    DIR.get_or_init(|| static_bins::build(static_bins::SHIPPED).unwrap())
 }
 
 /// The workspaces of this file, by name: how their pod runs.

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps test lint demo bench-webhook bench-agent bench-server bench-sessions
+.PHONY: deps test lint demo static bench-webhook bench-agent bench-server bench-sessions
 
 deps:
 	bash scripts/install-deps.sh
@@ -21,6 +21,11 @@ test: deps lint
 demo: deps
 	$(CARGO) build --release -p lumie-agent -p lumie-server -p lumie-webhook -p lumie-cli -p lumie-tests --bin lumie-agent --bin lumie --bin lumie-server --bin lumie-webhook --bin lumie-demo --bin lumie-stand-in-apps
 	"$${CARGO_TARGET_DIR:-target}/release/lumie-demo"
+
+## Static, stripped release binaries in target/static/linux-{amd64,arm64}/ (scripts/build-static.sh
+## --help); `make demo` serves the static agents once they are built.
+static: deps
+	bash scripts/build-static.sh
 
 ## Benchmarks: commands that print figures and ratios against a baseline measured in the same run.
 bench-webhook:

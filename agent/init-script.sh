@@ -10,7 +10,9 @@
 #                            the environment); the pod's projected ServiceAccount token,
 #                            audience lumie-coder-agent, kept current by the kubelet
 #   LUMIE_AGENT_OS           default linux  } downloads $CODER_AGENT_URL/bin/lumie-agent-$OS-$ARCH
-#   LUMIE_AGENT_ARCH         default amd64  }
+#   LUMIE_AGENT_ARCH         default from `uname -m`: x86_64/amd64 -> amd64,
+#                            aarch64/arm64 -> arm64; any other machine is named and refused
+#                            (lumie-agent is built for amd64 and arm64)
 #   LUMIE_AGENT_CA_BUNDLE    optional PEM file of a private CA (curl --cacert, wget
 #                            --ca-certificate; the agent reads the same variable)
 #   LUMIE_AGENT_BIN_DIR      where the agent is stored, default ${TMPDIR:-/tmp}/lumie-agent
@@ -33,11 +35,10 @@ log() { printf 'lumie-init: %s\n' "$*" >&2; }
 url="${CODER_AGENT_URL:-}"
 url="${url%/}"
 os="${LUMIE_AGENT_OS:-linux}"
-arch="${LUMIE_AGENT_ARCH:-amd64}"
+arch="${LUMIE_AGENT_ARCH:-}"
 ca="${LUMIE_AGENT_CA_BUNDLE:-}"
 delay="${LUMIE_INIT_RETRY_DELAY:-5}"
 dir="${LUMIE_AGENT_BIN_DIR:-${TMPDIR:-/tmp}/lumie-agent}"
-src="$url/bin/lumie-agent-$os-$arch"
 bin="$dir/lumie-agent"
 tmp="$bin.download"
 hdr="$dir/response"
@@ -176,6 +177,22 @@ attempt() {
   mv -f "$tmp" "$bin" || { fail="cannot move the agent to $bin"; return 1; }
   return 0
 }
+
+# The agent's architecture from the kernel's machine name, unless LUMIE_AGENT_ARCH says.
+# An unknown machine is not retried: no download will ever fit it.
+if [ -z "$arch" ]; then
+  machine=$(uname -m 2>/dev/null || echo unknown)
+  case "$machine" in
+    x86_64|amd64) arch=amd64 ;;
+    aarch64|arm64) arch=arm64 ;;
+    *)
+      log "unsupported architecture: $machine (uname -m); lumie-agent is built for amd64 and arm64 (set LUMIE_AGENT_ARCH to override)"
+      log "the agent cannot start; this container stays up. To look inside: kubectl exec -it -n ${POD_NAMESPACE:-lumie-dev} ${HOSTNAME:-<pod>} -c dev -- sh"
+      # The same PID sleeps on, so SIGTERM still ends the container at once.
+      exec sleep 2147483647 ;;
+  esac
+fi
+src="$url/bin/lumie-agent-$os-$arch"
 
 n=0
 while :; do

@@ -44,4 +44,7 @@ fi
 # The CLI's session tests: Debian's OpenSSH client (ssh, scp through `lumie config-ssh`) and
 # tmux to drive an interactive `lumie ssh` in a terminal.
 apt_install openssh-client tmux
+# The static agent and CLI (scripts/build-static.sh) and their tests: musl targets, cargo-zigbuild,
+# qemu-user-static, busybox-static, a Debian 11 root.
+bash "$here/scripts/install-static-deps.sh"
 exit 0

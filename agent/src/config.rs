@@ -152,7 +152,7 @@ impl Config {
 /// lumie-agent: reports a workspace pod to lumie-server, checks its apps and forwards their ports
 /// from the pod IP to localhost.
 #[derive(Debug, Parser)]
-#[command(name = "lumie-agent", version, about)]
+#[command(name = "lumie-agent", version = lumie_build_info::VERSION, about)]
 pub struct Cli {
     /// Control plane URL as seen from the pod.
     #[arg(long, env = "CODER_AGENT_URL", value_name = "CODER_AGENT_URL")]

@@ -28,7 +28,7 @@ async fn version_answers_without_any_configuration() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        format!("lumie-agent {}\n", env!("CARGO_PKG_VERSION"))
+        format!("lumie-agent {}\n", lumie_build_info::VERSION)
     );
 }
 

@@ -202,7 +202,7 @@ async fn refuses_everything_wrong_then_execs_the_agent(downloader: &str) {
         "attempt 5: --version did not answer as lumie-agent (got: hello from a proxy)",
         &format!(
             "attempt 6: lumie-agent {} verified",
-            env!("CARGO_PKG_VERSION")
+            lumie_build_info::VERSION
         ),
     ];
     for (i, want) in expect.iter().enumerate() {
@@ -302,6 +302,60 @@ async fn failures_are_named() {
         );
     }
     http.stop().await;
+}
+
+/// The architecture comes from `uname -m` (a stand-in `uname` first on PATH) unless
+/// `LUMIE_AGENT_ARCH` says, under the host's `sh` and BusyBox's; an unknown machine is named.
+#[tokio::test]
+async fn the_architecture_comes_from_uname() {
+    let refused_url = format!("http://127.0.0.1:{}", free_port());
+    #[rustfmt::skip]
+    let cases = [
+        ("x86_64", None, "attempt 1: connect: cannot connect to {url}/bin/lumie-agent-linux-amd64"),
+        ("amd64", None, "attempt 1: connect: cannot connect to {url}/bin/lumie-agent-linux-amd64"),
+        ("aarch64", None, "attempt 1: connect: cannot connect to {url}/bin/lumie-agent-linux-arm64"),
+        ("arm64", None, "attempt 1: connect: cannot connect to {url}/bin/lumie-agent-linux-arm64"),
+        ("aarch64", Some("amd64"), "attempt 1: connect: cannot connect to {url}/bin/lumie-agent-linux-amd64"),
+        ("riscv64", Some("arm64"), "attempt 1: connect: cannot connect to {url}/bin/lumie-agent-linux-arm64"),
+        ("riscv64", None, "unsupported architecture: riscv64 (uname -m); lumie-agent is built for amd64 and arm64"),
+    ];
+    let path = std::env::var("PATH").unwrap_or_default();
+    for shell in [&["sh"][..], &["busybox", "sh"][..]] {
+        for (machine, arch, want) in cases {
+            let want = want.replace("{url}", &refused_url);
+            let dir = tempfile::tempdir().unwrap();
+            let fake = dir.path().join("fake-bin");
+            std::fs::create_dir_all(&fake).unwrap();
+            let uname = fake.join("uname");
+            std::fs::write(&uname, format!("#!/bin/sh\necho {machine}\n")).unwrap();
+            std::fs::set_permissions(&uname, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            let mut c = script("curl", &refused_url, &dir.path().join("bin"));
+            let mut cmd = Command::new(shell[0]);
+            cmd.args(&shell[1..]).arg(SCRIPT);
+            for (k, v) in c.as_std().get_envs() {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            c = cmd;
+            c.env("PATH", format!("{}:{path}", fake.display()));
+            match arch {
+                Some(a) => c.env("LUMIE_AGENT_ARCH", a),
+                None => c.env_remove("LUMIE_AGENT_ARCH"),
+            };
+            let run = Script::spawn(c);
+            let line = run
+                .wait_line(&format!("naming {want:?}"), |l| l.contains(&want))
+                .await;
+            assert!(
+                line.starts_with("lumie-init: "),
+                "{shell:?} {machine}: {line}"
+            );
+            drop(run);
+        }
+    }
 }
 
 #[test]

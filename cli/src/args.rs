@@ -15,7 +15,7 @@ use crate::progress::parse_duration;
 
 /// lumie: your lumie-coder workspaces from the terminal.
 #[derive(Debug, Parser)]
-#[command(name = "lumie", version, about, long_about = None)]
+#[command(name = "lumie", version = lumie_build_info::VERSION, about, long_about = None)]
 pub struct Cli {
     /// The server (access) URL; overrides the one `lumie login` stored.
     #[arg(long, env = "LUMIE_URL", global = true)]

@@ -26,7 +26,7 @@ pub const DB_SECRET: &str = "coder-db-secret";
 
 /// lumie-server: the lumie-coder control plane.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = lumie_build_info::VERSION, about)]
 pub struct Cli {
     /// What to run (default: serve).
     #[command(subcommand)]

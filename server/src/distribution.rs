@@ -79,25 +79,39 @@ pub fn available(dir: &FsPath) -> Vec<String> {
 
 /// The pods download this one (the init script asks for linux/amd64 on an amd64 node).
 pub const POD_BINARY: &str = "lumie-agent-linux-amd64";
+/// Every architecture the init script picks from `uname -m`, with the binary it downloads
+/// (`scripts/build-static.sh` builds both; the server image ships both).
+pub const POD_BINARIES: [(&str, &str); 2] = [
+    ("amd64", "lumie-agent-linux-amd64"),
+    ("arm64", "lumie-agent-linux-arm64"),
+];
 
-/// What `/readyz` and `doctor` say about the binaries in `dir`: nothing when the pods' binary
-/// is there, else which one is missing and what is there instead.
+/// What `/readyz` and `doctor` say about the binaries in `dir`: nothing when every pod
+/// architecture's binary is there, else which architectures are missing and what is there
+/// instead.
 pub fn missing_binary_warning(dir: &FsPath, available: &[String]) -> Option<String> {
-    if available.iter().any(|n| n == POD_BINARY) {
+    let missing: Vec<(&str, &str)> = POD_BINARIES
+        .into_iter()
+        .filter(|(_, name)| !available.iter().any(|n| n == name))
+        .collect();
+    if missing.is_empty() {
         return None;
     }
-    Some(if available.is_empty() {
-        format!(
+    if available.is_empty() {
+        return Some(format!(
             "no agent binary to serve: {} (LUMIE_AGENT_BINARY_DIR) holds no {BINARY_PREFIX}<os>-<arch> file, so new workspace pods cannot download their agent",
             dir.display()
-        )
-    } else {
-        format!(
-            "no {POD_BINARY} in {} (LUMIE_AGENT_BINARY_DIR; it has {}), so workspace pods on amd64 nodes cannot download their agent",
-            dir.display(),
-            available.join(", ")
-        )
-    })
+        ));
+    }
+    let names: Vec<&str> = missing.iter().map(|(_, n)| *n).collect();
+    let arches: Vec<&str> = missing.iter().map(|(a, _)| *a).collect();
+    Some(format!(
+        "no {} in {} (LUMIE_AGENT_BINARY_DIR; it has {}), so workspace pods on {} nodes cannot download their agent",
+        names.join(" or "),
+        dir.display(),
+        available.join(", "),
+        arches.join(" and "),
+    ))
 }
 
 async fn sha256_of(path: &FsPath, bytes: &[u8], modified: SystemTime) -> String {
@@ -173,7 +187,7 @@ async fn init_script(
     if os != "linux" || !valid_binary_name(&name) {
         return (
             StatusCode::NOT_FOUND,
-            format!("no init script for {os}/{arch}; available: linux/amd64\n"),
+            format!("no init script for {os}/{arch}; available: linux/amd64, linux/arm64\n"),
         )
             .into_response();
     }
@@ -198,10 +212,12 @@ mod tests {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         #[rustfmt::skip]
         let cases = [
-            (names(&["lumie-agent-linux-amd64"]), None),
+            // An amd64-only folder was fine before arm64 builds existed; now arm64 pods lack theirs.
+            (names(&["lumie-agent-linux-amd64"]), Some("no lumie-agent-linux-arm64 in /opt/lumie/agent (LUMIE_AGENT_BINARY_DIR; it has lumie-agent-linux-amd64), so workspace pods on arm64 nodes cannot")),
             (names(&["lumie-agent-linux-amd64", "lumie-agent-linux-arm64"]), None),
             (names(&[]), Some("no agent binary to serve: /opt/lumie/agent (LUMIE_AGENT_BINARY_DIR)")),
-            (names(&["lumie-agent-linux-arm64"]), Some("no lumie-agent-linux-amd64 in /opt/lumie/agent (LUMIE_AGENT_BINARY_DIR; it has lumie-agent-linux-arm64)")),
+            (names(&["lumie-agent-linux-arm64"]), Some("no lumie-agent-linux-amd64 in /opt/lumie/agent (LUMIE_AGENT_BINARY_DIR; it has lumie-agent-linux-arm64), so workspace pods on amd64 nodes cannot")),
+            (names(&["lumie-agent-darwin-arm64"]), Some("no lumie-agent-linux-amd64 or lumie-agent-linux-arm64 in /opt/lumie/agent (LUMIE_AGENT_BINARY_DIR; it has lumie-agent-darwin-arm64), so workspace pods on amd64 and arm64 nodes cannot")),
         ];
         for (list, want) in cases {
             let got = missing_binary_warning(dir, &list);

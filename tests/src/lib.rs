@@ -14,6 +14,7 @@
 //! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
 //! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins;
+//! - [`static_bins`]: the static agent and CLI of `scripts/build-static.sh`, and what runs them elsewhere;
 //! - [`tools`]: the repository root and the helm/kubectl the project installs;
 //! - [`workspace_pods`]: running a workspace pod's `dev` entry for real, stand-in apps, the agent binary;
 //! - [`ws`]: WebSocket clients of the session routes (byte pipes, an SSH client over one).
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod nodes;
 pub mod simulator;
+pub mod static_bins;
 pub mod tools;
 pub mod workspace_pods;
 pub mod ws;

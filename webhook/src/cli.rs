@@ -14,18 +14,25 @@ use crate::policy::PolicySet;
 use crate::review::{Endpoint, MAX_BODY_BYTES, Reviewer};
 use crate::server::{PolicySource, ServeConfig};
 
-/// `--version`: the crate version and the upstream release whose Pod Security baseline the
-/// rules follow ([`crate::validate::BASELINE_KUBERNETES_RELEASE`]).
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (Pod Security baseline of Kubernetes ",
-    crate::baseline_kubernetes_release!(),
-    ", plus lumie-coder's stricter rules: see webhook/README.md)"
-);
+/// `--version`: the crate version, the git revision ([`lumie_build_info`]) and the upstream
+/// release whose Pod Security baseline the rules follow
+/// ([`crate::validate::BASELINE_KUBERNETES_RELEASE`]).
+pub fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{} (rev {}; Pod Security baseline of Kubernetes {}, plus lumie-coder's stricter \
+             rules: see webhook/README.md)",
+            env!("CARGO_PKG_VERSION"),
+            lumie_build_info::REVISION,
+            crate::baseline_kubernetes_release!(),
+        )
+    });
+    &VERSION
+}
 
 /// lumie-webhook: admission webhook that injects and enforces the workspace pod contract.
 #[derive(Debug, Parser)]
-#[command(version = VERSION, about)]
+#[command(version = version(), about)]
 pub struct Cli {
     /// Log format.
     #[arg(long, env = "LUMIE_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

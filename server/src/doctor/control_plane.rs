@@ -130,7 +130,7 @@ pub fn with_agent_binary(check: Check, reach: Option<&Reach>) -> Check {
         Some(Reach::Failed(why)) => Check::failure(
             check.id,
             format!("{}; but {why}", check.summary),
-            "put lumie-agent-linux-amd64 into the server's LUMIE_AGENT_BINARY_DIR (the server image ships it; a mounted volume over that path hides it)",
+            "put lumie-agent-linux-amd64 (and lumie-agent-linux-arm64 for arm64 nodes; scripts/build-static.sh builds both) into the server's LUMIE_AGENT_BINARY_DIR (the server image ships it; a mounted volume over that path hides it)",
         ),
         Some(Reach::Reached(what)) if check.status == super::report::Status::Ok => {
             Check::ok(check.id, format!("{}; {what}", check.summary))

@@ -64,7 +64,8 @@ pub async fn database(url: &str, timeout: Duration) -> Reach {
     }
 }
 
-/// `HEAD <agent_url>/bin/lumie-agent-linux-amd64`, as a pod's init script would fetch it.
+/// `HEAD <agent_url>/bin/lumie-agent-linux-amd64`, as a pod's init script would fetch it, then
+/// the other architectures' binaries.
 pub async fn agent_binary(agent_url: &str, timeout: Duration) -> Reach {
     let bin = crate::distribution::POD_BINARY;
     let url = format!("{}/bin/{bin}", agent_url.trim_end_matches('/'));
@@ -85,7 +86,29 @@ pub async fn agent_binary(agent_url: &str, timeout: Duration) -> Reach {
         Err(e) => return Reach::Failed(format!("building an HTTP client: {e}")),
     };
     match client.head(parsed).send().await {
-        Ok(r) if r.status().is_success() => Reach::Reached(format!("serves {bin} at {url}")),
+        Ok(r) if r.status().is_success() => {
+            // The other architectures' binaries: named when missing, not a failure (a cluster
+            // may have no arm64 node).
+            let mut missing = Vec::new();
+            for (arch, other) in crate::distribution::POD_BINARIES {
+                if other == bin {
+                    continue;
+                }
+                let u = format!("{}/bin/{other}", agent_url.trim_end_matches('/'));
+                if let Ok(r) = client.head(&u).send().await
+                    && r.status() == reqwest::StatusCode::NOT_FOUND
+                {
+                    missing.push(format!(
+                        "no {other} (404): workspace pods on {arch} nodes cannot download their agent"
+                    ));
+                }
+            }
+            if missing.is_empty() {
+                Reach::Reached(format!("serves {bin} at {url}"))
+            } else {
+                Reach::Reached(format!("serves {bin} at {url}, but {}", missing.join("; ")))
+            }
+        }
         Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Reach::Failed(format!(
             "it has no agent binary to serve: {url} answers 404 (LUMIE_AGENT_BINARY_DIR holds no {bin})"
         )),

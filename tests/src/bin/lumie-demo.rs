@@ -47,6 +47,12 @@ async fn main() -> anyhow::Result<()> {
     )?;
     config.template_file = Some(template);
     config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path())?;
+    // The static agents (any dev image, arm64 nodes) when scripts/build-static.sh built them;
+    // else the glibc agent `make demo` just built, which runs here.
+    let served = lumie_tests::static_bins::serve_built(&config.agent_binary_dir)?;
+    if !served.is_empty() {
+        say(&format!("serving the static builds: {}", served.join(", ")));
+    }
     config.agent_report_interval = Duration::from_secs(5);
     let server = control_plane::start_server(&cluster, config).await?;
     let token = server

@@ -2,14 +2,26 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps test lint demo bench-webhook bench-agent bench-server bench-sessions
+.PHONY: deps test lint images demo bench-webhook bench-agent bench-server bench-sessions
 
 deps:
 	bash scripts/install-deps.sh
 
+# cargo-deny: licences, duplicate versions and sources of every crate (deny.toml), offline;
+# install-deps builds it once into ~/.cache/lumie-coder/cargo-tools.
+CARGO_DENY ?= $(HOME)/.cache/lumie-coder/cargo-tools/bin/cargo-deny
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO_DENY) --offline check --disable-fetch licenses bans sources
+
+## OCI images lumie-server and lumie-webhook (no daemon, no registry): the static binaries, then
+## target/images/lumie-{server,webhook}.tar with their digests and SBOMs.
+# build-static-standin.sh is a temporary stand-in until scripts/build-static.sh lands.
+images: deps
+	bash scripts/$$(test -f scripts/build-static.sh && echo build-static.sh || echo build-static-standin.sh)
+	bash scripts/build-images.sh
 
 ## Every test: formatting, lints, unit and table tests, end-to-end tests on the local cluster.
 test: deps lint

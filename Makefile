@@ -14,7 +14,7 @@ CARGO_DENY ?= $(HOME)/.cache/lumie-coder/cargo-tools/bin/cargo-deny
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO_DENY) --offline check --disable-fetch licenses bans sources
+	$(CARGO_DENY) --frozen check licenses bans sources
 
 ## OCI images lumie-server and lumie-webhook (no daemon, no registry): the static binaries, then
 ## target/images/lumie-{server,webhook}.tar with their digests and SBOMs.

@@ -97,8 +97,9 @@ build() {
   rm -rf "$work"
 
   local manifest digest layers total
-  manifest="$(skopeo inspect --raw "oci-archive:$out/$name.tar")"
-  digest="sha256:$(printf '%s' "$manifest" | sha256sum | cut -d' ' -f1)"
+  # The digest a registry keeps after `skopeo copy oci-archive:… docker://…` (no conversion).
+  digest="$(tar -xOf "$out/$name.tar" index.json | jq -r '.manifests[0].digest')"
+  manifest="$(tar -xOf "$out/$name.tar" "blobs/sha256/${digest#sha256:}")"
   layers="$(jq '[.layers[].size] | add' <<<"$manifest")"
   total="$(jq '.config.size + ([.layers[].size] | add)' <<<"$manifest")"
   echo "$digest" >"$out/$name.digest"

@@ -617,15 +617,63 @@ fn entrypoints_print_their_version_from_the_read_only_root_as_65532() {
     // The root really is read-only there: with no data volume over it, the server cannot
     // create its database in the image's (65532-owned) data dir.
     let img = image("server");
-    let out = in_image(&img.root, &[], &image_env(img), &[&entrypoint(img)[0]])
+    let mut env = image_env(img);
+    env.push(("CODER_ACCESS_URL".into(), "http://127.0.0.1:1".into()));
+    let out = in_image(&img.root, &[], &env, &[&entrypoint(img)[0]])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "no writable data dir: {stderr}");
     assert!(
-        stderr.contains("Read-only file system"),
-        "the server names the read-only root: {stderr}"
+        stderr.contains("database"),
+        "the server names its database: {stderr}"
     );
+    let data = img.root.join("var/lib/lumie-coder");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "nothing written");
+}
+
+/// Beside each archive, a CycloneDX SBOM naming the image by digest and covering the crates
+/// linked into its binaries (the workspace crates the image holds, and what they link).
+#[test]
+fn each_image_has_an_sbom_of_the_crates_in_its_binaries() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "server",
+            &["lumie-server", "lumie-agent", "lumie-cli", "lumie-contract", "sqlx-sqlite", "russh"],
+            &["lumie-webhook", "lumie-tests", "tempfile"],
+        ),
+        (
+            "webhook",
+            &["lumie-webhook", "lumie-contract", "kube-client", "rustls"],
+            &["lumie-server", "lumie-agent", "sqlx-core", "russh"],
+        ),
+    ];
+    for (name, has, lacks) in cases {
+        let img = image(name);
+        let bom = json_file(&target_dir().join(format!("images/lumie-{name}.cdx.json")));
+        assert_eq!(bom["bomFormat"], "CycloneDX");
+        assert_eq!(
+            bom["metadata"]["component"]["bom-ref"],
+            format!("ghcr.io/lumie-infra/lumie-{name}@{}", img.digest).as_str()
+        );
+        let crates: Vec<&str> = bom["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        for c in *has {
+            assert!(crates.contains(c), "lumie-{name} SBOM lists {c}");
+        }
+        for c in *lacks {
+            assert!(!crates.contains(c), "lumie-{name} SBOM does not list {c}");
+        }
+        for c in bom["components"].as_array().unwrap() {
+            let registry = c["type"] == "library";
+            assert!(c["licenses"][0]["expression"].is_string(), "{c}: a licence");
+            assert_eq!(registry, c["hashes"][0]["content"].is_string(), "{c}: checksum");
+        }
+    }
 }
 
 #[test]

@@ -375,7 +375,7 @@ r="$1"; shift
 while [ "$1" != "--" ]; do /usr/bin/mount --bind "$1" "$r$2"; shift 2; done
 shift
 exec /usr/sbin/chroot --userspec=65532:65532 --groups=65532 "$r" "$@""#;
-    let mut c = Command::new("unshare");
+    let mut c = Command::new("/usr/bin/unshare");
     c.args([
         "--mount",
         "--propagation",
@@ -629,7 +629,11 @@ fn entrypoints_print_their_version_from_the_read_only_root_as_65532() {
         "the server names its database: {stderr}"
     );
     let data = img.root.join("var/lib/lumie-coder");
-    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }
 
 /// Beside each archive, a CycloneDX SBOM naming the image by digest and covering the crates
@@ -639,7 +643,14 @@ fn each_image_has_an_sbom_of_the_crates_in_its_binaries() {
     let cases: &[(&str, &[&str], &[&str])] = &[
         (
             "server",
-            &["lumie-server", "lumie-agent", "lumie-cli", "lumie-contract", "sqlx-sqlite", "russh"],
+            &[
+                "lumie-server",
+                "lumie-agent",
+                "lumie-cli",
+                "lumie-contract",
+                "sqlx-sqlite",
+                "russh",
+            ],
             &["lumie-webhook", "lumie-tests", "tempfile"],
         ),
         (
@@ -671,7 +682,11 @@ fn each_image_has_an_sbom_of_the_crates_in_its_binaries() {
         for c in bom["components"].as_array().unwrap() {
             let registry = c["type"] == "library";
             assert!(c["licenses"][0]["expression"].is_string(), "{c}: a licence");
-            assert_eq!(registry, c["hashes"][0]["content"].is_string(), "{c}: checksum");
+            assert_eq!(
+                registry,
+                c["hashes"][0]["content"].is_string(),
+                "{c}: checksum"
+            );
         }
     }
 }

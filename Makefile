@@ -9,7 +9,7 @@ deps:
 
 # cargo-deny: licences, duplicate versions and sources of every crate (deny.toml), offline;
 # install-deps builds it once into ~/.cache/lumie-coder/cargo-tools.
-CARGO_DENY ?= $(HOME)/.cache/lumie-coder/cargo-tools/bin/cargo-deny
+CARGO_DENY ?= $(or $(HOME),/root)/.cache/lumie-coder/cargo-tools/bin/cargo-deny
 
 lint:
 	$(CARGO) fmt --all --check

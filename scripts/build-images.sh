@@ -110,6 +110,7 @@ build() {
 }
 
 mkdir -p "$out"
+trap 'rm -rf "$out"/.work-*' EXIT
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(server webhook)
 for n in "${names[@]}"; do

@@ -2,14 +2,29 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps test lint demo static bench-webhook bench-agent bench-server bench-sessions
+.PHONY: deps test lint images demo static bench-webhook bench-agent bench-server bench-sessions
 
 deps:
 	bash scripts/install-deps.sh
 
+# The static (musl) release builds compile in a cache outside the work tree, so a fresh clone (CI's
+# too) reuses the dependency graph compiled for musl on this machine; see scripts/build-static.sh.
+export LUMIE_STATIC_BUILD_DIR ?= $(or $(HOME),/root)/.cache/lumie-coder/static-target
+
+# cargo-deny: licences, duplicate versions and sources of every crate (deny.toml), offline;
+# install-deps builds it once into ~/.cache/lumie-coder/cargo-tools.
+CARGO_DENY ?= $(or $(HOME),/root)/.cache/lumie-coder/cargo-tools/bin/cargo-deny
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO_DENY) --frozen check licenses bans sources
+
+## OCI images lumie-server and lumie-webhook (no daemon, no registry): the static binaries, then
+## target/images/lumie-{server,webhook}.tar with their digests and SBOMs.
+images: deps
+	bash scripts/build-static.sh
+	bash scripts/build-images.sh
 
 ## Every test: formatting, lints, unit and table tests, end-to-end tests on the local cluster.
 test: deps lint

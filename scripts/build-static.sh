@@ -17,6 +17,10 @@
 # The revision stamped into --version is LUMIE_GIT_REVISION if set, else the short commit id
 # with -dirty when tracked files differ from it (see build-info/build.rs).
 # Prints each file's size, and the build time of each architecture.
+# LUMIE_STATIC_BUILD_DIR, if set, is cargo's target folder for these builds (the Makefile points
+# it at a cache outside the work tree, so a fresh clone, CI's included, compiles the musl
+# dependency graph once per machine instead of once per clone: 20+ minutes on 2 cores); the
+# executables still land in ${CARGO_TARGET_DIR:-target}/static/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 log() { echo "build-static: $*" >&2; }
@@ -40,6 +44,7 @@ done
 cd "$here"
 target_dir="${CARGO_TARGET_DIR:-target}"
 case "$target_dir" in /*) ;; *) target_dir="$here/$target_dir" ;; esac
+build_dir="${LUMIE_STATIC_BUILD_DIR:-$target_dir}"
 
 command -v cargo-zigbuild >/dev/null 2>&1 \
   || die "cargo-zigbuild is not installed: run scripts/install-deps.sh (or scripts/install-static-deps.sh)"
@@ -89,12 +94,12 @@ for a in "${arch_list[@]}"; do
   [ ${#bins[@]} -eq 0 ] && continue
   log "$a ($triple): ${bins[*]} at rev $LUMIE_GIT_REVISION$([ $quick -eq 1 ] && echo ', quick profile')"
   start=$(date +%s)
-  cargo zigbuild --release --locked --target "$triple" "${args[@]}" >&2
+  CARGO_TARGET_DIR="$build_dir" cargo zigbuild --release --locked --target "$triple" "${args[@]}" >&2
   took=$(( $(date +%s) - start ))
   out="$target_dir/static/linux-$a"
   mkdir -p "$out"
   for bin in "${bins[@]}"; do
-    src="$target_dir/$triple/release/$bin"
+    src="$build_dir/$triple/release/$bin"
     desc=$(file -b "$src")
     case "$desc" in
       *"statically linked"*|*"static-pie linked"*) ;;

@@ -47,4 +47,15 @@ apt_install openssh-client tmux
 # The static agent and CLI (scripts/build-static.sh) and their tests: musl targets, cargo-zigbuild,
 # qemu-user-static, busybox-static, a Debian 11 root.
 bash "$here/scripts/install-static-deps.sh"
+# Release tooling (issue 14): Debian's umoci and skopeo build and pack the OCI images without a
+# daemon or a registry (`make images`), python3 writes the
+# images' SBOMs; cargo-deny (`make lint`) from crates.io, built once into a cache outside the
+# work tree so CI does not rebuild it every run.
+apt_install umoci skopeo python3 jq
+cargo_deny_version=0.20.2
+cargo_tools="${HOME:-/root}/.cache/lumie-coder/cargo-tools"
+if ! "$cargo_tools/bin/cargo-deny" --version 2>/dev/null | grep -qx "cargo-deny $cargo_deny_version"; then
+  log "cargo install cargo-deny $cargo_deny_version into $cargo_tools (once)"
+  env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$cargo_tools" --version "$cargo_deny_version" cargo-deny >&2
+fi
 exit 0

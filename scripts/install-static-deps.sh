@@ -55,7 +55,11 @@ root_tar="$cache/debian11-minbase.tar.gz"
 if [ ! -s "$root_tar" ]; then
   log "debootstrap bullseye (minbase) into $root_tar; this downloads ~50 MB once"
   tmp=$(mktemp -d)
-  debootstrap --variant=minbase bullseye "$tmp/root" "${LUMIE_DEBIAN_MIRROR:-http://deb.debian.org/debian}" >&2
+  # The mirror this machine's apt already uses (LUMIE_DEBIAN_MIRROR overrides).
+  mirror="${LUMIE_DEBIAN_MIRROR:-$(grep -rhoE '^(URIs:|deb) +[a-z]+://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+    | grep -oE '[a-z]+://[^ ]+' | head -n 1)}"
+  [ -n "$mirror" ] || { log "no Debian mirror in /etc/apt/sources*: set LUMIE_DEBIAN_MIRROR"; exit 1; }
+  debootstrap --variant=minbase bullseye "$tmp/root" "$mirror" >&2
   # The apt caches are of no use to the tests.
   rm -rf "$tmp/root/var/cache/apt/archives"/*.deb "$tmp/root/var/lib/apt/lists"/*
   tar -C "$tmp/root" -czf "$root_tar.new" .

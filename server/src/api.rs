@@ -406,8 +406,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The version and the git revision the server was built from (as `--version` prints them).
 async fn buildinfo() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": lumie_build_info::REVISION,
+    }))
 }
 
 async fn list_users(State(state): State<AppState>, p: Principal) -> Result<Json<Vec<UserJson>>> {

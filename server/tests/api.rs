@@ -437,6 +437,17 @@ async fn health_ready_and_metrics() {
     assert!(message(&b).contains("no route"));
 }
 
+#[tokio::test]
+async fn buildinfo_names_the_version_and_the_git_revision() {
+    let api = api().await;
+    let (s, _, b) = api.call("GET", "/api/v2/buildinfo", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["revision"], lumie_build_info::REVISION);
+    assert!(!lumie_build_info::REVISION.is_empty());
+}
+
 /// Makes the agent of a workspace known with `token`, as a start build and its pod do.
 async fn give_agent_token(api: &Api, workspace_id: &str, token: &str) -> AgentRecord {
     let agent = api

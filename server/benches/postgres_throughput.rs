@@ -2,8 +2,9 @@
 //! - list/get over HTTP with 1,000 workspaces (10 owners × 100);
 //! - heartbeat ingestion: simulated agents posting heartbeats over HTTP, sustained rate and p99;
 //!   then, in the same run, the same load on one replica and on two replicas of the same
-//!   database (each agent's heartbeats alternating between them, each replica flushing its
-//!   own batches and refreshing the other's rows as in production), and the ratio.
+//!   database (each replica flushing its own batches and refreshing the other's rows as in
+//!   production), with each agent on one replica (as a TCP balancer pins its connection) and
+//!   with each agent's heartbeats alternating (the worst case), and the ratios.
 //!
 //! `cargo bench -p lumie-server --bench postgres_throughput` prints the figures.
 
@@ -318,16 +319,30 @@ async fn main() {
     let path = lumie_contract::agent_api::HEARTBEAT_PATH;
     let one = vec![format!("{base}{path}")];
     let two = vec![format!("{base}{path}"), format!("{}{path}", second.0)];
-    // Interleaved, so load from elsewhere on the machine weighs on both alike.
-    let mut rates = [vec![], vec![]];
-    for round in 0..4 {
-        let n = round % 2;
-        let bases = Arc::new(if n == 0 { one.clone() } else { two.clone() });
+    // Interleaved, so load from elsewhere on the machine weighs on every mode alike. Modes:
+    // one replica; two with each agent pinned to one of them (a TCP balancer such as haproxy or
+    // kube-proxy keeps an agent's keep-alive connection on one replica until it reconnects);
+    // two with every agent's heartbeats alternating between them (the worst case: each
+    // replica holds a pending write for every agent in each flush window).
+    const MODES: [&str; 3] = [
+        "1 replica",
+        "2 replicas, each agent on one",
+        "2 replicas, each agent alternating",
+    ];
+    let mut rates = [vec![], vec![], vec![]];
+    for round in 0..6 {
+        let mode = round % 3;
+        let bases = Arc::new(if mode == 0 { one.clone() } else { two.clone() });
         let (http, body, tokens) = (http2.clone(), body2.clone(), tokens2.clone());
         let r = load(64, Duration::from_secs(5), move |i| {
-            let token = tokens[i as usize % tokens.len()].clone();
-            // Request i of an agent goes to replica i / agents: its heartbeats alternate.
-            let url = bases[(i as usize / tokens.len()) % bases.len()].clone();
+            let agent = i as usize % tokens.len();
+            let token = tokens[agent].clone();
+            let replica = match mode {
+                1 => agent,
+                // Request i of an agent goes to replica i / agents: its heartbeats alternate.
+                _ => i as usize / tokens.len(),
+            } % bases.len();
+            let url = bases[replica].clone();
             let (http, body) = (http.clone(), body.clone());
             async move {
                 matches!(
@@ -343,18 +358,22 @@ async fn main() {
         })
         .await;
         r.print(&format!(
-            "heartbeats, {} replica(s) (1,000 agents, 64 connections)",
-            n + 1
+            "heartbeats, {} (1,000 agents, 64 connections)",
+            MODES[mode]
         ));
-        rates[n].push(r.requests as f64 / r.elapsed.as_secs_f64());
+        rates[mode].push(r.requests as f64 / r.elapsed.as_secs_f64());
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (r1, r2) = (mean(&rates[0]), mean(&rates[1]));
+    let r1 = mean(&rates[0]);
     println!(
-        "heartbeat ingestion (mean of 2 interleaved runs each): 1 replica {r1:.0}/s, 2 replicas {r2:.0}/s, ratio {:.2}",
-        r2 / r1
+        "heartbeat ingestion (mean of 2 interleaved runs each): {} {r1:.0}/s",
+        MODES[0]
     );
+    for mode in 1..3 {
+        let r = mean(&rates[mode]);
+        println!("  {}: {r:.0}/s, ratio {:.2}", MODES[mode], r / r1);
+    }
 }
 
 /// Another replica on the database at `url`: its own pool, state and listener, the same agents.

@@ -40,6 +40,8 @@ const AGENT_OVERRIDE: &str = "LUMIE_AGENT_BENCH_BIN";
 /// Adds an arm: another build of the agent (`cargo build --release` of an older commit), in its
 /// default mode.
 const BASELINE: &str = "LUMIE_AGENT_BENCH_BASELINE_BIN";
+/// Prints every round's rate under each median (to see how much the rounds spread).
+const EVERY_ROUND: &str = "LUMIE_AGENT_BENCH_EVERY_ROUND";
 /// Bytes of the one long stream.
 const BULK_BYTES: u64 = 1 << 30;
 /// Rounds (one run of each arm); `LUMIE_AGENT_BENCH_ROUNDS` sets another number.
@@ -330,6 +332,7 @@ fn main() {
         }
     }
     println!("load average after: {}", load_average());
+    let every_round = std::env::var_os(EVERY_ROUND).is_some();
     for (k, kind) in kinds.iter().enumerate() {
         println!("\n{}", kind.title());
         for (a, arm) in arms.iter().enumerate() {
@@ -359,6 +362,10 @@ fn main() {
                 cores(),
                 m(|r| r.others),
             );
+            if every_round {
+                let rates: Vec<String> = r.iter().map(|r| format!("{:.0}", r.rate)).collect();
+                println!("  {:<16} rounds: {}", "", rates.join(" "));
+            }
         }
     }
     println!(

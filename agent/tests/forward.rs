@@ -201,6 +201,101 @@ async fn many_concurrent_connections_each_get_their_own_bytes_back(mode: CopyMod
     assert_eq!(after.rejected, 0);
 }
 
+/// Request and answer, one at a time, as a browser's keep-alive connection to a dev server: each
+/// message is read short (less than the buffer), which is where the buffers mode takes the
+/// socket for drained without asking again; a wake-up lost there would stall the exchange. The
+/// sizes straddle the first buffer (16 KiB), and some messages are written in pieces, so bytes
+/// also arrive while the agent is reading.
+async fn request_and_answer_one_at_a_time_never_stall(mode: CopyMode, pod: IpAddr) {
+    let port = echo_app().await;
+    let (listen, _) = forwarding(pod, port, 16, mode).await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    let mut seed = 7u32;
+    let mut next = move || {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        (seed >> 8) as usize
+    };
+    let exchange = async {
+        for i in 0..2_000usize {
+            let len = 1 + next() % 40_000;
+            let data = pattern(len, i as u8);
+            let pieces = 1 + next() % 3;
+            for piece in data.chunks(len.div_ceil(pieces)) {
+                c.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            let mut back = vec![0u8; len];
+            c.read_exact(&mut back).await.unwrap();
+            assert!(back == data, "message {i} ({len} bytes) came back intact");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("2,000 exchanges within 30 s: a stall means a lost wake-up");
+}
+
+/// An app that reads slowly: the agent's writes to it fill its receive buffer and come back
+/// short, which is where the buffers mode stops writing until the kernel says there is room.
+async fn a_slow_reader_gets_every_byte_in_order(mode: CopyMode, pod: IpAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 8 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    // The slowness under test, not a wait for something.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let _ = s.write_all(&(got.len() as u64).to_be_bytes()).await;
+                let _ = s.write_all(&got[got.len().saturating_sub(64)..]).await;
+                let _ = s.write_all(&crc(&got).to_be_bytes()).await;
+            });
+        }
+    });
+    let (listen, _) = forwarding(pod, port, 16, mode).await;
+    let data = pattern(2 << 20, 3);
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    let transfer = async {
+        c.write_all(&data).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let back = tokio::time::timeout(Duration::from_secs(30), transfer)
+        .await
+        .expect("2 MiB to a slow reader within 30 s: a stall means a lost wake-up");
+    assert_eq!(back.len(), 8 + 64 + 4, "count, tail and checksum came back");
+    assert_eq!(
+        u64::from_be_bytes(back[..8].try_into().unwrap()),
+        data.len() as u64
+    );
+    assert_eq!(&back[8..72], &data[data.len() - 64..]);
+    assert_eq!(
+        u32::from_be_bytes(back[72..].try_into().unwrap()),
+        crc(&data),
+        "every byte, in order"
+    );
+}
+
+/// An order-sensitive checksum (Adler-32), enough to tell reordered or lost bytes.
+fn crc(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in data {
+        a = (a + u32::from(x)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    (b << 16) | a
+}
+
 async fn connections_over_the_limit_are_closed_and_room_frees_up(mode: CopyMode, pod: IpAddr) {
     let port = echo_app().await;
     let (listen, stats) = forwarding(pod, port, 3, mode).await;
@@ -454,6 +549,26 @@ async fn connections_over_the_limit_are_closed_and_room_frees_up_splice() {
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_and_room_frees_up_buffers() {
     connections_over_the_limit_are_closed_and_room_frees_up(CopyMode::Buffers, pod_ip(104)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_answer_one_at_a_time_never_stall_splice() {
+    request_and_answer_one_at_a_time_never_stall(CopyMode::Splice, pod_ip(9)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_answer_one_at_a_time_never_stall_buffers() {
+    request_and_answer_one_at_a_time_never_stall(CopyMode::Buffers, pod_ip(109)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_byte_in_order_splice() {
+    a_slow_reader_gets_every_byte_in_order(CopyMode::Splice, pod_ip(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_byte_in_order_buffers() {
+    a_slow_reader_gets_every_byte_in_order(CopyMode::Buffers, pod_ip(110)).await;
 }
 
 /// VmRSS of `pid`, KiB.

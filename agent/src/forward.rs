@@ -19,7 +19,9 @@
 //! is taken only in part, ends that direction's turn without the extra call that would only say
 //! EAGAIN ([`recv_some`], [`send_some`]): 6.4 calls per keep-alive request instead of 8.75, and
 //! one fewer per short connection (counted with `strace -c` in `benches/agent.rs`). Nearly all of
-//! a forwarded connection's CPU is the kernel's (95 % under `perf`), so calls are what counts.
+//! a forwarded connection's CPU is the kernel's (95 % under `perf`), so calls and segments are
+//! what counts: with other connections open, an answer's last bytes and the app's close leave in
+//! one segment (see [`Direction::poll`]).
 
 use std::future::Future;
 use std::io;
@@ -207,7 +209,7 @@ pub async fn serve(
         stats.open.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         connections.spawn(async move {
-            if let Err(e) = forward_one(inbound, target, copy_mode, &stats.bytes).await {
+            if let Err(e) = forward_one(inbound, target, copy_mode, &stats).await {
                 tracing::debug!(%peer, %target, "forwarded connection ended: {e}");
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -223,8 +225,9 @@ async fn forward_one(
     inbound: TcpStream,
     target: SocketAddr,
     copy_mode: CopyMode,
-    bytes: &AtomicU64,
+    stats: &ForwardStats,
 ) -> io::Result<()> {
+    let bytes = &stats.bytes;
     let outbound = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect to the app timed out"))??;
@@ -242,8 +245,9 @@ async fn forward_one(
     let mut up = Direction::default();
     let mut down = Direction::default();
     std::future::poll_fn(|cx| {
-        let a = up.poll(cx, &inbound, &outbound, bytes, down.done);
-        let b = down.poll(cx, &outbound, &inbound, bytes, up.done);
+        let busy = stats.open.load(Ordering::Relaxed) > 1;
+        let a = up.poll(cx, &inbound, &outbound, bytes, down.done, busy);
+        let b = down.poll(cx, &outbound, &inbound, bytes, up.done, busy);
         match (a, b) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
@@ -294,6 +298,7 @@ impl Direction {
         to: &TcpStream,
         bytes: &AtomicU64,
         other_done: bool,
+        busy: bool,
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -301,7 +306,13 @@ impl Direction {
         loop {
             while self.written < self.buf.len() {
                 std::task::ready!(to.poll_write_ready(cx))?;
-                match send_some(to, &self.buf[self.written..]) {
+                // The last bytes before a half-close wait for the FIN (MSG_MORE), which the
+                // shutdown below adds to their segment: one segment (and its ACK) fewer per
+                // short connection. That holds the bytes for one more system call, so only
+                // when other connections are open (`busy`), where CPU decides the rate; a lone
+                // connection is bound by latency and sends at once.
+                let last = busy && self.eof && !other_done;
+                match send_some(to, &self.buf[self.written..], last) {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Ok(n) => self.written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -331,19 +342,31 @@ impl Direction {
             if self.buf.capacity() < self.next {
                 self.buf = Vec::with_capacity(self.next);
             }
-            match recv_some(from, &mut self.buf) {
-                Ok(0) => self.eof = true,
-                Ok(n) => {
-                    bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    self.shrink_armed = false;
-                    if n == self.buf.capacity() {
-                        // Sustained throughput: a larger buffer for the next read, once this
-                        // one is written out.
-                        self.next = self.next.saturating_mul(2);
+            loop {
+                match recv_some(from, &mut self.buf) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
                     }
+                    Ok(n) => {
+                        bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        self.shrink_armed = false;
+                        if self.buf.len() == self.buf.capacity() {
+                            // Sustained throughput: a larger buffer for the next read, once
+                            // this one is written out.
+                            self.next = self.next.saturating_mul(2);
+                            break;
+                        }
+                        // The short read cleared the readiness; it is back only when the FIN
+                        // is in (closed readiness stays) or more bytes came: read on, so that
+                        // an EOF right behind the last bytes is known before they are written.
+                        if from.poll_read_ready(cx).is_pending() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -400,13 +423,19 @@ fn recv_some(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
-/// Writes what `to` takes of `bytes`. A write that takes less found the send buffer full, which
+/// Writes what `to` takes of `bytes`, with MSG_MORE when a shutdown follows (the kernel holds a
+/// partial segment until then). A write that takes less found the send buffer full, which
 /// also asks the kernel for a wake-up once there is room again, so the readiness is cleared then
 /// (as for [`recv_some`]): the write that would only have said EAGAIN is never made.
-fn send_some(to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+fn send_some(to: &TcpStream, bytes: &[u8], more: bool) -> io::Result<usize> {
+    let flags = if more {
+        rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::MORE
+    } else {
+        rustix::net::SendFlags::NOSIGNAL
+    };
     let mut short = None;
     let sent = to.try_io(Interest::WRITABLE, || {
-        let n = rustix::net::send(to, bytes, rustix::net::SendFlags::NOSIGNAL)?;
+        let n = rustix::net::send(to, bytes, flags)?;
         if 0 < n && n < bytes.len() {
             short = Some(n);
             return Err(io::ErrorKind::WouldBlock.into());

@@ -235,6 +235,49 @@ async fn request_and_answer_one_at_a_time_never_stall(mode: CopyMode, pod: IpAdd
         .expect("2,000 exchanges within 30 s: a stall means a lost wake-up");
 }
 
+/// An app that answers and closes at once, as a dev server answering `Connection: close`, while
+/// another connection is open: with the agent busy, the answer's last bytes wait for the FIN
+/// (MSG_MORE) and leave with it. Every answer must still arrive whole, followed by the EOF.
+async fn an_answer_and_the_close_right_behind_it_arrive_whole(mode: CopyMode, pod: IpAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).await.is_ok() {
+                    let len = u32::from_be_bytes(len) as usize;
+                    let _ = s.write_all(&pattern(len, len as u8)).await;
+                }
+                // Dropped: the close follows the answer at once.
+            });
+        }
+    });
+    let (listen, stats) = forwarding(pod, port, 16, mode).await;
+    let _other = TcpStream::connect(listen).await.unwrap();
+    while stats.snapshot().open < 1 {
+        tokio::task::yield_now().await;
+    }
+    let answers = async {
+        for i in 0..300u32 {
+            let len = 1 + (i * 7_919) % 70_000;
+            let mut c = TcpStream::connect(listen).await.unwrap();
+            c.write_all(&len.to_be_bytes()).await.unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back.len(), len as usize, "answer {i} whole, then the EOF");
+            assert!(
+                back == pattern(len as usize, len as u8),
+                "answer {i} intact"
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), answers)
+        .await
+        .expect("300 answers within 30 s: a stall means held bytes never left");
+}
+
 /// An app that reads slowly: the agent's writes to it fill its receive buffer and come back
 /// short, which is where the buffers mode stops writing until the kernel says there is room.
 async fn a_slow_reader_gets_every_byte_in_order(mode: CopyMode, pod: IpAddr) {
@@ -569,6 +612,16 @@ async fn a_slow_reader_gets_every_byte_in_order_splice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_every_byte_in_order_buffers() {
     a_slow_reader_gets_every_byte_in_order(CopyMode::Buffers, pod_ip(110)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_and_the_close_right_behind_it_arrive_whole_splice() {
+    an_answer_and_the_close_right_behind_it_arrive_whole(CopyMode::Splice, pod_ip(11)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_and_the_close_right_behind_it_arrive_whole_buffers() {
+    an_answer_and_the_close_right_behind_it_arrive_whole(CopyMode::Buffers, pod_ip(111)).await;
 }
 
 /// VmRSS of `pid`, KiB.

@@ -44,6 +44,20 @@ impl DevContainerRunner {
         }
     }
 
+    /// [`new`](Self::new), with `work_dir` created (the simulator runs pods right away).
+    pub fn created(work_dir: impl Into<PathBuf>) -> Result<Self, HarnessError> {
+        let runner = DevContainerRunner::new(work_dir);
+        std::fs::create_dir_all(&runner.work_dir)
+            .map_err(io_error(format!("creating {}", runner.work_dir.display())))?;
+        Ok(runner)
+    }
+
+    /// Adds `key=value` to every pod's environment.
+    pub fn with_env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.extra_env.insert(key.into(), value.into());
+        self
+    }
+
     /// The log file of a pod's `dev` process.
     pub fn log_path(&self, pod_name: &str) -> PathBuf {
         self.work_dir.join(format!("{pod_name}.log"))
@@ -181,17 +195,30 @@ pub fn agent_binary_dir(under: &Path) -> Result<PathBuf, HarnessError> {
 /// Creates the overlay's singleton `dev-workspace` Service with the contract's ports, as the
 /// `lumie-dev` chart does (the control plane checks it, never creates it).
 pub async fn install_stable_service(client: &Client) -> Result<(), HarnessError> {
+    install_stable_service_in(client, workspace::NAMESPACE, &[]).await
+}
+
+/// [`install_stable_service`] in `namespace`, with the Service port of each app in `drifted`
+/// one above the contract's (its target port stays): the drift the server reports.
+pub async fn install_stable_service_in(
+    client: &Client,
+    namespace: &str,
+    drifted: &[&str],
+) -> Result<(), HarnessError> {
     let ports: Vec<_> = apps::ALL
         .iter()
-        .map(|a| json!({"name": a.slug, "port": a.port, "targetPort": a.port, "protocol": "TCP"}))
+        .map(|a| {
+            let port = a.port + u16::from(drifted.contains(&a.slug));
+            json!({"name": a.slug, "port": port, "targetPort": a.port, "protocol": "TCP"})
+        })
         .collect();
-    Api::<Service>::namespaced(client.clone(), workspace::NAMESPACE)
+    Api::<Service>::namespaced(client.clone(), namespace)
         .patch(
             workspace::STABLE_SERVICE,
             &PatchParams::apply("lumie-harness").force(),
             &Patch::Apply(json!({
                 "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": workspace::STABLE_SERVICE, "namespace": workspace::NAMESPACE},
+                "metadata": {"name": workspace::STABLE_SERVICE, "namespace": namespace},
                 "spec": {"type": "ClusterIP", "ports": ports,
                          "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE}}
             })),
@@ -296,6 +323,15 @@ pub struct StandInAgent {
     pub apps_json: &'static str,
     /// Seconds before the first heartbeat (so a watcher sees `starting` before `running`).
     pub first_after_secs: u32,
+}
+
+impl StandInAgent {
+    /// Every app healthy, the first heartbeat at once: a workspace that runs as soon as its pod
+    /// does.
+    pub const HEALTHY: StandInAgent = StandInAgent {
+        apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
+        first_after_secs: 0,
+    };
 }
 
 impl PodAction for StandInAgent {

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use lumie_contract::{apps, labels, workspace};
@@ -71,18 +71,7 @@ impl PodAction for DevContainerRunner {
         if !is_workspace {
             return None;
         }
-        let spec = ctx.pod.spec.as_ref()?;
-        let dev = spec
-            .containers
-            .iter()
-            .find(|c| c.name == workspace::CONTAINER_DEV)?;
-        let argv: Vec<String> = dev
-            .command
-            .iter()
-            .flatten()
-            .chain(dev.args.iter().flatten())
-            .cloned()
-            .collect();
+        let argv = dev_argv(&ctx.pod)?;
         let (program, args) = argv.split_first()?;
         let pod_dir = self.work_dir.join(ctx.pod.name_any());
         let home = pod_dir.join("home");
@@ -102,6 +91,25 @@ impl PodAction for DevContainerRunner {
             .stderr(log);
         Some(cmd)
     }
+}
+
+/// The `dev` container's command line (command, then args) of a workspace pod: the agent init
+/// script, as the kubelet would run it.
+pub fn dev_argv(pod: &Pod) -> Option<Vec<String>> {
+    let dev = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == workspace::CONTAINER_DEV)?;
+    Some(
+        dev.command
+            .iter()
+            .flatten()
+            .chain(dev.args.iter().flatten())
+            .cloned()
+            .collect(),
+    )
 }
 
 /// The built `lumie-agent` binary next to the running test or demo executable. Under cargo
@@ -195,37 +203,60 @@ pub fn agent_binary_dir(under: &Path) -> Result<PathBuf, HarnessError> {
 /// Creates the overlay's singleton `dev-workspace` Service with the contract's ports, as the
 /// `lumie-dev` chart does (the control plane checks it, never creates it).
 pub async fn install_stable_service(client: &Client) -> Result<(), HarnessError> {
-    install_stable_service_in(client, workspace::NAMESPACE, &[]).await
+    StableService::default().install(client).await
 }
 
-/// [`install_stable_service`] in `namespace`, with the Service port of each app in `drifted`
-/// one above the contract's (its target port stays): the drift the server reports.
-pub async fn install_stable_service_in(
-    client: &Client,
-    namespace: &str,
-    drifted: &[&str],
-) -> Result<(), HarnessError> {
-    let ports: Vec<_> = apps::ALL
-        .iter()
-        .map(|a| {
-            let port = a.port + u16::from(drifted.contains(&a.slug));
-            json!({"name": a.slug, "port": port, "targetPort": a.port, "protocol": "TCP"})
-        })
-        .collect();
-    Api::<Service>::namespaced(client.clone(), namespace)
-        .patch(
-            workspace::STABLE_SERVICE,
-            &PatchParams::apply("lumie-harness").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": workspace::STABLE_SERVICE, "namespace": namespace},
-                "spec": {"type": "ClusterIP", "ports": ports,
-                         "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE}}
-            })),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| HarnessError::Kube("creating the dev-workspace Service".into(), e))
+/// The overlay's `dev-workspace` Service as a test wants it.
+#[derive(Clone, Copy, Debug)]
+pub struct StableService<'a> {
+    /// Where (default `lumie-dev`).
+    pub namespace: &'a str,
+    /// Apps whose Service port is one above the contract's (the target port stays): the drift
+    /// the server reports.
+    pub drifted: &'a [&'a str],
+    /// The field manager applying it (default `lumie-harness`): a test that checks the server
+    /// never writes the Service looks for this one alone.
+    pub manager: &'a str,
+}
+
+impl Default for StableService<'_> {
+    fn default() -> Self {
+        StableService {
+            namespace: workspace::NAMESPACE,
+            drifted: &[],
+            manager: "lumie-harness",
+        }
+    }
+}
+
+impl StableService<'_> {
+    /// Creates or replaces it (server-side apply, forced).
+    pub async fn install(&self, client: &Client) -> Result<(), HarnessError> {
+        let ports: Vec<_> = apps::ALL
+            .iter()
+            .map(|a| {
+                let port = a.port + u16::from(self.drifted.contains(&a.slug));
+                json!({"name": a.slug, "port": port, "targetPort": a.port, "protocol": "TCP"})
+            })
+            .collect();
+        let ns = self.namespace;
+        Api::<Service>::namespaced(client.clone(), ns)
+            .patch(
+                workspace::STABLE_SERVICE,
+                &PatchParams::apply(self.manager).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": workspace::STABLE_SERVICE, "namespace": ns},
+                    "spec": {"type": "ClusterIP", "ports": ports,
+                             "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE}}
+                })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                HarnessError::Kube(format!("creating the dev-workspace Service in {ns}"), e)
+            })
+    }
 }
 
 /// Small HTTP + WebSocket servers standing in for Tilt, code-server and the agents UI, each on

@@ -99,6 +99,28 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = (T, K)>,
 {
+    shared(None, start)
+}
+
+/// [`start_shared`] for a set-up that may hang (charts, a provider, policy syncs): a panic
+/// after `within` rather than a test binary that never ends.
+pub fn start_shared_within<T, K, F, Fut>(within: Duration, start: F) -> T
+where
+    T: Send + 'static,
+    K: 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (T, K)>,
+{
+    shared(Some(within), start)
+}
+
+fn shared<T, K, F, Fut>(within: Option<Duration>, start: F) -> T
+where
+    T: Send + 'static,
+    K: 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (T, K)>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -113,7 +135,12 @@ where
             }
         });
     });
-    rx.recv().expect("the shared stack starts")
+    match within {
+        None => rx.recv().expect("the shared stack starts"),
+        Some(within) => rx
+            .recv_timeout(within)
+            .unwrap_or_else(|e| panic!("the shared stack did not start within {within:?}: {e}")),
+    }
 }
 
 /// The `lumie-server` binary of this build (`CARGO_BIN_EXE_*` only exists for the crate's own

@@ -1,16 +1,19 @@
 //! The end-to-end stacks the test binaries share, assembled one way: a throwaway PostgreSQL
 //! ([`Postgres`]), the in-process server with the webhook and the overlay's Service in front of
 //! real workspace pods ([`AgentStack`]), and an admin's client of the workspace API that waits
-//! for a workspace state ([`WorkspaceClient`]).
+//! for a workspace state ([`WorkspaceClient`]), and the waits and counts the tests around them
+//! share ([`eventually`], [`count_by_workspace`]).
 //!
 //! The pieces it is built from stay where they were: the webhook in [`crate::admission`], the
 //! server and its process in [`crate::control_plane`], pods and the Service in
 //! [`crate::workspace_pods`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use lumie_server::api::WorkspaceJson;
 use lumie_server::config::Config;
 use lumie_server::serve::Running;
@@ -257,4 +260,39 @@ impl WorkspaceClient {
 /// Whether the workspace's agent is `connected` (its heartbeats are accepted).
 pub fn agent_connected(ws: &WorkspaceJson) -> bool {
     ws.agent.as_ref().is_some_and(|a| a.status == "connected")
+}
+
+/// Calls `f` every `every` until it gives a value, and returns it; panics naming `what` after
+/// `within`. For states seen from outside with no event to wait on (a Lease write, a row, an
+/// object the reconciler restores): `every` is what the state's own pace allows.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, every: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// How many of `objects` carry each workspace id (`None`: no workspace-id label at all): one
+/// of each per workspace is what "nothing duplicated, nothing orphaned" means.
+pub fn count_by_workspace<K: ResourceExt>(objects: &[K]) -> BTreeMap<Option<String>, usize> {
+    let mut counts = BTreeMap::new();
+    for o in objects {
+        let id = o
+            .labels()
+            .get(lumie_contract::labels::WORKSPACE_ID)
+            .cloned();
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
 }

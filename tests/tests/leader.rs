@@ -22,15 +22,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Api;
 use kube::api::ListParams;
-use kube::{Api, ResourceExt};
 use lumie_contract::{labels, workspace};
 use lumie_server::config::DatabaseConfig;
 use lumie_server::db::Db;
 use lumie_server::model::BuildStatus;
 use lumie_tests::admission::Policies;
 use lumie_tests::control_plane::Echo;
-use lumie_tests::stack::Postgres;
+use lumie_tests::stack::{self, Postgres};
 use lumie_tests::workspace_pods::{self, StandInAgent};
 use lumie_tests::{Cluster, admission, control_plane};
 use serde_json::{Value, json};
@@ -39,6 +39,8 @@ const LEASE: &str = "leader-e2e";
 const REPLICAS: usize = 3;
 const ROUNDS: usize = 10;
 const PER_ROUND: usize = 3;
+/// How often a Lease holder or a build row is looked at: hand-overs are timed to it.
+const POLL: Duration = Duration::from_millis(20);
 
 /// The webhook (guarding `lumie-dev`), the overlay's Service and the stand-in agent, once per
 /// process.
@@ -157,35 +159,6 @@ async fn holder_of(leases: &Api<Lease>, name: &str) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// Polls `f` every 20 ms until it gives a value (there is no event to wait on for a Lease
-/// write or a row change seen from outside), failing after `within`.
-async fn poll<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn by_workspace<K: ResourceExt>(objects: &[K]) -> BTreeMap<Option<String>, usize> {
-    let mut counts = BTreeMap::new();
-    for o in objects {
-        let id = o.labels().get(labels::WORKSPACE_ID).cloned();
-        *counts.entry(id).or_default() += 1;
-    }
-    counts
-}
-
 fn stats(name: &str, v: &[Duration]) -> String {
     let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64()).collect();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -249,9 +222,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
             round < ROUNDS + 5,
             "only {mid_build} of {round} kills hit builds in flight"
         );
-        let leader = poll(
+        let leader = stack::eventually(
             "a leader among the live replicas",
             Duration::from_secs(20),
+            POLL,
             || async {
                 let h = holder(&leases).await?;
                 replicas.iter().position(|r| r.is(&h)).map(|slot| (slot, h))
@@ -316,9 +290,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         if !interrupted.is_empty() {
             mid_build += 1;
         }
-        let new_leader = poll(
+        let new_leader = stack::eventually(
             "another replica holding the Lease",
             Duration::from_secs(15),
+            POLL,
             || async {
                 holder(&leases)
                     .await
@@ -328,9 +303,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         .await;
         to_lease.push(killed.elapsed());
         if !interrupted.is_empty() {
-            poll(
+            stack::eventually(
                 "the interrupted builds claimed by the new leader or ended",
                 Duration::from_secs(15),
+                POLL,
                 || async {
                     for b in &interrupted {
                         let build = db.build(b).await.unwrap().unwrap();
@@ -356,9 +332,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         generation[slot] += 1;
         let addr = replicas[slot].addr;
         replicas[slot] = Replica::spawn(slot, generation[slot], addr, &env);
-        poll(
+        stack::eventually(
             "the round's builds ended",
             Duration::from_secs(30),
+            POLL,
             || async {
                 for b in &builds {
                     if db.build(b).await.unwrap()?.status.is_active() {
@@ -398,13 +375,14 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         .unwrap()
         .items;
     assert_eq!(
-        by_workspace(&pvcs),
+        stack::count_by_workspace(&pvcs),
         want,
         "one home PVC per workspace, nothing else"
     );
-    let pods = poll(
+    let pods = stack::eventually(
         "every workspace pod Running",
         Duration::from_secs(30),
+        POLL,
         || async {
             let pods = pods_api.list(&lp).await.unwrap().items;
             pods.iter()
@@ -414,7 +392,7 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
     )
     .await;
     assert_eq!(
-        by_workspace(&pods),
+        stack::count_by_workspace(&pods),
         want,
         "one pod per workspace, nothing else"
     );
@@ -507,7 +485,7 @@ async fn a_leader_stopped_gracefully_hands_over_within_a_renew_interval() {
             )
         })
         .collect();
-    let (slot, old) = poll("a leader", Duration::from_secs(20), || async {
+    let (slot, old) = stack::eventually("a leader", Duration::from_secs(20), POLL, || async {
         let h = holder_of(&leases, TERM_LEASE).await?;
         replicas.iter().position(|r| r.is(&h)).map(|slot| (slot, h))
     })
@@ -520,9 +498,10 @@ async fn a_leader_stopped_gracefully_hands_over_within_a_renew_interval() {
         .unwrap();
     assert!(term.success());
     let other = &replicas[1 - slot];
-    let new = poll(
+    let new = stack::eventually(
         "the other replica holding the Lease",
         Duration::from_secs(10),
+        POLL,
         || async { holder_of(&leases, TERM_LEASE).await.filter(|h| other.is(h)) },
     )
     .await;

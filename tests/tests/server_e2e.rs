@@ -27,7 +27,7 @@ use lumie_server::config::{Config, DatabaseConfig};
 use lumie_server::model::{BuildStatus, WorkspaceStatus};
 use lumie_tests::admission::Policies;
 use lumie_tests::control_plane::Echo;
-use lumie_tests::stack::Postgres;
+use lumie_tests::stack::{self, Postgres};
 use lumie_tests::workspace_pods::{StableService, StandInAgent};
 use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane, nodes};
 use serde_json::{Value, json};
@@ -43,6 +43,9 @@ const NAMESPACES: &[&str] = &[
     "lumie-e2e-recon",
     "lumie-e2e-sched",
 ];
+
+/// How often a state the reconciler or scheduler reaches is looked at.
+const POLL: Duration = Duration::from_millis(200);
 
 /// Tests that need pods scheduled take it for reading; cordoning every worker takes it for writing.
 static NODES: RwLock<()> = RwLock::const_new(());
@@ -152,7 +155,24 @@ async fn managed_objects(
     client: &Client,
     ns: &str,
 ) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
-    let lp = ListParams::default().labels(&labels::managed_selector());
+    labelled(client, ns, &labels::managed_selector()).await
+}
+
+/// The workspace `ws_id`'s objects in `ns`: (pods, PVCs, Secrets).
+async fn objects(
+    client: &Client,
+    ns: &str,
+    ws_id: &str,
+) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
+    labelled(client, ns, &format!("{}={ws_id}", labels::WORKSPACE_ID)).await
+}
+
+async fn labelled(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
+    let lp = ListParams::default().labels(selector);
     (
         Api::<Pod>::namespaced(client.clone(), ns)
             .list(&lp)
@@ -170,16 +190,6 @@ async fn managed_objects(
             .unwrap()
             .items,
     )
-}
-
-/// How many objects carry each workspace id (`None`: no workspace-id label at all).
-fn by_workspace<K: ResourceExt>(objects: &[K]) -> BTreeMap<Option<String>, usize> {
-    let mut counts = BTreeMap::new();
-    for o in objects {
-        let id = o.labels().get(labels::WORKSPACE_ID).cloned();
-        *counts.entry(id).or_default() += 1;
-    }
-    counts
 }
 
 impl Server {
@@ -360,50 +370,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The objects carrying a workspace's id label, by kind.
-async fn objects(
-    client: &Client,
-    ns: &str,
-    ws_id: &str,
-) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
-    let lp = ListParams::default().labels(&format!("{}={ws_id}", labels::WORKSPACE_ID));
-    (
-        Api::<Pod>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        Api::<Secret>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-    )
 }
 
 fn live(pods: &[Pod]) -> Vec<&Pod> {
@@ -594,9 +560,10 @@ async fn every_worker_cordoned_gives_pending_with_the_schedulers_reason() {
     let (s, v) = server.create("bob", "dev").await;
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let ws = eventually(
+    let ws = stack::eventually(
         "pending with the scheduler's message",
         Duration::from_secs(60),
+        POLL,
         || async {
             let ws = server.workspace(&id).await;
             (ws.status == WorkspaceStatus::Pending
@@ -844,19 +811,19 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     let want: BTreeMap<Option<String>, usize> =
         ids.iter().map(|id| (Some(id.clone()), 1)).collect();
     assert_eq!(
-        by_workspace(&pods),
+        stack::count_by_workspace(&pods),
         want,
         "one pod per workspace, nothing else"
     );
     assert_eq!(
-        by_workspace(&pvcs),
+        stack::count_by_workspace(&pvcs),
         want,
         "one home PVC per workspace, nothing else"
     );
     assert!(
         secrets.is_empty(),
         "no Secret at all (agents use their pod's token): {:?}",
-        by_workspace(&secrets)
+        stack::count_by_workspace(&secrets)
     );
     assert!(
         db.active_builds().await.unwrap().is_empty(),
@@ -864,9 +831,10 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     );
     // The half-done workspace's agent reported in with its pod's token (it is running, and
     // its agent row shows the contact).
-    eventually(
+    stack::eventually(
         "the half-done workspace's agent contact written",
         Duration::from_secs(10),
+        POLL,
         || async {
             db.agent_for_workspace(&half.workspace.id)
                 .await
@@ -908,12 +876,17 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
     pods.delete("coder-fay-dev", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
-    eventually("the pod recreated", Duration::from_secs(60), || async {
-        pods.get_opt("coder-fay-dev")
-            .await
-            .unwrap()
-            .filter(|p| p.uid().unwrap() != old && p.metadata.deletion_timestamp.is_none())
-    })
+    stack::eventually(
+        "the pod recreated",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            pods.get_opt("coder-fay-dev")
+                .await
+                .unwrap()
+                .filter(|p| p.uid().unwrap() != old && p.metadata.deletion_timestamp.is_none())
+        },
+    )
     .await;
     server
         .wait_status(&id, WorkspaceStatus::Running, Duration::from_secs(60))
@@ -946,13 +919,18 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
         )
         .await
         .unwrap();
-    eventually("the stray pod removed", Duration::from_secs(60), || async {
-        pods.get_opt(&names.pod)
-            .await
-            .unwrap()
-            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-            .then_some(())
-    })
+    stack::eventually(
+        "the stray pod removed",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            pods.get_opt(&names.pod)
+                .await
+                .unwrap()
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        },
+    )
     .await;
     server
         .wait_status(&id, WorkspaceStatus::Stopped, Duration::from_secs(60))
@@ -974,22 +952,32 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
         .await
         .unwrap();
     let created = Instant::now();
-    eventually("the orphan reported", Duration::from_secs(30), || async {
-        server
-            .metrics()
-            .await
-            .contains("lumie_orphaned_objects 1")
-            .then_some(())
-    })
+    stack::eventually(
+        "the orphan reported",
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            server
+                .metrics()
+                .await
+                .contains("lumie_orphaned_objects 1")
+                .then_some(())
+        },
+    )
     .await;
-    eventually("the orphan removed", Duration::from_secs(40), || async {
-        secrets
-            .get_opt("coder-nobody-orphan-agent")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
+    stack::eventually(
+        "the orphan removed",
+        Duration::from_secs(40),
+        POLL,
+        || async {
+            secrets
+                .get_opt("coder-nobody-orphan-agent")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     assert!(
         created.elapsed() >= Duration::from_secs(5),
@@ -1041,7 +1029,7 @@ async fn start_refuses_a_namespace_it_may_not_use() {
         .await
         .unwrap();
     let cp = Cluster::shared().client_as(Identity::ControlPlane).await;
-    let err = eventually("RBAC to take effect", Duration::from_secs(20), || {
+    let err = stack::eventually("RBAC to take effect", Duration::from_secs(20), POLL, || {
         let (cp, dir) = (cp.clone(), dir.path().to_path_buf());
         async move {
             match lumie_server::serve::start(server_config(dir, ns), cp).await {

@@ -186,6 +186,33 @@ impl WorkspaceClient {
         }
     }
 
+    /// `method path` with `body` as JSON: the status and the answer (JSON, or the text as a
+    /// JSON string), whatever they are, for tests asserting on refusals too.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self
+            .http
+            .request(
+                method.parse().expect("an HTTP method"),
+                format!("{}{path}", self.url),
+            )
+            .header("Coder-Session-Token", &self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("the server answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("an answer body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
     /// Creates the workspace `name` of `owner` (`me`, `admin`, a username).
     pub async fn create(&self, owner: &str, name: &str) -> WorkspaceJson {
         self.http

@@ -30,7 +30,7 @@ use lumie_server::db::Db;
 use lumie_server::model::BuildStatus;
 use lumie_tests::admission::Policies;
 use lumie_tests::control_plane::Echo;
-use lumie_tests::stack::{self, Postgres};
+use lumie_tests::stack::{self, Postgres, WorkspaceClient};
 use lumie_tests::workspace_pods::{self, StandInAgent};
 use lumie_tests::{Cluster, admission, control_plane};
 use serde_json::{Value, json};
@@ -127,19 +127,12 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = http
-        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
-        .header("Coder-Session-Token", token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let api = WorkspaceClient {
+        url: format!("http://{addr}"),
+        token: token.to_string(),
+        http: http.clone(),
+    };
+    api.call(method, path, body).await
 }
 
 /// The Lease holder, when there is one.

@@ -27,7 +27,7 @@ use lumie_server::config::{Config, DatabaseConfig};
 use lumie_server::model::{BuildStatus, WorkspaceStatus};
 use lumie_tests::admission::Policies;
 use lumie_tests::control_plane::Echo;
-use lumie_tests::stack::{self, Postgres};
+use lumie_tests::stack::{self, Postgres, WorkspaceClient};
 use lumie_tests::workspace_pods::{StableService, StandInAgent};
 use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane, nodes};
 use serde_json::{Value, json};
@@ -275,20 +275,12 @@ impl Server {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), self.url(path))
-            .header("Coder-Session-Token", &self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let api = WorkspaceClient {
+            url: format!("http://{}", self.addr),
+            token: self.token.clone(),
+            http: self.http.clone(),
+        };
+        api.call(method, path, body).await
     }
 
     async fn create(&self, owner: &str, name: &str) -> (u16, Value) {

@@ -155,6 +155,17 @@ fn with_kind<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
     v
 }
 
+/// Where a started webhook reads its policies from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policies<'a> {
+    /// Watched from the cluster, with the `WorkspacePolicy` CRD installed first (as the chart
+    /// runs it); guarding `lumie-dev`.
+    Watch,
+    /// A file holding the contract default for `namespaces`, and no CRD: for stacks whose
+    /// tests guard namespaces of their own and never change a policy.
+    File(&'a [&'a str]),
+}
+
 /// Starts the real lumie-webhook on loopback (a serving certificate from the harness CA written
 /// into `dir`, policies watched from the cluster, the harness's control plane as the identity
 /// it stamps on workspace pods) and registers it for `lumie-dev`, with the `WorkspacePolicy` CRD
@@ -163,19 +174,43 @@ pub async fn start_registered_webhook(
     cluster: &crate::Cluster,
     dir: &std::path::Path,
 ) -> Result<lumie_webhook::server::RunningServer, HarnessError> {
+    start_webhook(cluster, dir, Policies::Watch).await
+}
+
+/// [`start_registered_webhook`] with its policies from `policies`, registered for the
+/// namespaces they guard.
+pub async fn start_webhook(
+    cluster: &crate::Cluster,
+    dir: &std::path::Path,
+    policies: Policies<'_>,
+) -> Result<lumie_webhook::server::RunningServer, HarnessError> {
+    use lumie_webhook::server::PolicySource;
     use std::net::{IpAddr, Ipv4Addr};
     let admin = cluster.client().await;
-    crate::bootstrap::install_policy_crd(&admin).await?;
     let pair = cluster
         .ca()
         .issue_server(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)
         .map_err(|e| HarnessError::Credentials(format!("the webhook's serving cert: {e}")))?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert, &pair.cert_pem).map_err(crate::io_error("writing the webhook cert"))?;
-    std::fs::write(&key, &pair.key_pem).map_err(crate::io_error("writing the webhook key"))?;
+    lumie_webhook::certs::write_private(&key, &pair.key_pem)
+        .map_err(|e| HarnessError::Webhook(format!("writing its key: {e}")))?;
+    let (source, namespaces) = match policies {
+        Policies::Watch => {
+            crate::bootstrap::install_policy_crd(&admin).await?;
+            (PolicySource::Watch(admin.clone()), &[][..])
+        }
+        Policies::File(namespaces) => {
+            let file = dir.join("policy.yaml");
+            let default = serde_json::json!({ "namespaces": namespaces });
+            std::fs::write(&file, default.to_string())
+                .map_err(crate::io_error("writing the webhook's policy file"))?;
+            (PolicySource::File(file), namespaces)
+        }
+    };
     let loopback = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let mut config = lumie_webhook::server::ServeConfig::new(loopback, loopback, cert, key);
-    config.policy = lumie_webhook::server::PolicySource::Watch(admin.clone());
+    config.policy = source;
     // The server's identity in the harness: the webhook stamps it on the pods it creates, and
     // the server trusts only pods carrying it.
     config.identities.control_plane = vec![crate::Identity::ControlPlane.username().into()];
@@ -186,7 +221,7 @@ pub async fn start_registered_webhook(
         &admin,
         &format!("https://127.0.0.1:{}", webhook.addr.port()),
         cluster.ca().cert_pem(),
-        &[],
+        namespaces,
     )
     .await?;
     Ok(webhook)

@@ -115,6 +115,9 @@ pub enum HarnessError {
     /// The load balancer (haproxy) in front of several servers did not start.
     #[error("haproxy: {0}")]
     Balancer(String),
+    /// A lumie-server process did not start.
+    #[error("lumie-server: {0}")]
+    Server(String),
 }
 
 /// Wraps an I/O error with what was being done.

@@ -10,10 +10,12 @@
 //! - [`cluster`]: starting, stopping and reaching the control plane ([`Cluster`], [`Identity`]);
 //! - [`admission`]: registering lumie-webhook with the apiserver;
 //! - [`balancer`]: haproxy in front of several lumie-server processes;
-//! - [`control_plane`]: running lumie-server against the harness;
+//! - [`control_plane`]: running lumie-server against the harness, in process or as the binary;
 //! - [`bootstrap`]: what a real cluster would have before lumie-coder is installed;
 //! - [`nodes`]: fake nodes, cordoning and filling workers;
 //! - [`simulator`]: the kubelet, token-controller and PV-binder stand-ins;
+//! - [`stack`]: the stacks the end-to-end tests share (PostgreSQL, the server with real agents, a
+//!   workspace API client that waits for a state);
 //! - [`static_bins`]: the static agent and CLI of `scripts/build-static.sh`, and what runs them elsewhere;
 //! - [`tools`]: the repository root and the helm/kubectl the project installs;
 //! - [`workspace_pods`]: running a workspace pod's `dev` entry for real, stand-in apps, the agent binary;
@@ -27,6 +29,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod nodes;
 pub mod simulator;
+pub mod stack;
 pub mod static_bins;
 pub mod tools;
 pub mod workspace_pods;

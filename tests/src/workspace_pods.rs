@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use lumie_contract::{apps, labels, workspace};
@@ -44,6 +44,20 @@ impl DevContainerRunner {
         }
     }
 
+    /// [`new`](Self::new), with `work_dir` created (the simulator runs pods right away).
+    pub fn created(work_dir: impl Into<PathBuf>) -> Result<Self, HarnessError> {
+        let runner = DevContainerRunner::new(work_dir);
+        std::fs::create_dir_all(&runner.work_dir)
+            .map_err(io_error(format!("creating {}", runner.work_dir.display())))?;
+        Ok(runner)
+    }
+
+    /// Adds `key=value` to every pod's environment.
+    pub fn with_env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.extra_env.insert(key.into(), value.into());
+        self
+    }
+
     /// The log file of a pod's `dev` process.
     pub fn log_path(&self, pod_name: &str) -> PathBuf {
         self.work_dir.join(format!("{pod_name}.log"))
@@ -57,18 +71,7 @@ impl PodAction for DevContainerRunner {
         if !is_workspace {
             return None;
         }
-        let spec = ctx.pod.spec.as_ref()?;
-        let dev = spec
-            .containers
-            .iter()
-            .find(|c| c.name == workspace::CONTAINER_DEV)?;
-        let argv: Vec<String> = dev
-            .command
-            .iter()
-            .flatten()
-            .chain(dev.args.iter().flatten())
-            .cloned()
-            .collect();
+        let argv = dev_argv(&ctx.pod)?;
         let (program, args) = argv.split_first()?;
         let pod_dir = self.work_dir.join(ctx.pod.name_any());
         let home = pod_dir.join("home");
@@ -88,6 +91,25 @@ impl PodAction for DevContainerRunner {
             .stderr(log);
         Some(cmd)
     }
+}
+
+/// The `dev` container's command line (command, then args) of a workspace pod: the agent init
+/// script, as the kubelet would run it.
+pub fn dev_argv(pod: &Pod) -> Option<Vec<String>> {
+    let dev = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == workspace::CONTAINER_DEV)?;
+    Some(
+        dev.command
+            .iter()
+            .flatten()
+            .chain(dev.args.iter().flatten())
+            .cloned()
+            .collect(),
+    )
 }
 
 /// The built `lumie-agent` binary next to the running test or demo executable. Under cargo
@@ -181,24 +203,60 @@ pub fn agent_binary_dir(under: &Path) -> Result<PathBuf, HarnessError> {
 /// Creates the overlay's singleton `dev-workspace` Service with the contract's ports, as the
 /// `lumie-dev` chart does (the control plane checks it, never creates it).
 pub async fn install_stable_service(client: &Client) -> Result<(), HarnessError> {
-    let ports: Vec<_> = apps::ALL
-        .iter()
-        .map(|a| json!({"name": a.slug, "port": a.port, "targetPort": a.port, "protocol": "TCP"}))
-        .collect();
-    Api::<Service>::namespaced(client.clone(), workspace::NAMESPACE)
-        .patch(
-            workspace::STABLE_SERVICE,
-            &PatchParams::apply("lumie-harness").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": workspace::STABLE_SERVICE, "namespace": workspace::NAMESPACE},
-                "spec": {"type": "ClusterIP", "ports": ports,
-                         "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE}}
-            })),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| HarnessError::Kube("creating the dev-workspace Service".into(), e))
+    StableService::default().install(client).await
+}
+
+/// The overlay's `dev-workspace` Service as a test wants it.
+#[derive(Clone, Copy, Debug)]
+pub struct StableService<'a> {
+    /// Where (default `lumie-dev`).
+    pub namespace: &'a str,
+    /// Apps whose Service port is one above the contract's (the target port stays): the drift
+    /// the server reports.
+    pub drifted: &'a [&'a str],
+    /// The field manager applying it (default `lumie-harness`): a test that checks the server
+    /// never writes the Service looks for this one alone.
+    pub manager: &'a str,
+}
+
+impl Default for StableService<'_> {
+    fn default() -> Self {
+        StableService {
+            namespace: workspace::NAMESPACE,
+            drifted: &[],
+            manager: "lumie-harness",
+        }
+    }
+}
+
+impl StableService<'_> {
+    /// Creates or replaces it (server-side apply, forced).
+    pub async fn install(&self, client: &Client) -> Result<(), HarnessError> {
+        let ports: Vec<_> = apps::ALL
+            .iter()
+            .map(|a| {
+                let port = a.port + u16::from(self.drifted.contains(&a.slug));
+                json!({"name": a.slug, "port": port, "targetPort": a.port, "protocol": "TCP"})
+            })
+            .collect();
+        let ns = self.namespace;
+        Api::<Service>::namespaced(client.clone(), ns)
+            .patch(
+                workspace::STABLE_SERVICE,
+                &PatchParams::apply(self.manager).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": workspace::STABLE_SERVICE, "namespace": ns},
+                    "spec": {"type": "ClusterIP", "ports": ports,
+                             "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE}}
+                })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                HarnessError::Kube(format!("creating the dev-workspace Service in {ns}"), e)
+            })
+    }
 }
 
 /// Small HTTP + WebSocket servers standing in for Tilt, code-server and the agents UI, each on
@@ -296,6 +354,15 @@ pub struct StandInAgent {
     pub apps_json: &'static str,
     /// Seconds before the first heartbeat (so a watcher sees `starting` before `running`).
     pub first_after_secs: u32,
+}
+
+impl StandInAgent {
+    /// Every app healthy, the first heartbeat at once: a workspace that runs as soon as its pod
+    /// does.
+    pub const HEALTHY: StandInAgent = StandInAgent {
+        apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
+        first_after_secs: 0,
+    };
 }
 
 impl PodAction for StandInAgent {

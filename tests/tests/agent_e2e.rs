@@ -28,66 +28,10 @@ use lumie_server::api::WorkspaceJson;
 use lumie_server::config::Config;
 use lumie_server::serve::Running;
 use lumie_tests::simulator::request_token;
+use lumie_tests::stack::AgentStack;
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
 use lumie_tests::{Cluster, Identity, admission, control_plane};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-
-struct Stack {
-    url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Stack {
-    async fn workspace(&self, id: &str) -> WorkspaceJson {
-        self.http
-            .get(format!("{}/api/v2/workspaces/{id}", self.url))
-            .header("Coder-Session-Token", &self.token)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Polls the workspace until `check` holds; panics with the last state and the pod log.
-    async fn wait_for(
-        &self,
-        what: &str,
-        id: &str,
-        secs: u64,
-        log: &std::path::Path,
-        check: impl Fn(&WorkspaceJson) -> bool,
-    ) -> WorkspaceJson {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let ws = self.workspace(id).await;
-            if check(&ws) {
-                return ws;
-            }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(log).unwrap_or_default();
-                panic!("timed out waiting for {what}: {ws:#?}\n--- dev container log ---\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn build(&self, id: &str, transition: &str) {
-        self.http
-            .post(format!("{}/api/v2/workspaces/{id}/builds", self.url))
-            .header("Coder-Session-Token", &self.token)
-            .json(&serde_json::json!({ "transition": transition }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
-    }
-}
 
 fn is(status: &WorkspaceJson, want: &str) -> bool {
     serde_json::to_value(status.status).unwrap() == want
@@ -109,55 +53,30 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     let admin = cluster.client().await;
     let work = tempfile::tempdir().unwrap();
 
-    // The real webhook, registered with the real apiserver.
-    let webhook = admission::start_registered_webhook(cluster, work.path())
+    // The real webhook, registered with the real apiserver, and the server, with a short
+    // report interval so connection changes show quickly.
+    let agents = workspace_pods::agent_binary_dir(work.path()).unwrap();
+    let AgentStack {
+        webhook,
+        server,
+        config,
+        api: stack,
+    } = AgentStack::start(cluster, work.path(), agents)
         .await
         .unwrap();
-    workspace_pods::install_stable_service(&admin)
-        .await
-        .unwrap();
-
-    // The server, with a short report interval so connection changes show quickly.
-    let mut config = control_plane::server_config(&work.path().join("server")).unwrap();
-    let url = config.access_url.clone();
-    config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path()).unwrap();
-    config.agent_report_interval = Duration::from_secs(1);
-    let server = start_server(cluster, config.clone()).await;
-    let token = server.first_admin_token.clone().unwrap();
+    let (url, token) = (stack.url.clone(), stack.token.clone());
 
     let apps = StandInApps::start(IpAddr::V4(Ipv4Addr::LOCALHOST))
         .await
         .unwrap();
-    let mut runner = DevContainerRunner::new(work.path().join("pods"));
-    std::fs::create_dir_all(&runner.work_dir).unwrap();
-    runner.extra_env.extend([
-        (
-            "LUMIE_AGENT_HEALTH_INTERVAL".to_string(),
-            "200ms".to_string(),
-        ),
-        ("LUMIE_AGENT_HEALTH_THRESHOLD".to_string(), "2".to_string()),
-        ("LUMIE_AGENT_LOG".to_string(), "debug".to_string()),
-    ]);
+    let runner = DevContainerRunner::created(work.path().join("pods"))
+        .unwrap()
+        .with_env("LUMIE_AGENT_HEALTH_INTERVAL", "200ms")
+        .with_env("LUMIE_AGENT_HEALTH_THRESHOLD", "2")
+        .with_env("LUMIE_AGENT_LOG", "debug");
     cluster.set_pod_action(Arc::new(runner));
 
-    let stack = Stack {
-        url: url.clone(),
-        token: token.clone(),
-        http: reqwest::Client::new(),
-    };
-    let created: WorkspaceJson = stack
-        .http
-        .post(format!("{url}/api/v2/users/admin/workspaces"))
-        .header("Coder-Session-Token", &token)
-        .json(&serde_json::json!({"name": "agent-e2e"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = stack.create("admin", "agent-e2e").await;
     let id = created.id.clone();
     let log = work
         .path()
@@ -166,7 +85,13 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
 
     // Download, heartbeat, ready → running.
     let ws = stack
-        .wait_for("the workspace to run", &id, 120, &log, |w| is(w, "running"))
+        .wait_for(
+            "the workspace to run",
+            &id,
+            Duration::from_secs(120),
+            &log,
+            |w| is(w, "running"),
+        )
         .await;
     let agent = ws.agent.clone().expect("agent shown");
     assert_eq!(agent.lifecycle_state, "ready");
@@ -419,9 +344,13 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     apps.stop_one("agents");
     let killed = Instant::now();
     stack
-        .wait_for("the agents app to turn unhealthy", &id, 10, &log, |w| {
-            app_health(w, "agents") == Some(AppHealth::Unhealthy)
-        })
+        .wait_for(
+            "the agents app to turn unhealthy",
+            &id,
+            Duration::from_secs(10),
+            &log,
+            |w| app_health(w, "agents") == Some(AppHealth::Unhealthy),
+        )
         .await;
     println!(
         "agents app unhealthy {:?} after its stand-in stopped",
@@ -429,9 +358,13 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     );
     apps.start_one("agents").await.unwrap();
     stack
-        .wait_for("the agents app to recover", &id, 10, &log, |w| {
-            app_health(w, "agents") == Some(AppHealth::Healthy)
-        })
+        .wait_for(
+            "the agents app to recover",
+            &id,
+            Duration::from_secs(10),
+            &log,
+            |w| app_health(w, "agents") == Some(AppHealth::Healthy),
+        )
         .await;
 
     // Server restarted (killed, not drained) → the agent reconnects.
@@ -446,7 +379,7 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
         .wait_for(
             "the agent to reconnect after the restart and the workspace to run again",
             &id,
-            60,
+            Duration::from_secs(60),
             &log,
             |w| {
                 w.status_reason.is_empty()
@@ -468,12 +401,22 @@ async fn agent_downloads_reports_ready_forwards_and_shuts_down() {
     // Stop → the pod is deleted, the simulator sends SIGTERM, the agent reports `off`.
     stack.build(&id, "stop").await;
     stack
-        .wait_for("the agent to report off", &id, 60, &log, |w| {
-            w.agent.as_ref().is_some_and(|a| a.lifecycle_state == "off")
-        })
+        .wait_for(
+            "the agent to report off",
+            &id,
+            Duration::from_secs(60),
+            &log,
+            |w| w.agent.as_ref().is_some_and(|a| a.lifecycle_state == "off"),
+        )
         .await;
     stack
-        .wait_for("the workspace to stop", &id, 60, &log, |w| is(w, "stopped"))
+        .wait_for(
+            "the workspace to stop",
+            &id,
+            Duration::from_secs(60),
+            &log,
+            |w| is(w, "stopped"),
+        )
         .await;
 
     // The restarted server saw the agent's heartbeats until `off`, for one TokenReview.

@@ -38,8 +38,9 @@ use lumie_contract::policy::{WorkspacePolicy, WorkspacePolicySpec};
 use lumie_contract::workspace;
 use lumie_server::doctor::checks::id;
 use lumie_server::doctor::{DoctorOptions, Report, Status};
+use lumie_tests::stack::Postgres;
 use lumie_tests::tools::{self, repo_root};
-use lumie_tests::{Cluster, Identity, bootstrap, nodes};
+use lumie_tests::{Cluster, Identity, bootstrap, control_plane, nodes};
 use lumie_webhook::certs::{CertificateAuthority, write_private};
 use lumie_webhook::server::{PolicySource, ServeConfig, start};
 use serde_json::json;
@@ -68,22 +69,6 @@ static ENV: OnceLock<Env> = OnceLock::new();
 
 fn helm(args: &[&str]) -> String {
     tools::helm(args).unwrap_or_else(|stderr| panic!("helm {args:?} failed:\n{stderr}"))
-}
-
-fn start_postgres() -> String {
-    let out = Command::new(repo_root().join("scripts/start-postgres.sh"))
-        .args(["--watch-pid", &std::process::id().to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/start-postgres.sh");
-    assert!(out.status.success(), "start-postgres.sh failed");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .last()
-        .expect("a URL line")
-        .trim()
-        .to_string()
 }
 
 /// Starts provider.js; returns its issuer, the process and the stdin that keeps it alive.
@@ -127,27 +112,15 @@ fn b64(bytes: &[u8]) -> String {
 fn env() -> &'static Env {
     ENV.get_or_init(|| {
         let cluster = Cluster::shared();
-        let pg_url = start_postgres();
+        let pg_url = Postgres::start().expect("PostgreSQL").url;
         let (issuer, oidc) = start_oidc_provider();
-        let (tx, rx) = std::sync::mpsc::channel();
         let pg = pg_url.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
+        // The webhook serves on the shared runtime for the whole process.
+        let (webhook, ca_b64) =
+            control_plane::start_shared_within(Duration::from_secs(600), move || async move {
                 let (addr, ca_b64, server) = install(cluster, &pg, &issuer).await;
-                tx.send((addr, ca_b64)).expect("setup result");
-                // The webhook serves on this runtime for the whole process.
-                let _keep = server;
-                std::future::pending::<()>().await;
+                ((addr, ca_b64), server)
             });
-        });
-        let (webhook, ca_b64) = rx
-            .recv_timeout(Duration::from_secs(600))
-            .expect("doctor test setup finished");
         Env {
             webhook,
             ca_b64,

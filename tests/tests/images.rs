@@ -19,11 +19,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use lumie_server::api::{ReadyJson, WorkspaceJson};
+use lumie_server::api::ReadyJson;
 use lumie_server::config::DatabaseConfig;
+use lumie_tests::control_plane::Echo;
+use lumie_tests::stack::{self, WorkspaceClient, agent_connected};
 use lumie_tests::tools::repo_root;
-use lumie_tests::workspace_pods::{self, DevContainerRunner};
-use lumie_tests::{Cluster, Identity, admission, control_plane};
+use lumie_tests::workspace_pods::DevContainerRunner;
+use lumie_tests::{Cluster, Identity, control_plane};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -713,12 +715,8 @@ fn compressed_layers_fit_their_budgets() {
 async fn server_from_its_image_hands_the_agent_to_a_workspace_pod() {
     let img = image("server");
     let cluster = Cluster::shared();
-    let admin = cluster.client().await;
     let work = tempfile::tempdir().unwrap();
-    let _webhook = admission::start_registered_webhook(cluster, work.path())
-        .await
-        .unwrap();
-    workspace_pods::install_stable_service(&admin)
+    let _webhook = stack::start_workspace_admission(cluster, work.path())
         .await
         .unwrap();
 
@@ -813,46 +811,23 @@ async fn server_from_its_image_hands_the_agent_to_a_workspace_pod() {
     }
 
     // A workspace pod downloads the agent from the image's server; the agent connects.
-    let runner = DevContainerRunner::new(work.path().join("pods"));
-    std::fs::create_dir_all(&runner.work_dir).unwrap();
+    let runner = DevContainerRunner::created(work.path().join("pods")).unwrap();
     cluster.set_pod_action(Arc::new(runner));
-    let created: WorkspaceJson = http
-        .post(format!("{base}/api/v2/users/admin/workspaces"))
-        .header("Coder-Session-Token", &token)
-        .json(&serde_json::json!({"name": "from-image"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = WorkspaceClient::new(&base, &token);
+    let created = api.create("admin", "from-image").await;
     let log = work
         .path()
         .join("pods")
         .join(format!("{}.log", created.pod_name));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let ws = loop {
-        let ws: WorkspaceJson = http
-            .get(format!("{base}/api/v2/workspaces/{}", created.id))
-            .header("Coder-Session-Token", &token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ws.agent.as_ref().is_some_and(|a| a.status == "connected") {
-            break ws;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not connect: {ws:#?}\n--- dev container log ---\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let ws = api
+        .wait_for(
+            "the agent to connect",
+            &created.id,
+            Duration::from_secs(120),
+            &log,
+            agent_connected,
+        )
+        .await;
     let downloaded = work
         .path()
         .join("pods")
@@ -883,36 +858,10 @@ impl ImageServer {
     /// Starts `cmd` and waits (bounded) until the server says it listens on `addr`; its log
     /// goes to the test's stderr.
     fn spawn(mut cmd: Command, addr: SocketAddr) -> ImageServer {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run lumie-server from the image");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("lumie-server (image)[{addr}]: {line}");
-                if line.contains("lumie-server listening")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "lumie-server from the image did not listen on {addr}: {:?}",
-                child.wait()
-            );
-        }
+        let label = format!("lumie-server (image)[{addr}]");
+        let child =
+            control_plane::spawn_until_listening(&mut cmd, Stdio::inherit(), Echo::all(label))
+                .unwrap();
         ImageServer { child }
     }
 

@@ -16,156 +16,48 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::Api;
+use kube::api::ListParams;
 use lumie_contract::{labels, workspace};
 use lumie_server::config::DatabaseConfig;
 use lumie_server::db::Db;
 use lumie_server::model::BuildStatus;
-use lumie_tests::workspace_pods::StandInAgent;
-use lumie_tests::{Cluster, Identity, admission, control_plane};
-use lumie_webhook::certs::write_private;
+use lumie_tests::admission::Policies;
+use lumie_tests::control_plane::Echo;
+use lumie_tests::stack::{self, Postgres, WorkspaceClient};
+use lumie_tests::workspace_pods::{self, StandInAgent};
+use lumie_tests::{Cluster, admission, control_plane};
 use serde_json::{Value, json};
 
 const LEASE: &str = "leader-e2e";
 const REPLICAS: usize = 3;
 const ROUNDS: usize = 10;
 const PER_ROUND: usize = 3;
+/// How often a Lease holder or a build row is looked at: hand-overs are timed to it.
+const POLL: Duration = Duration::from_millis(20);
 
-/// The webhook (guarding `lumie-dev`) and the stand-in agent, once per process.
+/// The webhook (guarding `lumie-dev`), the overlay's Service and the stand-in agent, once per
+/// process.
 fn start_webhook() {
     static STARTED: OnceLock<SocketAddr> = OnceLock::new();
     STARTED.get_or_init(|| {
         let cluster = Cluster::shared();
-        cluster.set_pod_action(Arc::new(StandInAgent {
-            apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
-            first_after_secs: 0,
-        }));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = cluster.client().await;
-                let dir = tempfile::tempdir().unwrap().keep();
-                let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-                let pair = cluster
-                    .ca()
-                    .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1)
-                    .unwrap();
-                std::fs::write(&cert, &pair.cert_pem).unwrap();
-                write_private(&key, &pair.key_pem).unwrap();
-                let policy = dir.join("policy.yaml");
-                std::fs::write(
-                    &policy,
-                    serde_json::to_string(&json!({ "namespaces": [workspace::NAMESPACE] }))
-                        .unwrap(),
-                )
-                .unwrap();
-                let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-                let mut config = lumie_webhook::server::ServeConfig::new(any, any, cert, key);
-                config.policy = lumie_webhook::server::PolicySource::File(policy);
-                config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
-                let server = lumie_webhook::server::start(config).await.unwrap();
-                admission::register_webhooks(
-                    &client,
-                    &format!("https://{}", server.addr),
-                    cluster.ca().cert_pem(),
-                    &[workspace::NAMESPACE],
-                )
+        cluster.set_pod_action(Arc::new(StandInAgent::HEALTHY));
+        control_plane::start_shared(move || async move {
+            let dir = tempfile::tempdir().unwrap().keep();
+            let policies = Policies::File(&[workspace::NAMESPACE]);
+            let webhook = admission::start_webhook(cluster, &dir, policies)
                 .await
                 .unwrap();
-                tx.send(server.addr).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("webhook started")
+            (webhook.addr, webhook)
+        })
     });
-}
-
-/// The `dev-workspace` Service as the lumie-dev overlay makes it (the server checks it).
-async fn stable_service(admin: &Client) {
-    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": workspace::STABLE_SERVICE, "namespace": workspace::NAMESPACE},
-        "spec": {
-            "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE},
-            "ports": [
-                {"name": "tilt", "port": 10350, "targetPort": 10350, "protocol": "TCP"},
-                {"name": "code-server", "port": 13337, "targetPort": 13337, "protocol": "TCP"},
-                {"name": "agents", "port": 3000, "targetPort": 3000, "protocol": "TCP"}
-            ]
-        }
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), workspace::NAMESPACE)
-        .patch(
-            workspace::STABLE_SERVICE,
-            &PatchParams::apply("lumie-dev-overlay").force(),
-            &Patch::Apply(&svc),
-        )
-        .await
-        .unwrap();
-}
-
-/// The `lumie-server` binary of this build, brought up to date by `cargo build` (same profile).
-fn server_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let mut profile_dir = exe.parent().unwrap().to_path_buf();
-        if profile_dir.ends_with("deps") {
-            profile_dir.pop();
-        }
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().to_string();
-            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str());
-            if (k.starts_with("CARGO_") && !keep) || k == "LD_LIBRARY_PATH" || k == "OUT_DIR" {
-                cargo.env_remove(&k);
-            }
-        }
-        cargo
-            .args(["build", "-p", "lumie-server", "--bin", "lumie-server"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .stdout(std::process::Stdio::null());
-        if profile_dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("run cargo build -p lumie-server");
-        let bin = profile_dir.join("lumie-server");
-        assert!(status.success() && bin.exists(), "cargo build: {status}");
-        bin
-    })
-    .clone()
-}
-
-/// A throwaway PostgreSQL server for this process: its `lumie` database's URL.
-fn postgres_url() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-postgres.sh");
-    let out = Command::new(script)
-        .args(["--watch-pid", &std::process::id().to_string()])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run scripts/start-postgres.sh");
-    assert!(out.status.success(), "start-postgres.sh failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .expect("a url line")
-        .trim()
-        .to_string()
 }
 
 /// One replica slot: its address stays, its process is replaced on every restart.
@@ -179,58 +71,25 @@ struct Replica {
 impl Replica {
     fn spawn(slot: usize, generation: usize, addr: SocketAddr, env: &[(&str, String)]) -> Self {
         let pod_name = format!("replica{slot}-gen{generation}");
-        let base = format!("http://{addr}");
-        let mut child = Command::new(server_binary())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("LUMIE_LISTEN_ADDR", addr.to_string())
-            .env("CODER_ACCESS_URL", &base)
-            .env("LUMIE_AGENT_URL", &base)
-            .env("POD_NAME", &pod_name)
-            .env(
-                "KUBECONFIG",
-                Cluster::shared().kubeconfig(Identity::ControlPlane),
-            )
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run lumie-server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let name = pod_name.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
+        let child = control_plane::spawn_until_listening(
+            control_plane::server_command(Cluster::shared(), addr, true)
+                .unwrap()
+                .env("POD_NAME", &pod_name)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
+            Stdio::null(),
+            Echo {
+                label: pod_name.clone(),
                 // What concerns leadership and builds; the rest would drown it.
-                if line.contains("lead")
-                    || line.contains("build")
-                    || line.contains("lease")
-                    || line.contains("ERROR")
-                {
-                    eprintln!("{name}: {line}");
-                }
-                if line.contains("lumie-server listening")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "{pod_name} did not start listening on {addr}: {:?}",
-                child.wait()
-            );
-        }
+                filter: |line| {
+                    line.contains("lead")
+                        || line.contains("build")
+                        || line.contains("lease")
+                        || line.contains("ERROR")
+                },
+                keep: None,
+            },
+        )
+        .unwrap();
         Replica {
             addr,
             pod_name,
@@ -268,19 +127,12 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = http
-        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
-        .header("Coder-Session-Token", token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let api = WorkspaceClient {
+        url: format!("http://{addr}"),
+        token: token.to_string(),
+        http: http.clone(),
+    };
+    api.call(method, path, body).await
 }
 
 /// The Lease holder, when there is one.
@@ -300,35 +152,6 @@ async fn holder_of(leases: &Api<Lease>, name: &str) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// Polls `f` every 20 ms until it gives a value (there is no event to wait on for a Lease
-/// write or a row change seen from outside), failing after `within`.
-async fn poll<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn by_workspace<K: ResourceExt>(objects: &[K]) -> BTreeMap<Option<String>, usize> {
-    let mut counts = BTreeMap::new();
-    for o in objects {
-        let id = o.labels().get(labels::WORKSPACE_ID).cloned();
-        *counts.entry(id).or_default() += 1;
-    }
-    counts
-}
-
 fn stats(name: &str, v: &[Duration]) -> String {
     let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64()).collect();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -346,9 +169,11 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
     let started = Instant::now();
     start_webhook();
     let admin = Cluster::shared().client().await;
-    stable_service(&admin).await;
+    workspace_pods::install_stable_service(&admin)
+        .await
+        .unwrap();
     let leases: Api<Lease> = Api::namespaced(admin.clone(), workspace::CONTROL_PLANE_NAMESPACE);
-    let pg = postgres_url();
+    let pg = Postgres::start().unwrap().url;
     let database = DatabaseConfig::Postgres(pg.clone());
     let db = Db::connect(&database).await.unwrap();
     let (_, token) = db.bootstrap_admin("admin").await.unwrap().unwrap();
@@ -390,9 +215,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
             round < ROUNDS + 5,
             "only {mid_build} of {round} kills hit builds in flight"
         );
-        let leader = poll(
+        let leader = stack::eventually(
             "a leader among the live replicas",
             Duration::from_secs(20),
+            POLL,
             || async {
                 let h = holder(&leases).await?;
                 replicas.iter().position(|r| r.is(&h)).map(|slot| (slot, h))
@@ -457,9 +283,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         if !interrupted.is_empty() {
             mid_build += 1;
         }
-        let new_leader = poll(
+        let new_leader = stack::eventually(
             "another replica holding the Lease",
             Duration::from_secs(15),
+            POLL,
             || async {
                 holder(&leases)
                     .await
@@ -469,9 +296,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         .await;
         to_lease.push(killed.elapsed());
         if !interrupted.is_empty() {
-            poll(
+            stack::eventually(
                 "the interrupted builds claimed by the new leader or ended",
                 Duration::from_secs(15),
+                POLL,
                 || async {
                     for b in &interrupted {
                         let build = db.build(b).await.unwrap().unwrap();
@@ -497,9 +325,10 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         generation[slot] += 1;
         let addr = replicas[slot].addr;
         replicas[slot] = Replica::spawn(slot, generation[slot], addr, &env);
-        poll(
+        stack::eventually(
             "the round's builds ended",
             Duration::from_secs(30),
+            POLL,
             || async {
                 for b in &builds {
                     if db.build(b).await.unwrap()?.status.is_active() {
@@ -539,13 +368,14 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
         .unwrap()
         .items;
     assert_eq!(
-        by_workspace(&pvcs),
+        stack::count_by_workspace(&pvcs),
         want,
         "one home PVC per workspace, nothing else"
     );
-    let pods = poll(
+    let pods = stack::eventually(
         "every workspace pod Running",
         Duration::from_secs(30),
+        POLL,
         || async {
             let pods = pods_api.list(&lp).await.unwrap().items;
             pods.iter()
@@ -555,7 +385,7 @@ async fn killing_the_leader_mid_build_ten_times_hands_over_and_ends_every_build_
     )
     .await;
     assert_eq!(
-        by_workspace(&pods),
+        stack::count_by_workspace(&pods),
         want,
         "one pod per workspace, nothing else"
     );
@@ -623,7 +453,7 @@ async fn a_leader_stopped_gracefully_hands_over_within_a_renew_interval() {
     const TERM_LEASE: &str = "leader-e2e-term";
     let admin = Cluster::shared().client().await;
     let leases: Api<Lease> = Api::namespaced(admin, workspace::CONTROL_PLANE_NAMESPACE);
-    let pg = postgres_url();
+    let pg = Postgres::start().unwrap().url;
     let db = Db::connect(&DatabaseConfig::Postgres(pg.clone()))
         .await
         .unwrap();
@@ -648,7 +478,7 @@ async fn a_leader_stopped_gracefully_hands_over_within_a_renew_interval() {
             )
         })
         .collect();
-    let (slot, old) = poll("a leader", Duration::from_secs(20), || async {
+    let (slot, old) = stack::eventually("a leader", Duration::from_secs(20), POLL, || async {
         let h = holder_of(&leases, TERM_LEASE).await?;
         replicas.iter().position(|r| r.is(&h)).map(|slot| (slot, h))
     })
@@ -661,9 +491,10 @@ async fn a_leader_stopped_gracefully_hands_over_within_a_renew_interval() {
         .unwrap();
     assert!(term.success());
     let other = &replicas[1 - slot];
-    let new = poll(
+    let new = stack::eventually(
         "the other replica holding the Lease",
         Duration::from_secs(10),
+        POLL,
         || async { holder_of(&leases, TERM_LEASE).await.filter(|h| other.is(h)) },
     )
     .await;
@@ -681,7 +512,7 @@ async fn a_leader_stopped_gracefully_hands_over_within_a_renew_interval() {
 /// run stops at start-up with one line naming the grant, rather than never leading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_lease_grant_stops_the_start_naming_it() {
-    let pg = postgres_url();
+    let pg = Postgres::start().unwrap().url;
     let dir = tempfile::tempdir().unwrap();
     let mut config = control_plane::server_config(dir.path()).unwrap();
     config.database = DatabaseConfig::Postgres(pg);

@@ -21,10 +21,9 @@
 //! here depends on which one acts.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -32,8 +31,10 @@ use lumie_server::api::WorkspaceJson;
 use lumie_server::config::DatabaseConfig;
 use lumie_server::model::WorkspaceStatus;
 use lumie_tests::balancer::{Balancer, CHECK_INTERVAL};
+use lumie_tests::control_plane::Echo;
+use lumie_tests::stack::{self, Postgres};
 use lumie_tests::workspace_pods::{self, DevContainerRunner, StandInApps};
-use lumie_tests::{Cluster, Identity, admission, control_plane, ws};
+use lumie_tests::{Cluster, control_plane, ws};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -108,98 +109,6 @@ async fn login_across(
     r.json().await.unwrap()
 }
 
-/// The `lumie-server` binary of this build, next to the test executable (built first).
-fn server_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let mut profile_dir = exe.parent().unwrap().to_path_buf();
-        if profile_dir.ends_with("deps") {
-            profile_dir.pop();
-        }
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().to_string();
-            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str());
-            if (k.starts_with("CARGO_") && !keep) || k == "LD_LIBRARY_PATH" || k == "OUT_DIR" {
-                cargo.env_remove(&k);
-            }
-        }
-        cargo
-            .args(["build", "-p", "lumie-server", "--bin", "lumie-server"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .stdout(Stdio::null());
-        if profile_dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("run cargo build -p lumie-server");
-        let bin = profile_dir.join("lumie-server");
-        assert!(status.success() && bin.exists(), "cargo build: {status}");
-        bin
-    })
-    .clone()
-}
-
-/// The test process's own PostgreSQL (`scripts/start-postgres.sh`, stopped at exit): its URL
-/// and data directory (from the script's `stop: pg_ctl stop -D <dir>` line).
-fn postgres() -> (String, String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-postgres.sh");
-    let out = Command::new(script)
-        .args(["--watch-pid", &std::process::id().to_string()])
-        .output()
-        .expect("run scripts/start-postgres.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprint!("{stderr}");
-    assert!(out.status.success(), "start-postgres.sh failed");
-    let data = stderr
-        .split("pg_ctl stop -D ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .expect("the data directory in start-postgres.sh's output")
-        .trim()
-        .to_string();
-    let url = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
-    (url, data)
-}
-
-/// Restarts that PostgreSQL (`pg_ctl restart -m fast`): every connection of every replica drops.
-fn restart_postgres(data: &str) {
-    let pg_ctl = std::fs::read_dir("/usr/lib/postgresql")
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.ok()?.path().join("bin/pg_ctl");
-            p.exists().then_some(p)
-        })
-        .max()
-        .expect("pg_ctl");
-    let mut cmd = if nix_is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-        c
-    } else {
-        Command::new(&pg_ctl)
-    };
-    let status = cmd
-        .args(["restart", "-m", "fast", "-w", "-t", "30", "-D", data])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "pg_ctl restart: {status}");
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// One replica: a `lumie-server` process on a fixed address (restarted on the same one).
 struct Replica {
     addr: SocketAddr,
@@ -211,49 +120,17 @@ struct Replica {
 
 impl Replica {
     fn start(&mut self) {
-        let mut child = Command::new(server_binary())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("LUMIE_LISTEN_ADDR", self.addr.to_string())
-            .env(
-                "KUBECONFIG",
-                Cluster::shared().kubeconfig(Identity::ControlPlane),
-            )
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run lumie-server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (addr, log) = (self.addr, self.log.clone());
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("lumie-server[{addr}]: {line}");
-                if line.contains("lumie-server listening")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(());
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "lumie-server did not start on {}: {:?}",
-                self.addr,
-                child.wait()
-            );
-        }
+        let child = control_plane::spawn_until_listening(
+            control_plane::server_command(Cluster::shared(), self.addr, false)
+                .unwrap()
+                .envs(self.env.iter().map(|(k, v)| (*k, v.as_str()))),
+            Stdio::null(),
+            Echo {
+                keep: Some(self.log.clone()),
+                ..Echo::all(format!("lumie-server[{}]", self.addr))
+            },
+        )
+        .unwrap();
         self.child = Some(child);
     }
 
@@ -578,12 +455,8 @@ impl Terminal {
 async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgresql() {
     let started = Instant::now();
     let cluster = Cluster::shared();
-    let admin = cluster.client().await;
     let work = tempfile::tempdir().unwrap();
-    let _webhook = admission::start_registered_webhook(cluster, work.path())
-        .await
-        .unwrap();
-    workspace_pods::install_stable_service(&admin)
+    let _webhook = stack::start_workspace_admission(cluster, work.path())
         .await
         .unwrap();
     // The real agent (downloaded from the control plane through the balancer, as the init
@@ -591,13 +464,12 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
     let agent_dir = workspace_pods::agent_binary_dir(work.path()).unwrap();
     let app_host = workspace_pods::private_app_host();
     let _apps = StandInApps::start(app_host).await.unwrap();
-    let mut runner = DevContainerRunner::new(work.path().join("pods"));
-    std::fs::create_dir_all(&runner.work_dir).unwrap();
-    runner
-        .extra_env
-        .insert("LUMIE_AGENT_APP_HOST".into(), app_host.to_string());
+    let runner = DevContainerRunner::created(work.path().join("pods"))
+        .unwrap()
+        .with_env("LUMIE_AGENT_APP_HOST", app_host.to_string());
     cluster.set_pod_action(Arc::new(runner));
-    let (pg, pg_data) = postgres();
+    let postgres = Postgres::start().unwrap();
+    let pg = postgres.url.clone();
     let db = lumie_server::db::Db::connect(&DatabaseConfig::Postgres(pg.clone()))
         .await
         .unwrap();
@@ -796,7 +668,7 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
     .await;
     let traffic = load(&api, lb.addr, &ws.id);
     let pg_started = Instant::now();
-    tokio::task::spawn_blocking(move || restart_postgres(&pg_data))
+    tokio::task::spawn_blocking(move || postgres.restart().unwrap())
         .await
         .unwrap();
     eprintln!("PostgreSQL restarted in {:?}", pg_started.elapsed());

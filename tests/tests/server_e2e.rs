@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,9 +25,11 @@ use lumie_contract::{labels, workspace};
 use lumie_server::api::{WorkspaceJson, WorkspacesJson};
 use lumie_server::config::{Config, DatabaseConfig};
 use lumie_server::model::{BuildStatus, WorkspaceStatus};
-use lumie_tests::workspace_pods::StandInAgent;
+use lumie_tests::admission::Policies;
+use lumie_tests::control_plane::Echo;
+use lumie_tests::stack::{self, Postgres, WorkspaceClient};
+use lumie_tests::workspace_pods::{StableService, StandInAgent};
 use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane, nodes};
-use lumie_webhook::certs::write_private;
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
 
@@ -41,6 +43,9 @@ const NAMESPACES: &[&str] = &[
     "lumie-e2e-recon",
     "lumie-e2e-sched",
 ];
+
+/// How often a state the reconciler or scheduler reaches is looked at.
+const POLL: Duration = Duration::from_millis(200);
 
 /// Tests that need pods scheduled take it for reading; cordoning every worker takes it for writing.
 static NODES: RwLock<()> = RwLock::const_new(());
@@ -56,56 +61,16 @@ static SHARED: OnceLock<Shared> = OnceLock::new();
 fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
         let cluster = Cluster::shared();
-        cluster.set_pod_action(Arc::new(StandInAgent {
-            apps_json: r#"{"tilt":"healthy","code-server":"healthy","agents":"healthy"}"#,
-            first_after_secs: 0,
-        }));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = cluster.client().await;
-                let dir = tempfile::tempdir().unwrap().keep();
-                let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-                let pair = cluster
-                    .ca()
-                    .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1)
-                    .unwrap();
-                std::fs::write(&cert, &pair.cert_pem).unwrap();
-                write_private(&key, &pair.key_pem).unwrap();
-                // The contract default, guarding every namespace of this binary.
-                let policy = dir.join("policy.yaml");
-                std::fs::write(
-                    &policy,
-                    serde_json::to_string(&json!({ "namespaces": NAMESPACES })).unwrap(),
-                )
-                .unwrap();
-                let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-                let mut config = lumie_webhook::server::ServeConfig::new(any, any, cert, key);
-                config.policy = lumie_webhook::server::PolicySource::File(policy);
-                // The server's identity in the harness: the webhook stamps it on the pods it
-                // creates, and the server trusts only pods carrying it.
-                config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
-                let server = lumie_webhook::server::start(config).await.unwrap();
-                admission::register_webhooks(
-                    &client,
-                    &format!("https://{}", server.addr),
-                    cluster.ca().cert_pem(),
-                    NAMESPACES,
-                )
+        cluster.set_pod_action(Arc::new(StandInAgent::HEALTHY));
+        // The contract default, guarding every namespace of this binary.
+        let webhook = control_plane::start_shared(move || async move {
+            let dir = tempfile::tempdir().unwrap().keep();
+            let webhook = admission::start_webhook(cluster, &dir, Policies::File(NAMESPACES))
                 .await
                 .unwrap();
-                tx.send(server.addr).unwrap();
-                std::future::pending::<()>().await;
-            });
+            (webhook.addr, webhook)
         });
-        Shared {
-            _webhook: rx.recv().expect("webhook started"),
-        }
+        Shared { _webhook: webhook }
     })
 }
 
@@ -153,31 +118,18 @@ async fn prepare_namespace(ns: &str, with_service_account: bool, service: Servic
             .await
             .unwrap();
     }
-    let tilt_port = match service {
-        ServiceShape::Contract => 10350,
-        ServiceShape::TiltPortDrifted => 10351,
+    let drifted: &[&str] = match service {
+        ServiceShape::Contract => &[],
+        ServiceShape::TiltPortDrifted => &["tilt"],
     };
-    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": workspace::STABLE_SERVICE, "namespace": ns},
-        "spec": {
-            "selector": {labels::APP_NAME: labels::APP_NAME_WORKSPACE},
-            "ports": [
-                {"name": "tilt", "port": tilt_port, "targetPort": 10350, "protocol": "TCP"},
-                {"name": "code-server", "port": 13337, "targetPort": 13337, "protocol": "TCP"},
-                {"name": "agents", "port": 3000, "targetPort": 3000, "protocol": "TCP"}
-            ]
-        }
-    }))
+    StableService {
+        namespace: ns,
+        drifted,
+        manager: "lumie-dev-overlay",
+    }
+    .install(&admin)
+    .await
     .unwrap();
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin, ns)
-        .patch(
-            workspace::STABLE_SERVICE,
-            &PatchParams::apply("lumie-dev-overlay").force(),
-            &Patch::Apply(&svc),
-        )
-        .await
-        .unwrap();
 }
 
 /// A lumie-server on a runtime of its own: killing it drops every task at once, mid-request.
@@ -198,72 +150,29 @@ fn server_config(data_dir: PathBuf, ns: &str) -> Config {
     c
 }
 
-/// The `lumie-server` binary of this build (`CARGO_BIN_EXE_*` only exists for the crate's own
-/// tests), next to the test executable: `cargo build` (same profile) brings it up to date first.
-fn server_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test>
-        let mut profile_dir = exe.parent().unwrap().to_path_buf();
-        if profile_dir.ends_with("deps") {
-            profile_dir.pop();
-        }
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // Without what `cargo test` set for this process (package variables, the library
-        // path): build scripts that watch them would rebuild here, and again in the next
-        // `cargo test`.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().to_string();
-            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str());
-            if (k.starts_with("CARGO_") && !keep) || k == "LD_LIBRARY_PATH" || k == "OUT_DIR" {
-                cargo.env_remove(&k);
-            }
-        }
-        cargo
-            .args(["build", "-p", "lumie-server", "--bin", "lumie-server"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .stdout(std::process::Stdio::null());
-        if profile_dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("run cargo build -p lumie-server");
-        let bin = profile_dir.join("lumie-server");
-        assert!(
-            status.success() && bin.exists(),
-            "cargo build -p lumie-server: {status}, expected {}",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
-}
-
-/// A throwaway PostgreSQL server for this test process (`scripts/start-postgres.sh`, stopped by
-/// its watchdog when the process exits): the URL of its empty `lumie` database.
-fn postgres_url() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-postgres.sh");
-    let out = Command::new(script)
-        .args(["--watch-pid", &std::process::id().to_string()])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run scripts/start-postgres.sh");
-    assert!(out.status.success(), "start-postgres.sh failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .expect("a url line")
-        .trim()
-        .to_string()
-}
-
 /// Every object with the managed-by label in `ns`: (pods, PVCs, Secrets).
 async fn managed_objects(
     client: &Client,
     ns: &str,
 ) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
-    let lp = ListParams::default().labels(&labels::managed_selector());
+    labelled(client, ns, &labels::managed_selector()).await
+}
+
+/// The workspace `ws_id`'s objects in `ns`: (pods, PVCs, Secrets).
+async fn objects(
+    client: &Client,
+    ns: &str,
+    ws_id: &str,
+) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
+    labelled(client, ns, &format!("{}={ws_id}", labels::WORKSPACE_ID)).await
+}
+
+async fn labelled(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
+    let lp = ListParams::default().labels(selector);
     (
         Api::<Pod>::namespaced(client.clone(), ns)
             .list(&lp)
@@ -281,16 +190,6 @@ async fn managed_objects(
             .unwrap()
             .items,
     )
-}
-
-/// How many objects carry each workspace id (`None`: no workspace-id label at all).
-fn by_workspace<K: ResourceExt>(objects: &[K]) -> BTreeMap<Option<String>, usize> {
-    let mut counts = BTreeMap::new();
-    for o in objects {
-        let id = o.labels().get(labels::WORKSPACE_ID).cloned();
-        *counts.entry(id).or_default() += 1;
-    }
-    counts
 }
 
 impl Server {
@@ -337,54 +236,18 @@ impl Server {
         }
     }
 
-    /// Runs the real `lumie-server` binary ([`server_binary`]) listening on `addr` with `env`
-    /// (its settings) on the harness as the control plane, and waits (bounded) until it listens.
-    /// Its output goes to the test's stderr.
+    /// Runs the real `lumie-server` binary listening on `addr` with `env` (its settings) on
+    /// the harness as the control plane, and waits (bounded) until it listens. Its output goes
+    /// to the test's stderr.
     fn spawn_binary(addr: SocketAddr, env: &[(&str, String)], token: String) -> Server {
-        let base = format!("http://{addr}");
-        let mut child = Command::new(server_binary())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("LUMIE_LISTEN_ADDR", addr.to_string())
-            .env("CODER_ACCESS_URL", &base)
-            .env("LUMIE_AGENT_URL", &base)
-            .env(
-                "KUBECONFIG",
-                Cluster::shared().kubeconfig(Identity::ControlPlane),
-            )
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::inherit())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run lumie-server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("lumie-server[{addr}]: {line}");
-                if line.contains("lumie-server listening")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        // Listening within a minute, or the process ended (the sender is dropped at EOF).
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "lumie-server did not start listening on {addr}: {:?}",
-                child.wait()
-            );
-        }
+        let child = control_plane::spawn_until_listening(
+            control_plane::server_command(Cluster::shared(), addr, true)
+                .unwrap()
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
+            Stdio::inherit(),
+            Echo::all(format!("lumie-server[{addr}]")),
+        )
+        .unwrap();
         Server {
             addr,
             token,
@@ -412,20 +275,12 @@ impl Server {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), self.url(path))
-            .header("Coder-Session-Token", &self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let api = WorkspaceClient {
+            url: format!("http://{}", self.addr),
+            token: self.token.clone(),
+            http: self.http.clone(),
+        };
+        api.call(method, path, body).await
     }
 
     async fn create(&self, owner: &str, name: &str) -> (u16, Value) {
@@ -507,50 +362,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The objects carrying a workspace's id label, by kind.
-async fn objects(
-    client: &Client,
-    ns: &str,
-    ws_id: &str,
-) -> (Vec<Pod>, Vec<PersistentVolumeClaim>, Vec<Secret>) {
-    let lp = ListParams::default().labels(&format!("{}={ws_id}", labels::WORKSPACE_ID));
-    (
-        Api::<Pod>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        Api::<Secret>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-    )
 }
 
 fn live(pods: &[Pod]) -> Vec<&Pod> {
@@ -741,9 +552,10 @@ async fn every_worker_cordoned_gives_pending_with_the_schedulers_reason() {
     let (s, v) = server.create("bob", "dev").await;
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let ws = eventually(
+    let ws = stack::eventually(
         "pending with the scheduler's message",
         Duration::from_secs(60),
+        POLL,
         || async {
             let ws = server.workspace(&id).await;
             (ws.status == WorkspaceStatus::Pending
@@ -936,7 +748,7 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     let ns = "lumie-e2e-restart";
     prepare_namespace(ns, true, ServiceShape::Contract).await;
     let dir = tempfile::tempdir().unwrap();
-    let pg = postgres_url();
+    let pg = Postgres::start().unwrap().url;
     let database = DatabaseConfig::Postgres(pg.clone());
     // The admin exists before the first start (the binary shows its own first admin's token
     // only on a terminal).
@@ -991,19 +803,19 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     let want: BTreeMap<Option<String>, usize> =
         ids.iter().map(|id| (Some(id.clone()), 1)).collect();
     assert_eq!(
-        by_workspace(&pods),
+        stack::count_by_workspace(&pods),
         want,
         "one pod per workspace, nothing else"
     );
     assert_eq!(
-        by_workspace(&pvcs),
+        stack::count_by_workspace(&pvcs),
         want,
         "one home PVC per workspace, nothing else"
     );
     assert!(
         secrets.is_empty(),
         "no Secret at all (agents use their pod's token): {:?}",
-        by_workspace(&secrets)
+        stack::count_by_workspace(&secrets)
     );
     assert!(
         db.active_builds().await.unwrap().is_empty(),
@@ -1011,9 +823,10 @@ async fn killed_mid_build_then_restarted_finishes_cleanly() {
     );
     // The half-done workspace's agent reported in with its pod's token (it is running, and
     // its agent row shows the contact).
-    eventually(
+    stack::eventually(
         "the half-done workspace's agent contact written",
         Duration::from_secs(10),
+        POLL,
         || async {
             db.agent_for_workspace(&half.workspace.id)
                 .await
@@ -1055,12 +868,17 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
     pods.delete("coder-fay-dev", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
-    eventually("the pod recreated", Duration::from_secs(60), || async {
-        pods.get_opt("coder-fay-dev")
-            .await
-            .unwrap()
-            .filter(|p| p.uid().unwrap() != old && p.metadata.deletion_timestamp.is_none())
-    })
+    stack::eventually(
+        "the pod recreated",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            pods.get_opt("coder-fay-dev")
+                .await
+                .unwrap()
+                .filter(|p| p.uid().unwrap() != old && p.metadata.deletion_timestamp.is_none())
+        },
+    )
     .await;
     server
         .wait_status(&id, WorkspaceStatus::Running, Duration::from_secs(60))
@@ -1093,13 +911,18 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
         )
         .await
         .unwrap();
-    eventually("the stray pod removed", Duration::from_secs(60), || async {
-        pods.get_opt(&names.pod)
-            .await
-            .unwrap()
-            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-            .then_some(())
-    })
+    stack::eventually(
+        "the stray pod removed",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            pods.get_opt(&names.pod)
+                .await
+                .unwrap()
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        },
+    )
     .await;
     server
         .wait_status(&id, WorkspaceStatus::Stopped, Duration::from_secs(60))
@@ -1121,22 +944,32 @@ async fn desired_state_is_restored_and_orphans_removed_after_grace() {
         .await
         .unwrap();
     let created = Instant::now();
-    eventually("the orphan reported", Duration::from_secs(30), || async {
-        server
-            .metrics()
-            .await
-            .contains("lumie_orphaned_objects 1")
-            .then_some(())
-    })
+    stack::eventually(
+        "the orphan reported",
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            server
+                .metrics()
+                .await
+                .contains("lumie_orphaned_objects 1")
+                .then_some(())
+        },
+    )
     .await;
-    eventually("the orphan removed", Duration::from_secs(40), || async {
-        secrets
-            .get_opt("coder-nobody-orphan-agent")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
+    stack::eventually(
+        "the orphan removed",
+        Duration::from_secs(40),
+        POLL,
+        || async {
+            secrets
+                .get_opt("coder-nobody-orphan-agent")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     assert!(
         created.elapsed() >= Duration::from_secs(5),
@@ -1188,7 +1021,7 @@ async fn start_refuses_a_namespace_it_may_not_use() {
         .await
         .unwrap();
     let cp = Cluster::shared().client_as(Identity::ControlPlane).await;
-    let err = eventually("RBAC to take effect", Duration::from_secs(20), || {
+    let err = stack::eventually("RBAC to take effect", Duration::from_secs(20), POLL, || {
         let (cp, dir) = (cp.clone(), dir.path().to_path_buf());
         async move {
             match lumie_server::serve::start(server_config(dir, ns), cp).await {

@@ -27,8 +27,9 @@ use futures::{SinkExt, StreamExt};
 use lumie_contract::sessions::{SessionKind, SessionRequest, TerminalControl};
 use lumie_contract::workspace::SESSION_PORT;
 use lumie_server::api::{KeyJson, WorkspaceJson};
+use lumie_tests::stack::{AgentStack, WorkspaceClient, agent_connected};
 use lumie_tests::workspace_pods::{self, DevContainerRunner};
-use lumie_tests::{Cluster, admission, control_plane, ws};
+use lumie_tests::{Cluster, ws};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
@@ -127,30 +128,25 @@ async fn read_until(socket: &mut ws::Socket, seen: &mut String, want: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_ssh_and_tcp_through_the_control_plane() {
     let cluster = Cluster::shared();
-    let admin_client = cluster.client().await;
     let work = tempfile::tempdir().unwrap();
-    let webhook = admission::start_registered_webhook(cluster, work.path())
+    let agents = workspace_pods::agent_binary_dir(work.path()).unwrap();
+    let AgentStack {
+        webhook,
+        server,
+        api: admin_api,
+        ..
+    } = AgentStack::start(cluster, work.path(), agents)
         .await
         .unwrap();
-    workspace_pods::install_stable_service(&admin_client)
-        .await
-        .unwrap();
-    let mut config = control_plane::server_config(&work.path().join("server")).unwrap();
-    let url = config.access_url.clone();
-    config.agent_binary_dir = workspace_pods::agent_binary_dir(work.path()).unwrap();
-    config.agent_report_interval = Duration::from_secs(1);
-    let server = control_plane::start_server(cluster, config)
-        .await
-        .expect("lumie-server starts");
-    let admin = server.first_admin_token.clone().unwrap();
+    let (url, admin) = (admin_api.url, admin_api.token);
 
     // The agent's apps are not checked: sessions need the agent, not the apps.
-    let mut runner = DevContainerRunner::new(work.path().join("pods"));
-    std::fs::create_dir_all(&runner.work_dir).unwrap();
-    runner.extra_env.insert(
-        "LUMIE_AGENT_APP_HEALTH".into(),
-        "tilt=disabled,code-server=disabled,agents=disabled".into(),
-    );
+    let runner = DevContainerRunner::created(work.path().join("pods"))
+        .unwrap()
+        .with_env(
+            "LUMIE_AGENT_APP_HEALTH",
+            "tilt=disabled,code-server=disabled,agents=disabled",
+        );
     cluster.set_pod_action(Arc::new(runner));
 
     let api = Api {
@@ -172,28 +168,15 @@ async fn terminal_ssh_and_tcp_through_the_control_plane() {
         .path()
         .join("pods")
         .join(format!("{}.log", created.pod_name));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ws: WorkspaceJson = api
-            .json(
-                reqwest::Method::GET,
-                &format!("/api/v2/workspaces/{id}"),
-                &alice,
-                None,
-            )
-            .await;
-        if ws.agent.as_ref().is_some_and(|a| a.status == "connected")
-            && serde_json::to_value(ws.status).unwrap() == "running"
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "workspace never ran with its agent: {ws:#?}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    WorkspaceClient::new(&url, &alice)
+        .wait_for(
+            "the workspace to run with its agent",
+            &id,
+            Duration::from_secs(120),
+            &log,
+            |ws| agent_connected(ws) && serde_json::to_value(ws.status).unwrap() == "running",
+        )
+        .await;
     let base = format!("{url}/api/v2/workspaces/{id}/sessions");
 
     // SSH through the route: exec with the exit status, stdout and stderr apart.

@@ -21,14 +21,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::ResourceExt;
 use lumie_contract::{labels, workspace};
 use lumie_server::api::WorkspaceJson;
+use lumie_tests::stack::{AgentStack, WorkspaceClient, agent_connected};
 use lumie_tests::static_bins;
 use lumie_tests::workspace_pods;
-use lumie_tests::{Cluster, PodAction, PodContext, admission, control_plane};
+use lumie_tests::{Cluster, PodAction, PodContext, control_plane};
 
 const STRIPPED_BUDGET: u64 = 10 * 1024 * 1024;
 const IDLE_RSS_BUDGET_KIB: u64 = 8 * 1024;
@@ -156,20 +157,7 @@ impl PodAction for Runner {
             Where::Debian11 => self.chrooted(&self.debian, ctx, &[DEBIAN_AGENT.to_string()]),
             Where::Busybox => {
                 // The dev container's own command: the init script, under busybox sh.
-                let dev = ctx
-                    .pod
-                    .spec
-                    .as_ref()?
-                    .containers
-                    .iter()
-                    .find(|c| c.name == workspace::CONTAINER_DEV)?;
-                let argv: Vec<String> = dev
-                    .command
-                    .iter()
-                    .flatten()
-                    .chain(dev.args.iter().flatten())
-                    .cloned()
-                    .collect();
+                let argv = workspace_pods::dev_argv(&ctx.pod)?;
                 self.chrooted(&self.busybox, ctx, &argv)
             }
             Where::Arm64 => {
@@ -327,16 +315,13 @@ fn busybox_root() -> &'static Path {
     })
 }
 
-struct Stack {
-    url: String,
-    token: String,
-}
+static STACK: OnceLock<WorkspaceClient> = OnceLock::new();
 
-static STACK: OnceLock<Stack> = OnceLock::new();
-
-/// The webhook, a server serving the static agents, and the runner above, started once.
-fn stack() -> &'static Stack {
-    STACK.get_or_init(|| {
+/// The webhook, a server serving the static agents, and the runner above, started once: the
+/// admin's client of it, a new one for each test (a client's pooled connections belong to the
+/// runtime of the test that made them, which ends with it).
+fn stack() -> WorkspaceClient {
+    let shared = STACK.get_or_init(|| {
         let cluster = Cluster::shared();
         let static_dir = static_dir().to_path_buf();
         let runner = Runner {
@@ -353,89 +338,27 @@ fn stack() -> &'static Stack {
         std::fs::create_dir_all(work_dir().join("arm64-home")).unwrap();
         control_plane::start_shared(move || async move {
             let work = work_dir();
-            let admin = cluster.client().await;
-            let webhook = admission::start_registered_webhook(cluster, work)
-                .await
-                .unwrap();
-            workspace_pods::install_stable_service(&admin)
-                .await
-                .unwrap();
-            let mut config = control_plane::server_config(&work.join("server")).unwrap();
-            config.agent_binary_dir = static_bins::agent_binary_dir(&static_dir, work).unwrap();
-            config.agent_report_interval = Duration::from_secs(1);
-            let url = config.access_url.clone();
-            let server = control_plane::start_server(cluster, config).await.unwrap();
+            let agents = static_bins::agent_binary_dir(&static_dir, work).unwrap();
+            let stack = AgentStack::start(cluster, work, agents).await.unwrap();
             cluster.set_pod_action(Arc::new(runner));
-            (
-                Stack {
-                    url,
-                    token: server.first_admin_token.clone().unwrap(),
-                },
-                (server, webhook),
-            )
+            (stack.api.clone(), stack)
         })
-    })
+    });
+    WorkspaceClient::new(&shared.url, &shared.token)
 }
 
-impl Stack {
-    async fn create(&self, name: &str) -> WorkspaceJson {
-        reqwest::Client::new()
-            .post(format!("{}/api/v2/users/admin/workspaces", self.url))
-            .header("Coder-Session-Token", &self.token)
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn workspace(&self, id: &str) -> WorkspaceJson {
-        reqwest::Client::new()
-            .get(format!("{}/api/v2/workspaces/{id}", self.url))
-            .header("Coder-Session-Token", &self.token)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Creates the workspace `w` and waits until its agent is `connected` (its heartbeats are
-    /// accepted); panics with the pod's log when it is not within 120 s.
-    async fn connected(&self, w: Where) -> WorkspaceJson {
-        let created = self.create(w.workspace()).await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let ws = self.workspace(&created.id).await;
-            if ws.agent.as_ref().is_some_and(|a| a.status == "connected") {
-                return ws;
-            }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(log_path(w.workspace())).unwrap_or_default();
-                panic!("{w:?}: the agent never connected: {ws:#?}\n--- pod log ---\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn stop(&self, id: &str) {
-        reqwest::Client::new()
-            .post(format!("{}/api/v2/workspaces/{id}/builds", self.url))
-            .header("Coder-Session-Token", &self.token)
-            .json(&serde_json::json!({ "transition": "stop" }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
-    }
+/// Creates the workspace `w` and waits until its agent is `connected` (its heartbeats are
+/// accepted); panics with the pod's log when it is not within 120 s.
+async fn connected(api: &WorkspaceClient, w: Where) -> WorkspaceJson {
+    let created = api.create("admin", w.workspace()).await;
+    api.wait_for(
+        &format!("{w:?}: the agent to connect"),
+        &created.id,
+        Duration::from_secs(120),
+        &log_path(w.workspace()),
+        agent_connected,
+    )
+    .await
 }
 
 /// The pid of the running agent of workspace `w`: a process whose command line names the
@@ -554,7 +477,7 @@ async fn debian11_root_runs_the_static_agent_which_heartbeats() {
     assert!(out.starts_with(&version_line("lumie-agent")), "{out:?}");
 
     let s = stack();
-    let ws = s.connected(Where::Debian11).await;
+    let ws = connected(&s, Where::Debian11).await;
     let agent = ws.agent.as_ref().unwrap();
     assert!(
         agent.version.starts_with(env!("CARGO_PKG_VERSION")),
@@ -562,7 +485,7 @@ async fn debian11_root_runs_the_static_agent_which_heartbeats() {
     );
     let kib = idle_rss(Some(root), DEBIAN_AGENT, "amd64 agent in Debian 11").await;
     assert!(kib <= IDLE_RSS_BUDGET_KIB, "idle RSS {kib} KiB");
-    s.stop(&ws.id).await;
+    s.build(&ws.id, "stop").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,7 +499,7 @@ async fn busybox_root_init_script_downloads_verifies_and_execs_the_agent() {
     assert!(out.starts_with(&version_line("lumie")), "{out:?}");
 
     let s = stack();
-    let ws = s.connected(Where::Busybox).await;
+    let ws = connected(&s, Where::Busybox).await;
     let log = std::fs::read_to_string(log_path(Where::Busybox.workspace())).unwrap();
     let verified = log
         .lines()
@@ -600,7 +523,7 @@ async fn busybox_root_init_script_downloads_verifies_and_execs_the_agent() {
     )
     .await;
     assert!(kib <= IDLE_RSS_BUDGET_KIB, "idle RSS {kib} KiB");
-    s.stop(&ws.id).await;
+    s.build(&ws.id, "stop").await;
 }
 
 /// The guest's share of a qemu-user process's RSS, KiB, from `/proc/<pid>/smaps`: everything
@@ -637,7 +560,7 @@ fn guest_rss_kib(pid: u32) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm64_agent_heartbeats_under_qemu() {
     let s = stack();
-    let ws = s.connected(Where::Arm64).await;
+    let ws = connected(&s, Where::Arm64).await;
     let agent = ws.agent.as_ref().unwrap();
     assert!(
         agent.version.starts_with(env!("CARGO_PKG_VERSION")),
@@ -655,5 +578,5 @@ async fn arm64_agent_heartbeats_under_qemu() {
         IDLE_RSS_BUDGET_KIB / 1024
     );
     assert!(guest <= IDLE_RSS_BUDGET_KIB, "idle RSS {guest} KiB");
-    s.stop(&ws.id).await;
+    s.build(&ws.id, "stop").await;
 }

@@ -21,7 +21,7 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use lumie_contract::labels;
 use lumie_contract::policy::WorkspacePolicy;
-use lumie_tests::{Cluster, Identity, admission, bootstrap, nodes};
+use lumie_tests::{Cluster, Identity, admission, bootstrap, control_plane, nodes};
 use lumie_webhook::certs::write_private;
 use lumie_webhook::server::{AppState, PolicySource, ServeConfig, start};
 use lumie_webhook::tls::CertReloader;
@@ -46,67 +46,55 @@ static WEBHOOK: OnceLock<Webhook> = OnceLock::new();
 fn webhook() -> &'static Webhook {
     WEBHOOK.get_or_init(|| {
         let cluster = Cluster::shared();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = cluster.client().await;
-                lumie_tests::bootstrap::install_policy_crd(&client)
-                    .await
-                    .expect("WorkspacePolicy CRD established");
-                bootstrap::create_namespace(&client, LIVE_NS).await.unwrap();
-                bootstrap::create_namespace(&client, OTHER_NS)
-                    .await
-                    .unwrap();
-
-                let dir = tempfile::tempdir().unwrap().keep();
-                let cert_file = dir.join("tls.crt");
-                let key_file = dir.join("tls.key");
-                write_pair(cluster, &cert_file, &key_file);
-                let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-                let mut config = ServeConfig::new(any, any, cert_file.clone(), key_file.clone());
-                config.policy = PolicySource::Watch(client.clone());
-                config.cert_poll = Duration::from_millis(200);
-                // The harness's control plane is a static-token user, not the chart's default.
-                config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
-                let server = start(config).await.unwrap();
-                wait_until("the first policy sync", || server.state.is_ready()).await;
-                admission::register_webhooks(
-                    &client,
-                    &format!("https://{}", server.addr),
-                    cluster.ca().cert_pem(),
-                    &["lumie-dev", LIVE_NS],
-                )
+        control_plane::start_shared_within(Duration::from_secs(120), move || async move {
+            let client = cluster.client().await;
+            lumie_tests::bootstrap::install_policy_crd(&client)
+                .await
+                .expect("WorkspacePolicy CRD established");
+            bootstrap::create_namespace(&client, LIVE_NS).await.unwrap();
+            bootstrap::create_namespace(&client, OTHER_NS)
                 .await
                 .unwrap();
-                // The objects the chart installs, created through the webhook itself.
-                apply_policy(&client, "default", json!({})).await.unwrap();
-                apply_policy(&client, "e2e-live", json!({"namespaces": [LIVE_NS]}))
-                    .await
-                    .unwrap();
-                let state = server.state.clone();
-                wait_until("both policies in force", || {
-                    state.policies().policies().count() == 2
-                })
-                .await;
-                tx.send(Webhook {
-                    addr: server.addr,
-                    state: server.state.clone(),
-                    certs: server.certs.clone(),
-                    cert_file,
-                    key_file,
-                })
+
+            let dir = tempfile::tempdir().unwrap().keep();
+            let cert_file = dir.join("tls.crt");
+            let key_file = dir.join("tls.key");
+            write_pair(cluster, &cert_file, &key_file);
+            let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let mut config = ServeConfig::new(any, any, cert_file.clone(), key_file.clone());
+            config.policy = PolicySource::Watch(client.clone());
+            config.cert_poll = Duration::from_millis(200);
+            // The harness's control plane is a static-token user, not the chart's default.
+            config.identities.control_plane = vec![Identity::ControlPlane.username().into()];
+            let server = start(config).await.unwrap();
+            wait_until("the first policy sync", || server.state.is_ready()).await;
+            admission::register_webhooks(
+                &client,
+                &format!("https://{}", server.addr),
+                cluster.ca().cert_pem(),
+                &["lumie-dev", LIVE_NS],
+            )
+            .await
+            .unwrap();
+            // The objects the chart installs, created through the webhook itself.
+            apply_policy(&client, "default", json!({})).await.unwrap();
+            apply_policy(&client, "e2e-live", json!({"namespaces": [LIVE_NS]}))
+                .await
                 .unwrap();
-                let _keep = server;
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv_timeout(Duration::from_secs(120))
-            .expect("webhook started")
+            let state = server.state.clone();
+            wait_until("both policies in force", || {
+                state.policies().policies().count() == 2
+            })
+            .await;
+            let webhook = Webhook {
+                addr: server.addr,
+                state: server.state.clone(),
+                certs: server.certs.clone(),
+                cert_file,
+                key_file,
+            };
+            (webhook, server)
+        })
     })
 }
 

@@ -257,17 +257,7 @@ async fn main() {
     let r = load(64, Duration::from_secs(10), move |i| {
         let token = tokens[i as usize % tokens.len()].clone();
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
-        async move {
-            matches!(
-                http.post(&url)
-                    .header("Coder-Session-Token", token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await,
-                Ok(r) if r.status().is_success()
-            )
-        }
+        heartbeat(http, url, token, body)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -344,17 +334,7 @@ async fn main() {
             } % bases.len();
             let url = bases[replica].clone();
             let (http, body) = (http.clone(), body.clone());
-            async move {
-                matches!(
-                    http.post(&url)
-                        .header("Coder-Session-Token", token)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await,
-                    Ok(r) if r.status().is_success()
-                )
-            }
+            heartbeat(http, url, token, body)
         })
         .await;
         r.print(&format!(
@@ -400,4 +380,17 @@ async fn replica(
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(axum::serve(listener, lumie_server::router(state.clone())).into_future());
     (base, state)
+}
+
+/// One heartbeat POST; whether it was answered with success.
+async fn heartbeat(http: reqwest::Client, url: String, token: String, body: Vec<u8>) -> bool {
+    matches!(
+        http.post(&url)
+            .header("Coder-Session-Token", token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await,
+        Ok(r) if r.status().is_success()
+    )
 }

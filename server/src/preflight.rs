@@ -63,15 +63,39 @@ pub async fn check_kube(client: &Client, namespace: &str) -> StartupResult<()> {
             ),
         }));
     }
+    let denied: Vec<String> = denied_access(client, namespace, "", REQUIRED_ACCESS)
+        .await?
+        .into_iter()
+        .map(|(verb, resource)| format!("{verb} {resource}"))
+        .collect();
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(StartupError::Kube(format!(
+            "the control plane may not {} in namespace {namespace} — check the Role/RoleBinding of the coder ServiceAccount",
+            denied.join(", ")
+        )))
+    }
+}
+
+/// Asks a SelfSubjectAccessReview for each (verb, resource, object name) of `wanted` in
+/// `namespace` and API `group` ("" for the core group); returns the (verb, resource) pairs
+/// refused. Every start-up permission check goes through here.
+pub async fn denied_access<'a>(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+    wanted: &[(&'a str, &'a str, Option<&'a str>)],
+) -> StartupResult<Vec<(&'a str, &'a str)>> {
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut denied = Vec::new();
-    for (verb, resource, name) in REQUIRED_ACCESS {
+    for &(verb, resource, name) in wanted {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(namespace.to_string()),
                     verb: Some(verb.to_string()),
-                    group: Some(String::new()),
+                    group: Some(group.to_string()),
                     resource: Some(resource.to_string()),
                     name: name.map(String::from),
                     ..Default::default()
@@ -89,15 +113,8 @@ pub async fn check_kube(client: &Client, namespace: &str) -> StartupResult<()> {
                 ))
             })?;
         if !answer.status.is_some_and(|s| s.allowed) {
-            denied.push(format!("{verb} {resource}"));
+            denied.push((verb, resource));
         }
     }
-    if denied.is_empty() {
-        Ok(())
-    } else {
-        Err(StartupError::Kube(format!(
-            "the control plane may not {} in namespace {namespace} — check the Role/RoleBinding of the coder ServiceAccount",
-            denied.join(", ")
-        )))
-    }
+    Ok(denied)
 }

@@ -217,8 +217,18 @@ impl Api {
 }
 
 /// Statuses a watcher saw, with when: spawned on `to`'s `GET …/watch`.
-fn watch(api: &Api, to: SocketAddr, id: &str) -> Arc<Mutex<Vec<(WorkspaceStatus, Instant)>>> {
-    let seen: Arc<Mutex<Vec<(WorkspaceStatus, Instant)>>> = Arc::default();
+/// What a watcher from [`watch`] has seen: each status and when.
+type Seen = Arc<Mutex<Vec<(WorkspaceStatus, Instant)>>>;
+
+/// Whether each watcher from [`watch`] has seen `status`.
+fn every_watcher_saw(watchers: &[Seen], status: WorkspaceStatus) -> bool {
+    watchers
+        .iter()
+        .all(|w| w.lock().unwrap().iter().any(|(s, _)| *s == status))
+}
+
+fn watch(api: &Api, to: SocketAddr, id: &str) -> Seen {
+    let seen: Seen = Arc::default();
     let (api, id, out) = (api.clone(), id.to_string(), seen.clone());
     tokio::spawn(async move {
         let r = api
@@ -547,14 +557,7 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
     until(
         "running, seen by every watcher",
         Duration::from_secs(60),
-        async || {
-            watchers.iter().all(|w| {
-                w.lock()
-                    .unwrap()
-                    .iter()
-                    .any(|(s, _)| *s == WorkspaceStatus::Running)
-            })
-        },
+        async || every_watcher_saw(&watchers, WorkspaceStatus::Running),
     )
     .await;
     let mut worst = Duration::ZERO;
@@ -715,14 +718,7 @@ async fn any_replica_answers_any_request_through_restarts_of_replicas_and_postgr
     until(
         "stopped, seen by watchers opened before the restart",
         Duration::from_secs(60),
-        async || {
-            watchers.iter().all(|w| {
-                w.lock()
-                    .unwrap()
-                    .iter()
-                    .any(|(s, _)| *s == WorkspaceStatus::Stopped)
-            })
-        },
+        async || every_watcher_saw(&watchers, WorkspaceStatus::Stopped),
     )
     .await;
     eprintln!("whole test: {:?}", started.elapsed());

@@ -44,37 +44,16 @@ pub async fn check_access(
     config: &LeaderConfig,
 ) -> crate::error::StartupResult<()> {
     use crate::error::StartupError;
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-    };
-    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let mut denied = vec![];
-    for verb in REQUIRED_ACCESS {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(config.namespace.clone()),
-                    verb: Some(verb.to_string()),
-                    group: Some("coordination.k8s.io".into()),
-                    resource: Some("leases".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let answer = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| {
-                StartupError::Kube(format!(
-                    "SelfSubjectAccessReview failed: {e} — check that the kube API is reachable and authentication works"
-                ))
-            })?;
-        if !answer.status.is_some_and(|s| s.allowed) {
-            denied.push(*verb);
-        }
-    }
+    let wanted: Vec<_> = REQUIRED_ACCESS
+        .iter()
+        .map(|&verb| (verb, "leases", None))
+        .collect();
+    let denied: Vec<&str> =
+        crate::preflight::denied_access(client, &config.namespace, "coordination.k8s.io", &wanted)
+            .await?
+            .into_iter()
+            .map(|(verb, _)| verb)
+            .collect();
     if denied.is_empty() {
         return Ok(());
     }
